@@ -1,0 +1,45 @@
+"""Typed errors that tell the engine what to do next, in the manner of Kopf.
+
+`where` names the place (a key path, a file and line, a provider and host) so a
+technician sees `offboard: error: WHERE: WHAT` and knows where to look.
+"""
+
+
+class OffboardError(Exception):
+    """Base class: a message and the place it applies to."""
+
+    def __init__(self, message: str, where: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.where = where
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+class ConfigError(OffboardError):
+    """Bad config, or a credential refused (401/403): what depends on it stops; exit 1."""
+
+
+class RetryableError(OffboardError):
+    """Transient (timeout, 429, 5xx, a conversion still running): try again after `delay` seconds."""
+
+    def __init__(self, message: str, where: str = "", delay: float = 60.0):
+        super().__init__(message, where)
+        self.delay = delay
+
+
+class PermanentError(OffboardError):
+    """Will fail the same way every time; retried only when a person says `retry`."""
+
+
+class NeedsHuman(OffboardError):
+    """Automation must not decide (admin, protected, ambiguous, litigation hold)."""
+
+
+class SourceError(OffboardError):
+    """An HR feed failed or returned something unbelievable: that source contributes nothing this pass."""
+
+
+class InputRejected(OffboardError):
+    """One record of a feed is malformed: reported, and the rest of the feed still counts."""

@@ -1,0 +1,98 @@
+"""Plain data passed between sources, the engine and providers.
+
+Kept free of behaviour and imports from the rest of the package so that every
+layer can depend on it without depending on each other.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+PHASES = ("revoke", "preserve", "reclaim", "bill", "retain")
+OUTCOMES = ("changed", "unchanged", "planned", "skipped", "failed", "needs_human")
+KINDS = ("voluntary", "immediate")
+
+
+@dataclass(frozen=True)
+class Termination:
+    """One HR record saying a person leaves."""
+
+    tenant: str
+    employee_id: str
+    email: str
+    first_name: str = ""
+    last_name: str = ""
+    manager_email: str = ""
+    termination_date: dt.date | None = None
+    termination_time: dt.time | None = None
+    kind: str = "voluntary"
+    source: str = ""
+    ticket: str = ""
+    active: bool = False  # the feed says this person is (again) active: a cancellation or a rehire
+
+    @property
+    def id(self) -> str:
+        return f"{self.tenant}/{self.employee_id}"
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.first_name} {self.last_name}".strip() or self.email
+
+
+@dataclass
+class Subject:
+    """The leaver as one provider knows them: its native immutable id plus what it read."""
+
+    provider: str
+    native_id: str
+    names: list[str]                      # every name the account has: for `protected` globs
+    state: dict[str, Any] = field(default_factory=dict)
+    is_admin: bool = False
+    admin_reason: str = ""
+
+
+@dataclass
+class Match:
+    """The result of matching one termination in one provider."""
+
+    status: str                           # matched | not_found | ambiguous
+    subject: Subject | None = None
+    candidates: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    """One idempotent step a provider proposes for one subject."""
+
+    provider: str
+    action: str                           # verb_noun
+    phase: str
+    description: str = ""
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def param(self, name: str, default: Any = None) -> Any:
+        return dict(self.params).get(name, default)
+
+
+@dataclass
+class Result:
+    """What an action found and left: the Ansible contract of changed / before / after."""
+
+    outcome: str                          # see OUTCOMES
+    before: Any = None
+    after: Any = None
+    reason: str = ""
+
+
+@dataclass
+class ActionContext:
+    """What `apply` needs besides the action: whom, for which termination, and how."""
+
+    termination: Termination
+    subject: Subject
+    dry_run: bool = False
+    since: dt.datetime | None = None      # first intent for this action: a resumed run checks for its own earlier write
+    ticket: str = ""
+    local_date: dt.date | None = None     # the tenant-local date to stamp in descriptions

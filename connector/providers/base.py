@@ -1,0 +1,81 @@
+"""The contract every provider keeps, whoever wrote it.
+
+A provider reads state (`prepare` + `match`), says what is missing (`plan`, pure:
+no I/O), and performs one action (`apply`), which re-reads the target and writes
+only on a difference, reporting `changed` or `unchanged` with before and after
+(in dry-run mode: `planned` or `unchanged`, and no write). It raises the typed
+errors of `connector.errors`; the engine decides what happens next.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ..config import Field, Tenant
+from ..errors import OffboardError
+from ..model import ActionContext, Match, PlannedAction, Result, Subject, Termination
+
+
+class Provider:
+    type: ClassVar[str] = ""
+    config_schema: ClassVar[dict[str, Field]] = {}
+    #: action name -> phase, in the order the actions run within their phase
+    actions: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, name: str, options: dict[str, Any], tenant: Tenant, where: str = ""):
+        self.name = name
+        self.options = options
+        self.tenant = tenant
+        self.where = where or f"{tenant.id}/{name}"
+
+    # -- reading -----------------------------------------------------------
+    def check_online(self) -> None:
+        """Prove the credential and permissions with one read-only call; raise ConfigError if not."""
+        raise NotImplementedError
+
+    def prepare(self, terminations: list[Termination]) -> None:
+        """Read what matching needs once per pass (one paged search, then an index)."""
+
+    def match(self, termination: Termination) -> Match:
+        raise NotImplementedError
+
+    # -- deciding ----------------------------------------------------------
+    def plan(self, subject: Subject, termination: Termination) -> list[PlannedAction]:
+        """Pure: the actions still needed, from `subject.state` and the tenant policy."""
+        raise NotImplementedError
+
+    # -- acting ------------------------------------------------------------
+    def apply(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        """Re-read, compare, act only on a difference; honour ctx.dry_run."""
+        handler = getattr(self, action.action, None)
+        if handler is None or action.action not in self.actions:
+            raise NotImplementedError(f"{self.type} has no action {action.action}")
+        return handler(action, ctx)
+
+    def apply_many(self, items: list[tuple[PlannedAction, ActionContext]]) -> list[Result | OffboardError]:
+        """Apply several actions of one phase, many leavers at once (the engine journals each first).
+
+        `items` keep, for each subject, the order of `actions`; a provider that can batch
+        (Graph `$batch`) overrides this and must keep that per-subject order. One result or
+        typed error per item, in the same order.
+        """
+        out: list[Result | OffboardError] = []
+        for action, ctx in items:
+            try:
+                out.append(self.apply(action, ctx))
+            except OffboardError as e:
+                out.append(e)
+        return out
+
+    def close(self) -> None:
+        """Release connections."""
+
+    # -- helpers for subclasses -------------------------------------------
+    def planned(self, action: str, description: str = "", **params: Any) -> PlannedAction:
+        return PlannedAction(self.name, action, self.actions[action], description, tuple(sorted(params.items())))
+
+    @staticmethod
+    def outcome(before: Any, after: Any, dry_run: bool, reason: str = "") -> Result:
+        """`unchanged` when before already equals the wanted state, else `planned` (dry run) or `changed`."""
+        if before == after:
+            return Result("unchanged", before, after, reason)
+        return Result("planned" if dry_run else "changed", before, after, reason)

@@ -1,0 +1,40 @@
+"""The contract of an HR feed: pull terminations, cheaply from a cursor or whole.
+
+A source raises `SourceError` when the feed as a whole cannot be believed (5xx,
+a body that breaks the schema, a full read that suddenly returns nobody): the
+engine then changes nothing because of it. A bad single record goes into
+`rejected` and the rest still counts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..config import Field, Tenant
+from ..errors import InputRejected
+from ..model import Termination
+
+
+@dataclass
+class Pull:
+    terminations: list[Termination] = field(default_factory=list)
+    rejected: list[InputRejected] = field(default_factory=list)
+    cursor: str | None = None
+    complete: bool = True     # a whole read: a person absent from it is no longer leaving
+
+
+class Source:
+    type: ClassVar[str] = ""
+    config_schema: ClassVar[dict[str, Field]] = {}
+
+    def __init__(self, name: str, options: dict[str, Any], tenant: Tenant, where: str = ""):
+        self.name = name
+        self.options = options
+        self.tenant = tenant
+        self.where = where or f"{tenant.id}/{name}"
+
+    def pull(self, since: str | None = None) -> Pull:
+        raise NotImplementedError
+
+    def check_online(self) -> None:
+        """Prove the credential with one read-only call."""
