@@ -43,3 +43,7 @@ class SourceError(OffboardError):
 
 class InputRejected(OffboardError):
     """One record of a feed is malformed: reported, and the rest of the feed still counts."""
+
+
+class NotYet(RetryableError):
+    """A precondition is still settling (a mailbox conversion in progress): wait, this is not a failure."""

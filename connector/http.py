@@ -26,7 +26,11 @@ CONFIG = {401, 403}
 
 
 def retry_after(resp: requests.Response, default: float = 30.0) -> float:
-    value = resp.headers.get("Retry-After")
+    return parse_retry_after(resp.headers.get("Retry-After"), default)
+
+
+def parse_retry_after(value: str | None, default: float = 30.0) -> float:
+    """Seconds to wait from a Retry-After value (seconds or an HTTP date), e.g. inside a Graph batch sub-response."""
     if not value:
         return default
     try:
@@ -36,10 +40,16 @@ def retry_after(resp: requests.Response, default: float = 30.0) -> float:
         return max(0.0, when.timestamp() - time.time()) if when else default
 
 
+class NotFound(PermanentError):
+    """HTTP 404: the object is gone (a user deleted since matching, a member already removed)."""
+
+
 def error_for(status: int, message: str, where: str, delay: float = 30.0) -> OffboardError | None:
     """The table: what an HTTP status means for the engine (None: success)."""
     if status < 400:
         return None
+    if status == 404:
+        return NotFound(f"HTTP 404: {message}", where)
     if status in CONFIG:
         return ConfigError(f"HTTP {status}: {message}", where)
     if status in RETRYABLE:

@@ -1,0 +1,346 @@
+"""The `offboard` command: every way a person or a timer drives the connector.
+
+Errors are one line, `offboard: error: WHERE: WHAT`; `--debug` adds the traceback.
+`plan` and `--dry-run` work on an in-memory copy of the state store, so they write
+nothing anywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+import traceback
+
+from . import __version__, config as configmod
+from .config import Config, mask_secrets
+from .errors import ConfigError, OffboardError
+from .model import Termination
+from .reconcile import reconcile, status_rows
+from .reconcile.engine import Report
+from .store import PERSON_HOLD, Store, iso, now as utcnow
+
+OPEN = ["scheduled", "due", "in_progress", "held", "needs_human"]
+ALL = OPEN + ["done", "cancelled"]
+
+
+class MaskingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = mask_secrets(record.getMessage())
+        record.args = ()
+        return True
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(MaskingFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def emit(args, objects: list[dict], human: str) -> None:
+    if args.json:
+        for obj in objects:
+            print(json.dumps(obj, default=str, sort_keys=True))
+    elif human:
+        print(human)
+
+
+# -- rendering -------------------------------------------------------------------
+def table(headers: list[str], rows: list[list]) -> str:
+    rows = [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def render_terminations(rows: list[dict]) -> str:
+    if not rows:
+        return "No terminations."
+    parts = []
+    for r in rows:
+        head = f"{r['id']}  {r['email']}  {r['state']}  (effective {r['effective_at']})"
+        if r.get("reason"):
+            head += f"\n  {r['reason']}"
+        acts = [[a["phase"], a["provider"], a["action"], a["outcome"], a["attempts"], a["reason"]] for a in r["actions"]]
+        parts.append(head + ("\n" + _indent(table(["phase", "provider", "action", "outcome", "tries", "reason"], acts))
+                             if acts else ""))
+    return "\n\n".join(parts)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def render_report(report: Report) -> str:
+    lines = [render_terminations(report.rows) if report.rows else "Nothing was due."]
+    for tenant, reason in report.holds.items():
+        lines.append(f"HELD {tenant}: {reason}")
+    for e in report.rejected:
+        lines.append(f"rejected {e}")
+    for e in report.source_errors:
+        lines.append(f"source failed {e}")
+    for e in report.config_errors:
+        lines.append(f"config error {e}")
+    return "\n".join(lines)
+
+
+def report_objects(report: Report) -> list[dict]:
+    out = [dict(r, run_id=report.run_id) for r in report.rows]
+    out += [{"type": "hold", "tenant": t, "reason": r} for t, r in report.holds.items()]
+    out += [{"type": "rejected", "where": e.where, "error": e.message} for e in report.rejected]
+    out += [{"type": "source_error", "where": e.where, "error": e.message} for e in report.source_errors]
+    out += [{"type": "config_error", "where": e.where, "error": e.message} for e in report.config_errors]
+    out.append({"type": "summary", "run_id": report.run_id, "exit_code": report.exit_code,
+                "dry_run": report.dry_run, "terminations": len(report.rows)})
+    return out
+
+
+# -- commands ---------------------------------------------------------------------
+def open_store(cfg: Config, scratch: bool = False) -> Store:
+    path = cfg.connector["state"]
+    return Store.scratch_copy(path) if scratch else Store.open(path)
+
+
+def cmd_check(args, cfg: Config) -> int:
+    problems = []
+    if args.online:
+        from . import plugins
+        for tenant in cfg.tenants:
+            for kind, blocks in (("sources", tenant.sources), ("providers", tenant.providers)):
+                for pc in blocks:
+                    try:
+                        plugin = plugins.load(kind, pc.type, pc.where)(pc.name, pc.options, tenant, pc.where)
+                        plugin.check_online()
+                        if hasattr(plugin, "close"):
+                            plugin.close()
+                    except OffboardError as e:
+                        e.where = e.where or pc.where
+                        problems.append(e)
+    summary = {"config": cfg.path, "tenants": [t.id for t in cfg.tenants], "online": args.online,
+               "ok": not problems, "problems": [str(p) for p in problems]}
+    human = f"{cfg.path}: OK ({len(cfg.tenants)} tenant(s): {', '.join(t.id for t in cfg.tenants)})"
+    for p in problems:
+        print(f"offboard: error: {p}", file=sys.stderr)
+    emit(args, [summary], "" if problems else human + (", every credential proven" if args.online else ""))
+    return 1 if problems else 0
+
+
+def cmd_plan(args, cfg: Config) -> int:
+    store = open_store(cfg, scratch=True)
+    report = reconcile(cfg, store, tenant=args.tenant, employee=args.employee, dry_run=True, trigger="plan")
+    shown = set(report.terminations)
+    rows = report.rows + [r for r in status_rows(store, tenant=args.tenant, states=OPEN)
+                          if r["id"] not in shown and (args.employee is None or args.employee in (r["employee_id"], r["email"]))]
+    report.rows = rows
+    emit(args, report_objects(report), render_report(report))
+    return 1 if report.config_errors else 0
+
+
+def cmd_reconcile(args, cfg: Config) -> int:
+    if not args.once:
+        raise ConfigError("`reconcile` needs --once (the daemon is `offboard serve`)", "reconcile")
+    store = open_store(cfg, scratch=args.dry_run)
+    report = reconcile(cfg, store, tenant=args.tenant, dry_run=args.dry_run, full=args.full, trigger="cli")
+    emit(args, report_objects(report), render_report(report))
+    return report.exit_code
+
+
+def parse_at(text: str | None, cfg: Config, tenant: str) -> dt.datetime:
+    if not text:
+        return utcnow()
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"not an ISO 8601 time: {text!r}", "--at") from None
+    return when if when.tzinfo else when.replace(tzinfo=cfg.tenant(tenant).zone)
+
+
+def cmd_run(args, cfg: Config) -> int:
+    tenant = cfg.tenant(args.tenant)
+    store = open_store(cfg, scratch=args.dry_run)
+    who = args.who.strip()
+    existing = next((r for r in store.terminations(tenant.id) if who.lower() in (r["employee_id"].lower(), r["email"].lower())), None)
+    local = parse_at(args.at, cfg, tenant.id).astimezone(tenant.zone)
+    termination = Termination(
+        tenant=tenant.id, employee_id=existing["employee_id"] if existing else who,
+        email=existing["email"] if existing else (who.lower() if "@" in who else ""),
+        first_name=existing["first_name"] if existing else "", last_name=existing["last_name"] if existing else "",
+        manager_email=existing["manager_email"] if existing else "", termination_date=local.date(),
+        termination_time=local.time().replace(second=0, microsecond=0), kind="immediate",
+        source=existing["source"] if existing else "on-demand", ticket=args.ticket or (existing or {}).get("ticket") or "")
+    report = reconcile(cfg, store, tenant=tenant.id, dry_run=args.dry_run, trigger="run", on_demand=[termination])
+    if not report.rows:
+        report.rows = status_rows(store, [termination.id])
+    emit(args, report_objects(report), render_report(report))
+    return report.exit_code
+
+
+def cmd_status(args, cfg: Config) -> int:
+    store = open_store(cfg, scratch=True)
+    rows = status_rows(store, tenant=args.tenant, states=ALL if args.all else OPEN)
+    emit(args, rows, render_terminations(rows))
+    return 0
+
+
+def resolve_id(store: Store, ident: str, tenant: str | None) -> dict:
+    if "/" not in ident and tenant:
+        ident = f"{tenant}/{ident}"
+    row = store.termination(ident)
+    if not row and tenant:
+        row = next((r for r in store.terminations(tenant) if r["email"] == ident.split("/", 1)[1].lower()), None)
+    if not row:
+        raise ConfigError("no such termination (ids look like TENANT/EMPLOYEE_ID; see `offboard status --all`)", ident)
+    return row
+
+
+def cmd_history(args, cfg: Config) -> int:
+    store = open_store(cfg, scratch=True)
+    row = resolve_id(store, args.id, args.tenant)
+    trail = store.audit_trail(row["id"])
+    objects = [{"seq": a["seq"], "at": a["at"], "run_id": a["run_id"], "termination": a["termination_id"],
+                "event": a["event"], **json.loads(a["data"])} for a in trail]
+    human_rows = [[o["at"], o["event"], o.get("provider", ""), o.get("action", ""),
+                   _short(o.get("before")), _short(o.get("after")), o.get("reason", "")] for o in objects]
+    human = f"{row['id']}  {row['email']}  {row['state']}\n" + table(
+        ["at", "event", "provider", "action", "before", "after", "reason"], human_rows)
+    emit(args, objects, human)
+    return 0
+
+
+def _short(value) -> str:
+    if value in (None, "", [], {}):
+        return ""
+    text = json.dumps(value, default=str, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def cmd_decide(args, cfg: Config) -> int:
+    """approve / hold / cancel / retry: a person's decisions, each audited."""
+    store = open_store(cfg)
+    decision = args.command
+    if decision == "approve" and args.id is None:
+        if not args.tenant:
+            raise ConfigError("give a termination id, or --tenant T to release a tenant's safety hold", "approve")
+        cfg.tenant(args.tenant)
+        ids = store.release_hold(args.tenant)
+        store.audit("tenant_approved", None, None, tenant=args.tenant, released=ids)
+        emit(args, [{"tenant": args.tenant, "released": ids}],
+             f"{args.tenant}: released {len(ids)} held termination(s)" if ids else f"{args.tenant}: no safety hold")
+        return 0
+    row = resolve_id(store, args.id, args.tenant)
+    tid, state = row["id"], row["state"]
+    if decision == "approve":
+        if state not in ("held", "needs_human"):
+            raise ConfigError(f"is {state}; only held or needs_human terminations are approved", tid)
+        store.reset_failed_actions(tid)
+        store.set_state(tid, "due" if row["due_at"] <= iso(utcnow()) else "scheduled", "", override_at=iso(utcnow()))
+    elif decision == "hold":
+        if state in ("done", "cancelled"):
+            raise ConfigError(f"is {state}; nothing to hold", tid)
+        store.set_state(tid, "held", PERSON_HOLD)
+    elif decision == "cancel":
+        if state == "done":
+            raise ConfigError("is done; restore access by hand (see `offboard history`)", tid)
+        store.set_state(tid, "cancelled", "cancelled by a person")
+    elif decision == "retry":
+        count = store.reset_failed_actions(tid)
+        store.set_state(tid, "due" if row["due_at"] <= iso(utcnow()) else "scheduled", "")
+        store.audit("retry", tid, None, actions=count)
+    if decision != "retry":
+        store.audit(f"person_{decision}", tid, None, previous_state=state)
+    new = store.termination(tid)
+    emit(args, [{"id": tid, "state": new["state"], "previous_state": state}], f"{tid}: {state} -> {new['state']}")
+    return 0
+
+
+def cmd_audit(args, cfg: Config) -> int:
+    store = open_store(cfg, scratch=True)
+    ok, problem, count = store.verify_audit()
+    emit(args, [{"ok": ok, "rows": count, "problem": problem}],
+         f"audit log OK: {count} rows, hash chain intact" if ok else "")
+    if not ok:
+        print(f"offboard: error: {cfg.connector['state']}: audit log: {problem}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_demo(args, cfg_path) -> int:
+    from .sandbox.demo import main as demo_main
+    return demo_main(args)
+
+
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name (suppressed defaults below the top level)."""
+    common = argparse.ArgumentParser(add_help=False)
+    default = {"default": argparse.SUPPRESS} if suppress else {}
+    common.add_argument("--json", action="store_true", help="one JSON object per line", **default)
+    common.add_argument("--debug", action="store_true", help="tracebacks and debug logs", **default)
+    common.add_argument("--config", help="config file (default $OFFBOARD_CONFIG, else " + configmod.DEFAULT_PATH + ")",
+                        **default)
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common(suppress=True)
+    p = argparse.ArgumentParser(prog="offboard", parents=[_common(suppress=False)],
+                                description="Offboard leavers from every system an MSP manages: revoke first.")
+    p.add_argument("--version", action="version", version=f"offboard-connector {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    c = sub.add_parser("check", parents=[common], help="validate the config")
+    c.add_argument("--online", action="store_true", help="also prove each credential with one read-only call")
+    c = sub.add_parser("plan", parents=[common], help="what would be done; writes nothing")
+    c.add_argument("--tenant"); c.add_argument("--employee")
+    c = sub.add_parser("reconcile", parents=[common], help="one pass over every feed and tenant")
+    c.add_argument("--once", action="store_true", required=True)
+    c.add_argument("--tenant"); c.add_argument("--dry-run", action="store_true"); c.add_argument("--full", action="store_true")
+    c = sub.add_parser("run", parents=[common], help="offboard one person now")
+    c.add_argument("who", metavar="EMAIL_OR_ID"); c.add_argument("--tenant", required=True)
+    c.add_argument("--at"); c.add_argument("--ticket"); c.add_argument("--dry-run", action="store_true")
+    c = sub.add_parser("status", parents=[common], help="open terminations and their actions")
+    c.add_argument("--tenant"); c.add_argument("--all", action="store_true")
+    c = sub.add_parser("history", parents=[common], help="the audit trail of one person")
+    c.add_argument("id"); c.add_argument("--tenant")
+    for name, text in (("approve", "release a held or needs_human termination, or a tenant's safety hold"),
+                       ("hold", "pause a termination"), ("cancel", "never act on a termination"),
+                       ("retry", "retry failed actions now")):
+        c = sub.add_parser(name, parents=[common], help=text)
+        c.add_argument("id", nargs="?" if name == "approve" else None); c.add_argument("--tenant")
+    c = sub.add_parser("audit", parents=[common], help="audit log tools")
+    c.add_argument("verb", choices=["verify"])
+    c = sub.add_parser("demo", parents=[common], help="the whole pipeline against a throwaway sandbox")
+    c.add_argument("--keep", action="store_true", help="leave the sandbox folder behind")
+    return p
+
+
+COMMANDS = {"check": cmd_check, "plan": cmd_plan, "reconcile": cmd_reconcile, "run": cmd_run, "status": cmd_status,
+            "history": cmd_history, "approve": cmd_decide, "hold": cmd_decide, "cancel": cmd_decide,
+            "retry": cmd_decide, "audit": cmd_audit}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return cmd_demo(args, args.config)
+        cfg = configmod.load(args.config)
+        setup_logging("DEBUG" if args.debug else cfg.connector["log_level"])
+        return COMMANDS[args.command](args, cfg)
+    except OffboardError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"offboard: error: {mask_secrets(str(e))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug: still one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"offboard: error: internal: {type(e).__name__}: {mask_secrets(str(e))} (run with --debug)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

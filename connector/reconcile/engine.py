@@ -1,0 +1,156 @@
+"""One reconcile pass: intake from the feeds, then execution of what is due, per tenant."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import plugins
+from ..config import Config, Tenant
+from ..errors import ConfigError, InputRejected, OffboardError
+from ..model import Termination
+from ..providers.base import Provider
+from ..store import Store, iso, now as utcnow
+from .execute import Execution, Executor, Leaver, termination_from_row
+from .intake import Intake, cancel_missing, pull_sources, record
+
+log = logging.getLogger(__name__)
+
+WORKABLE = ("scheduled", "due", "in_progress")
+
+
+@dataclass
+class Report:
+    run_id: str
+    dry_run: bool
+    terminations: list[str] = field(default_factory=list)
+    config_errors: list[OffboardError] = field(default_factory=list)
+    source_errors: list[OffboardError] = field(default_factory=list)
+    rejected: list[InputRejected] = field(default_factory=list)
+    holds: dict[str, str] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.config_errors:
+            return 1
+        if self.holds:
+            return 3
+        if self.source_errors or self.rejected or any(r["state"] in ("needs_human",) or
+                                                      any(a["outcome"] == "failed" for a in r["actions"])
+                                                      for r in self.rows):
+            return 2
+        return 0
+
+
+def build_providers(tenant: Tenant) -> list[Provider]:
+    return [plugins.load("providers", pc.type, pc.where)(pc.name, pc.options, tenant, pc.where)
+            for pc in tenant.providers]
+
+
+def reconcile(config: Config, store: Store, *, tenant: str | None = None, employee: str | None = None,
+              dry_run: bool = False, full: bool = False, trigger: str = "cli", now: dt.datetime | None = None,
+              on_demand: list[Termination] | None = None,
+              providers: Callable[[Tenant], list[Provider]] = build_providers,
+              run_id: str | None = None) -> Report:
+    """Run one pass. `on_demand` skips the feeds and works on just those terminations."""
+    now = now or utcnow()
+    report = Report(run_id=run_id or uuid.uuid4().hex[:12], dry_run=dry_run)
+    tenants = [config.tenant(tenant)] if tenant else config.tenants
+    store.start_run(report.run_id, trigger, tenant, dry_run)
+    for t in tenants:
+        _reconcile_tenant(t, store, report, employee=employee, dry_run=dry_run, full=full, now=now,
+                          on_demand=on_demand, providers=providers)
+    report.rows = status_rows(store, report.terminations)
+    store.finish_run(report.run_id, report.exit_code, {"holds": report.holds,
+                     "errors": [str(e) for e in report.config_errors + report.source_errors],
+                     "rejected": [str(e) for e in report.rejected]}, report.terminations)
+    return report
+
+
+def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, *, employee, dry_run, full, now,
+                      on_demand, providers) -> None:
+    intake = Intake()
+    if on_demand is not None:
+        record(tenant, store, [t for t in on_demand if t.tenant == tenant.id], now, report.run_id, intake)
+    else:
+        pulls = pull_sources(tenant, store, full, intake)
+        record(tenant, store, [t for _, pull in pulls for t in pull.terminations], now, report.run_id, intake)
+        cancel_missing(tenant, store, pulls, report.run_id, intake)
+        for name, pull in pulls:
+            if pull.cursor is not None:
+                store.set_cursor(f"{tenant.id}/{name}", pull.cursor)
+    for e in intake.errors:
+        (report.config_errors if isinstance(e, ConfigError) else report.source_errors).append(e)
+    report.rejected.extend(intake.rejected)
+    report.terminations.extend(i for i in intake.new if i not in report.terminations)
+    hold = store.open_hold(tenant.id)
+    if hold:
+        report.holds[tenant.id] = hold["reason"]
+        return
+    wanted = {t.id for t in on_demand} if on_demand is not None else None
+    rows = [r for r in store.terminations(tenant.id, WORKABLE)
+            if r["due_at"] <= iso(now) and (wanted is None or r["id"] in wanted)
+            and (employee is None or employee in (r["employee_id"], r["email"], r["id"]))]
+    if not rows:
+        return
+    try:
+        built = providers(tenant)
+    except ConfigError as e:
+        report.config_errors.append(e)
+        return
+    leavers = [Leaver(row=r, termination=termination_from_row(r)) for r in rows]
+    for lv in leavers:
+        store.set_state(lv.id, "in_progress")
+        if lv.id not in report.terminations:
+            report.terminations.append(lv.id)
+    execution = Execution()
+    executor = Executor(tenant, store, built, report.run_id, dry_run, now, execution)
+    try:
+        executor.prepare(leavers)
+        executor.execute(leavers)
+    finally:
+        for p in built:
+            p.close()
+    report.config_errors.extend(e for e in execution.config_errors if str(e) not in map(str, report.config_errors))
+    for lv in leavers:
+        settle(store, lv.id, report.run_id)
+
+
+def settle(store: Store, termination_id: str, run_id: str) -> str:
+    """Derive the termination's state from its journal after a pass."""
+    statuses = [a["status"] for a in store.actions(termination_id)]
+    if "needs_human" in statuses:
+        state = "needs_human"
+    elif any(s in ("failed", "pending", "in_flight") for s in statuses):
+        state = "in_progress"
+    else:
+        state = "done"
+    row = store.termination(termination_id)
+    reason = "; ".join(sorted({a["reason"] for a in store.actions(termination_id)
+                               if a["status"] in ("needs_human", "failed") and a["reason"]}))
+    store.set_state(termination_id, state, reason, finished_at=iso(utcnow()) if state == "done" else None)
+    if row["state"] != state:
+        store.audit(f"termination_{state}", termination_id, run_id, reason=reason)
+    return state
+
+
+def status_rows(store: Store, ids: list[str] | None = None, tenant: str | None = None,
+                states: list[str] | None = None) -> list[dict]:
+    rows = [store.termination(i) for i in ids] if ids is not None else store.terminations(tenant, states)
+    out = []
+    for r in filter(None, rows):
+        out.append({"id": r["id"], "tenant": r["tenant"], "employee_id": r["employee_id"], "email": r["email"],
+                    "state": r["state"], "effective_at": r["due_at"], "reason": r["reason"] or "",
+                    "actions": [{"provider": a["provider"], "action": a["action"], "phase": a["phase"],
+                                 "outcome": _outcome(a["status"]), "attempts": a["attempts"] or 0,
+                                 "reason": a["reason"] or "", "at": a["finished_at"]}
+                                for a in store.actions(r["id"])]})
+    return out
+
+
+def _outcome(status: str) -> str:
+    return {"in_flight": "failed", "pending": "planned"}.get(status, status)

@@ -1,0 +1,140 @@
+"""Pull the HR feeds of one tenant and bring the store's terminations up to date.
+
+The feed is the most dangerous input the daemon has: a broken export can look
+like a mass layoff. So a source that fails contributes nothing, a whole read that
+suddenly names nobody cancels nothing, and new terminations beyond the tenant's
+limits are recorded as `held` and acted on only after `offboard approve`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from .. import plugins
+from ..config import Tenant
+from ..errors import ConfigError, InputRejected, OffboardError, SourceError
+from ..model import Termination
+from ..sources.base import Pull
+from ..store import Store, iso
+from .schedule import due_at
+
+OPEN_BEFORE_DUE = ("scheduled", "held")
+FINISHED = ("done", "cancelled")
+
+
+@dataclass
+class Intake:
+    new: list[str] = field(default_factory=list)
+    errors: list[OffboardError] = field(default_factory=list)        # source failures (exit 2) and config errors (exit 1)
+    rejected: list[InputRejected] = field(default_factory=list)      # bad rows (exit 2)
+
+
+def pull_sources(tenant: Tenant, store: Store, full: bool, intake: Intake) -> list[tuple[str, Pull]]:
+    pulls = []
+    for pc in tenant.sources:
+        key = f"{tenant.id}/{pc.name}"
+        try:
+            source = plugins.load("sources", pc.type, pc.where)(pc.name, pc.options, tenant, pc.where)
+            pull = source.pull(None if full else store.cursor(key))
+        except (SourceError, ConfigError) as e:
+            e.where = e.where or pc.where
+            intake.errors.append(e)
+            continue
+        except OffboardError as e:
+            intake.errors.append(SourceError(str(e), pc.where))
+            continue
+        intake.rejected.extend(pull.rejected)
+        pulls.append((pc.name, pull))
+    return pulls
+
+
+def _row(t: Termination, tenant: Tenant, stamp: str) -> dict:
+    return {"id": t.id, "tenant": t.tenant, "employee_id": t.employee_id, "email": t.email,
+            "first_name": t.first_name, "last_name": t.last_name, "manager_email": t.manager_email,
+            "termination_date": t.termination_date.isoformat(),
+            "termination_time": t.termination_time.strftime("%H:%M") if t.termination_time else None,
+            "kind": t.kind, "source": t.source, "ticket": t.ticket, "due_at": iso(due_at(t, tenant)),
+            "updated_at": stamp}
+
+
+SCHEDULE_FIELDS = ("termination_date", "termination_time", "kind", "due_at", "email", "manager_email",
+                   "first_name", "last_name", "ticket")
+
+
+def record(tenant: Tenant, store: Store, terminations: list[Termination], now: dt.datetime, run_id: str,
+           intake: Intake) -> None:
+    """Insert new terminations, reschedule changed ones, cancel or flag the ones the feed says are active."""
+    stamp = iso(now)
+    seen_new: list[dict] = []
+    for t in terminations:
+        old = store.termination(t.id)
+        if t.active:
+            _active_again(store, old, run_id)
+            continue
+        row = _row(t, tenant, stamp)
+        if old is None:
+            row.update(state="scheduled", first_seen_at=stamp, reason="")
+            seen_new.append(row)
+            continue
+        changed = {k: row[k] for k in SCHEDULE_FIELDS if row[k] and row[k] != old.get(k)}
+        if old["state"] == "cancelled" or not changed:
+            continue
+        if old["state"] in OPEN_BEFORE_DUE + ("due",):
+            store.upsert_termination({**row, "state": old["state"]})
+            store.audit("termination_changed", t.id, run_id, changes=changed)
+    limit = _limit_reason(tenant, store, len(seen_new), now)
+    for row in seen_new:
+        if limit:
+            row.update(state="held", reason=limit)
+        store.upsert_termination(row)
+        store.audit("termination_seen", row["id"], run_id, source=row["source"], due_at=row["due_at"],
+                    state=row["state"])
+        intake.new.append(row["id"])
+    if limit and seen_new and not store.open_hold(tenant.id):
+        store.add_hold(tenant.id, limit, [r["id"] for r in seen_new])
+        store.audit("tenant_held", None, run_id, tenant=tenant.id, reason=limit, count=len(seen_new))
+
+
+def _active_again(store: Store, old: dict | None, run_id: str) -> None:
+    if old is None or old["state"] == "cancelled":
+        return
+    if old["state"] in OPEN_BEFORE_DUE:
+        store.set_state(old["id"], "cancelled", "the HR feed says this person is active again")
+        store.audit("termination_cancelled", old["id"], run_id, reason="active again before it was due")
+    elif old["state"] != "needs_human":
+        reason = "rehired after offboarding: restore access by hand (see `offboard history`)"
+        store.set_state(old["id"], "needs_human", reason)
+        store.audit("termination_rehired", old["id"], run_id, reason=reason)
+
+
+def cancel_missing(tenant: Tenant, store: Store, pulls: list[tuple[str, Pull]], run_id: str,
+                   intake: Intake) -> None:
+    """A whole read that no longer names a scheduled leaver cancels them; one that names nobody is not believed."""
+    for name, pull in pulls:
+        if not pull.complete:
+            continue
+        present = {t.id for t in pull.terminations}
+        waiting = [r for r in store.terminations(tenant.id, OPEN_BEFORE_DUE) if r["source"] == name]
+        missing = [r for r in waiting if r["id"] not in present]
+        if not missing:
+            continue
+        if not pull.terminations:
+            intake.errors.append(SourceError(f"a whole read returned nobody while {len(waiting)} termination(s) "
+                                             "are scheduled: not believed, nothing cancelled", f"{tenant.id}/{name}"))
+            continue
+        for r in missing:
+            store.set_state(r["id"], "cancelled", "no longer in the HR feed before it was due")
+            store.audit("termination_cancelled", r["id"], run_id, reason="disappeared from the feed before it was due")
+
+
+def _limit_reason(tenant: Tenant, store: Store, new: int, now: dt.datetime) -> str:
+    if store.open_hold(tenant.id):
+        return "the tenant is held by a safety limit: release it with `offboard approve --tenant " + tenant.id + "`"
+    if new > tenant.max_terminations_per_run:
+        return (f"{new} new terminations in one pull exceed max_terminations_per_run = "
+                f"{tenant.max_terminations_per_run}: check the feed, then `offboard approve --tenant {tenant.id}`")
+    recent = store.count_first_seen_since(tenant.id, now - dt.timedelta(hours=24))
+    if new and recent + new > tenant.max_terminations_per_day:
+        return (f"{recent + new} new terminations in 24 hours exceed max_terminations_per_day = "
+                f"{tenant.max_terminations_per_day}: check the feed, then `offboard approve --tenant {tenant.id}`")
+    return ""

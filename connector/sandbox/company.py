@@ -1,0 +1,163 @@
+"""Example Ltd, a small fictional client: the people the sandbox DC holds.
+
+It carries every case the AD provider must get right: ordinary staff with
+managers, aliases and nested groups; someone matched only by address (no employeeID);
+an admin whose rights come through a nested group (Samba never sets adminCount);
+a protected service account; and two accounts sharing one email. The end-to-end
+tests and the demo's HR CSV name people through the constants below.
+
+The sandbox binds as the domain Administrator (`SambaDC.admin_user`): delegating
+just the rights the connector needs is a task for a real client's DC, not a demo.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ldap3
+
+from .samba import REALM, SambaDC
+
+BASE_DN = SambaDC.base_dn
+MAIL_DOMAIN = REALM.lower()
+PASSWORD = "Welcome-2-Example"        # every seeded account's password (complexity: 3 of 4 classes)
+
+STAFF_OU = f"OU=Staff,{BASE_DN}"
+LEAVERS_OU = f"OU=Leavers,{BASE_DN}"  # the provider's disabled_ou
+SERVICE_OU = f"OU=Service,{BASE_DN}"
+GROUPS_OU = f"OU=Groups,{BASE_DN}"
+DOMAIN_ADMINS = f"CN=Domain Admins,CN=Users,{BASE_DN}"
+
+
+def group_dn(name: str) -> str:
+    return f"CN={name},{GROUPS_OU}"
+
+
+# group -> the groups it is a member of (All-Staff holds Engineering: the nested one)
+GROUPS = {
+    "All-Staff": (),
+    "Engineering": ("All-Staff",),
+    "Sales": (),
+    "Finance": (),
+    "VPN-Users": (),
+    "File-Share-RW": (),
+    "IT-Admins": (),                  # nested into Domain Admins, see `seed`
+}
+
+
+@dataclass(frozen=True)
+class Person:
+    sam: str
+    given: str
+    surname: str
+    employee_id: str = ""
+    mail: str = ""
+    aliases: tuple[str, ...] = ()     # extra smtp: proxy addresses
+    manager: str = ""                 # sAMAccountName
+    groups: tuple[str, ...] = ()
+    ou: str = STAFF_OU
+    description: str = ""
+
+    @property
+    def cn(self) -> str:
+        return f"{self.given} {self.surname}".strip()
+
+    @property
+    def dn(self) -> str:
+        return f"CN={self.cn},{self.ou}"
+
+    @property
+    def upn(self) -> str:
+        return f"{self.sam}@{MAIL_DOMAIN}"
+
+    @property
+    def proxy_addresses(self) -> list[str]:
+        primary = [f"SMTP:{self.mail}"] if self.mail else []
+        return primary + [f"smtp:{alias}" for alias in self.aliases]
+
+
+def _mail(local: str) -> str:
+    return f"{local}@{MAIL_DOMAIN}"
+
+
+ALICE = Person("aarcher", "Alice", "Archer", "E1001", _mail("alice.archer"), groups=("All-Staff", "VPN-Users"),
+               description="Managing Director")
+BOB = Person("bbaker", "Bob", "Baker", "E1002", _mail("bob.baker"), aliases=(_mail("bob"), _mail("sales-emea")),
+             manager="aarcher", groups=("Sales", "VPN-Users", "All-Staff"), description="Sales Manager")
+CAROL = Person("cchen", "Carol", "Chen", "E1003", _mail("carol.chen"), manager="aarcher",
+               groups=("Engineering", "VPN-Users"), description="Head of Engineering")
+DAN = Person("ddawson", "Dan", "Dawson", "E1004", _mail("dan.dawson"), manager="cchen",
+             groups=("Engineering", "File-Share-RW"))
+ERIN = Person("eevans", "Erin", "Evans", "E1005", _mail("erin.evans"), aliases=(_mail("erin"),), manager="bbaker",
+              groups=("Sales", "All-Staff"))
+FRANK = Person("ffischer", "Frank", "Fischer", "E1006", _mail("frank.fischer"), manager="cchen",
+               groups=("Engineering", "File-Share-RW", "VPN-Users"))
+GRACE = Person("ggreen", "Grace", "Green", "E1007", _mail("grace.green"), manager="aarcher",
+               groups=("Finance", "File-Share-RW", "All-Staff"))
+# HR knows Henry as E1008, but nobody ever typed it into AD: matched by address only
+HENRY = Person("hhill", "Henry", "Hill", "", _mail("henry.hill"), aliases=(_mail("h.hill"),), manager="ggreen",
+               groups=("Finance", "All-Staff"))
+HENRY_EMPLOYEE_ID = "E1008"
+ORDINARY = (ALICE, BOB, CAROL, DAN, ERIN, FRANK, GRACE, HENRY)
+
+# an admin: Domain Admins through IT-Admins, so only a nested (in-chain) lookup sees it
+ADMIN = Person("iito", "Ivan", "Ito", "E1009", _mail("ivan.ito"), manager="aarcher", groups=("IT-Admins", "All-Staff"))
+# a service account every tenant lists in `protected` (e.g. "svc-*")
+PROTECTED = Person("svc-backup", "svc-backup", "", "", _mail("svc-backup"), ou=SERVICE_OU,
+                   description="Nightly backup job")
+# two accounts claim one email: a leaver with that address needs a human
+AMBIGUOUS_EMAIL = _mail("jo.smith")
+AMBIGUOUS_EMPLOYEE_ID = "E1010"      # carried by neither account
+AMBIGUOUS = (
+    Person("jsmith", "Jo", "Smith", "", AMBIGUOUS_EMAIL, groups=("Sales",)),
+    Person("jsmith-ext", "Joanna", "Smith", "", "", aliases=(AMBIGUOUS_EMAIL,), groups=("Sales",),
+           description="Contractor account"),
+)
+PEOPLE = ORDINARY + (ADMIN, PROTECTED) + AMBIGUOUS
+
+
+def unicode_pwd(password: str) -> bytes:
+    """AD's `unicodePwd`: the password in double quotes, UTF-16-LE."""
+    return f'"{password}"'.encode("utf-16-le")
+
+
+def add_person(conn: ldap3.Connection, person: Person, password: str = PASSWORD) -> None:
+    """Create an enabled account (password and userAccountControl=512 in the same add)."""
+    attrs = {
+        "sAMAccountName": person.sam,
+        "userPrincipalName": person.upn,
+        "givenName": person.given or None,
+        "sn": person.surname or None,
+        "displayName": person.cn,
+        "employeeID": person.employee_id or None,
+        "mail": person.mail or None,
+        "proxyAddresses": person.proxy_addresses or None,
+        "description": person.description or None,
+        "manager": next((p.dn for p in PEOPLE if p.sam == person.manager), None) if person.manager else None,
+        "unicodePwd": unicode_pwd(password),
+        "userAccountControl": 512,
+    }
+    conn.add(person.dn, ["top", "person", "organizationalPerson", "user"],
+             {k: v for k, v in attrs.items() if v is not None})
+    for name in person.groups:
+        add_member(conn, group_dn(name), person.dn)
+
+
+def add_member(conn: ldap3.Connection, group: str, member: str) -> None:
+    conn.modify(group, {"member": [(ldap3.MODIFY_ADD, [member])]})
+
+
+def seed(target: ldap3.Connection | SambaDC) -> None:
+    """Create Example Ltd in an empty sandbox domain (a bound admin connection, or the DC itself)."""
+    conn = target.connect() if isinstance(target, SambaDC) else target
+    for ou in (STAFF_OU, LEAVERS_OU, SERVICE_OU, GROUPS_OU):
+        conn.add(ou, "organizationalUnit")
+    for name in GROUPS:
+        conn.add(group_dn(name), "group", {"sAMAccountName": name})
+    for name, parents in GROUPS.items():
+        for parent in parents:
+            add_member(conn, group_dn(parent), group_dn(name))
+    add_member(conn, DOMAIN_ADMINS, group_dn("IT-Admins"))
+    for person in PEOPLE:                      # managers come before their reports
+        add_person(conn, person)
+    if conn is not target:
+        conn.unbind()

@@ -1,0 +1,170 @@
+"""A real Samba AD DC in a folder of its own: what the AD tests and `make demo` talk to.
+
+A mock would agree with whatever the provider believes about AD; a real DC does not.
+Provisioning takes a few seconds. The DC serves LDAPS on 127.0.0.1:636 (a fixed port,
+so one sandbox DC per machine at a time) with a certificate from a CA made here, so
+clients keep certificate and host-name checks on. Samba runs with its stdin on a
+pipe and exits when that pipe closes: a killed parent leaves no DC behind.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import ldap3
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+REALM = "EXAMPLE.TEST"
+DOMAIN = "EXAMPLE"
+HOST = "dc1"
+PORT = 636
+
+# Provision drops this option, so it goes into smb.conf afterwards: by default the old
+# password keeps working for 60 minutes after an admin reset, and a reset test proves nothing.
+SMB_GLOBALS = {"old password allowed period": "0"}
+
+
+class SambaDC:
+    """Provision, start and stop one sandbox DC: `SambaDC(dir).provision().start()` ... `.stop()`."""
+
+    realm = REALM
+    domain = DOMAIN
+    base_dn = ",".join(f"DC={part}" for part in REALM.lower().split("."))
+    admin_user = f"Administrator@{REALM.lower()}"
+    url = f"ldaps://127.0.0.1:{PORT}"
+
+    def __init__(self, directory: str | os.PathLike, admin_password: str | None = None):
+        self.dir = Path(directory)
+        self.admin_password = admin_password or f"Sandbox-{secrets.token_hex(8)}-A1"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def conf(self) -> Path:
+        return self.dir / "etc" / "smb.conf"
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.dir / "private" / "tls" / "ca.pem")
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "samba.log"
+
+    def provision(self) -> SambaDC:
+        if shutil.which("samba-tool") is None:
+            raise RuntimeError("samba-tool not found: apt-get install samba")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _run("samba-tool", "domain", "provision", f"--targetdir={self.dir}", f"--realm={REALM}",
+             f"--domain={DOMAIN}", "--server-role=dc", "--dns-backend=NONE", f"--host-name={HOST}",
+             f"--adminpass={self.admin_password}", "--option=netbios name=DC1", "--option=interfaces=lo",
+             "--option=bind interfaces only=yes", "--option=server services = ldap")
+        text = self.conf.read_text()
+        extra = "".join(f"\t{key} = {value}\n" for key, value in SMB_GLOBALS.items())
+        self.conf.write_text(text.replace("[global]\n", f"[global]\n{extra}", 1))
+        # tests reset the same accounts again and again, and reuse passwords
+        _run("samba-tool", "domain", "passwordsettings", "set", "-H", str(self.dir / "private" / "sam.ldb"),
+             "--history-length=0", "--min-pwd-age=0", "--max-pwd-age=0")
+        write_tls(self.dir / "private" / "tls", ["localhost", f"{HOST}.{REALM.lower()}"], ["127.0.0.1"])
+        return self
+
+    def start(self, timeout: float = 60.0) -> SambaDC:
+        if _port_open(PORT):
+            raise RuntimeError(f"127.0.0.1:{PORT} is already in use: is another sandbox DC running?")
+        with open(self.log_file, "ab") as log:
+            self.process = subprocess.Popen(["samba", "-i", "-s", str(self.conf), "-M", "single"],
+                                            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"samba exited with {self.process.returncode}; see {self.log_file}:\n"
+                                   + self.log_file.read_text()[-2000:])
+            try:
+                self.connect().unbind()
+                return self
+            except ldap3.core.exceptions.LDAPException:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"samba did not answer LDAPS within {timeout:.0f} s; see {self.log_file}") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.stdin.close()      # samba -i exits when its stdin closes
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def connect(self, user: str | None = None, password: str | None = None) -> ldap3.Connection:
+        """A bound LDAPS connection, as the administrator unless a user and password are given."""
+        tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=self.ca_file)
+        server = ldap3.Server("127.0.0.1", port=PORT, use_ssl=True, tls=tls, get_info=ldap3.NONE, connect_timeout=5)
+        return ldap3.Connection(server, user or self.admin_user, password or self.admin_password,
+                                auto_bind=True, receive_timeout=30, raise_exceptions=True)
+
+    def __enter__(self) -> SambaDC:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def write_tls(directory: Path, dns_names: list[str], ip_addresses: list[str]) -> None:
+    """A CA and a server certificate for the given names into ca.pem, cert.pem and key.pem (0600)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "offboard-connector sandbox CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=365))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (directory / "cert.pem").write_bytes(cert.public_bytes(pem))
+    key_path = directory / "key.pem"
+    key_path.touch(mode=0o600)
+    key_path.chmod(0o600)
+    key_path.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+def _run(*argv: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{argv[0]} {argv[1]} {argv[2]} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -1,0 +1,64 @@
+"""HR CSV drops: a glob of files, one termination per row.
+
+A file with the wrong header is not a termination feed at all and contributes
+nothing (a misplaced payroll export must not fire anyone); a bad row is reported
+with file and line and the rest of the file still counts.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+
+from ..config import Field
+from ..errors import InputRejected, SourceError
+from .base import Pull, Source
+from .records import FIELDS_OPTION, REQUIRED, to_termination
+
+HEADER = ("employee_id", "email", "first_name", "last_name", "manager_email",
+          "termination_date", "termination_time", "kind")
+
+
+class CsvSource(Source):
+    type = "csv"
+    config_schema = {"path": Field("str", required=True, help="a glob of CSV files"), "fields": FIELDS_OPTION}
+
+    def pull(self, since: str | None = None) -> Pull:
+        pull = Pull(complete=True)
+        files = sorted(glob.glob(self.options["path"]))
+        for path in files:
+            try:
+                with open(path, encoding="utf-8-sig", newline="") as fh:
+                    text = fh.read()
+            except (OSError, UnicodeDecodeError) as e:
+                pull.rejected.append(InputRejected(f"cannot read: {e}", path))
+                pull.complete = False
+                continue
+            self._read(path, text, pull)
+        return pull
+
+    def _read(self, path: str, text: str, pull: Pull) -> None:
+        fields = self.options["fields"] or {}
+        reader = csv.DictReader(io.StringIO(text))
+        header = reader.fieldnames or []
+        needed = [fields.get(f, f) for f in REQUIRED + ("first_name", "last_name", "manager_email")]
+        missing = [h for h in needed if h not in header]
+        if missing:
+            pull.rejected.append(InputRejected(
+                f"not a termination feed: header lacks {', '.join(missing)} (expected {','.join(HEADER)})", f"{path}:1"))
+            pull.complete = False
+            return
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in row:
+                pull.rejected.append(InputRejected("more fields than the header", where))
+                continue
+            try:
+                pull.terminations.append(to_termination(row, tenant=self.tenant.id, source=self.name,
+                                                        where=where, fields=fields))
+            except InputRejected as e:
+                pull.rejected.append(e)
+
+    def check_online(self) -> None:
+        if not glob.glob(self.options["path"]):
+            raise SourceError(f"no file matches {self.options['path']}", self.where)
