@@ -63,7 +63,7 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["actions"].create_index(["termination_id"])
     db["runs"].create({"id": str, "trigger": str, "tenant": str, "dry_run": int, "state": str,
                        "started_at": str, "finished_at": str, "exit_code": int, "summary": str,
-                       "terminations": str}, pk="id")
+                       "terminations": str, "audit_seq": int, "audit_hash": str}, pk="id")
     db["audit"].create({"seq": int, "at": str, "run_id": str, "termination_id": str, "event": str,
                         "data": str, "prev_hash": str, "hash": str}, pk="seq")
     db["audit"].create_index(["termination_id"])
@@ -211,8 +211,10 @@ class Store:
                                     "state": "running", "started_at": iso(now())}, pk="id")
 
     def finish_run(self, run_id: str, exit_code: int, summary: dict, terminations: list[str]) -> None:
+        """Also records the audit head, so a truncated tail of the chain is caught by `verify_audit`."""
         with self.lock:
-            self.db["runs"].update(run_id, {"state": "done" if exit_code in (0, 2, 3) else "failed",
+            head = self.conn.execute("select seq, hash from audit order by seq desc limit 1").fetchone() or (0, None)
+            self.db["runs"].update(run_id, {"audit_seq": head[0], "audit_hash": head[1],"state": "done" if exit_code in (0, 2, 3) else "failed",
                                             "finished_at": iso(now()), "exit_code": exit_code,
                                             "summary": dumps(summary), "terminations": dumps(terminations)})
 
@@ -276,6 +278,10 @@ class Store:
             if _audit_hash(row) != row["hash"]:
                 return False, f"row {row['seq']} was edited after it was written", count
             prev, expected, count = row["hash"], expected + 1, count + 1
+        hashes = dict(self.conn.execute("select seq, hash from audit"))
+        for run in self.conn.execute("select id, audit_seq, audit_hash from runs where audit_seq > 0"):
+            if hashes.get(run[1]) != run[2]:
+                return False, f"run {run[0]} ended at row {run[1]}, which is gone or changed (the log was cut)", count
         return True, "", count
 
     # -- webhook replay guard ------------------------------------------------------
