@@ -18,7 +18,7 @@ from .config import Config, mask_secrets
 from .errors import ConfigError, OffboardError
 from .model import Termination
 from .reconcile import reconcile, status_rows
-from .reconcile.engine import Report
+from .reconcile.engine import Report, unresolvable_secrets
 from .store import PERSON_HOLD, Store, iso, now as utcnow
 
 OPEN = ["scheduled", "due", "in_progress", "held", "needs_human"]
@@ -79,12 +79,11 @@ def render_report(report: Report) -> str:
     lines = [render_terminations(report.rows) if report.rows else "Nothing was due."]
     for tenant, reason in report.holds.items():
         lines.append(f"HELD {tenant}: {reason}")
+    waiting = [i for i in report.needs_human if i not in {r["id"] for r in report.rows}]
+    if waiting:
+        lines.append(f"still waiting for a person: {', '.join(waiting)} (see `offboard status`)")
     for e in report.rejected:
         lines.append(f"rejected {e}")
-    for e in report.source_errors:
-        lines.append(f"source failed {e}")
-    for e in report.config_errors:
-        lines.append(f"config error {e}")
     return "\n".join(lines)
 
 
@@ -95,7 +94,7 @@ def report_objects(report: Report) -> list[dict]:
     out += [{"type": "source_error", "where": e.where, "error": e.message} for e in report.source_errors]
     out += [{"type": "config_error", "where": e.where, "error": e.message} for e in report.config_errors]
     out.append({"type": "summary", "run_id": report.run_id, "exit_code": report.exit_code,
-                "dry_run": report.dry_run, "terminations": len(report.rows)})
+                "dry_run": report.dry_run, "terminations": len(report.rows), "needs_human": report.needs_human})
     return out
 
 
@@ -130,6 +129,7 @@ def cmd_check(args, cfg: Config) -> int:
 
 
 def cmd_plan(args, cfg: Config) -> int:
+    preflight(cfg, args.tenant)
     store = open_store(cfg, scratch=True)
     report = reconcile(cfg, store, tenant=args.tenant, employee=args.employee, dry_run=True, trigger="plan")
     shown = set(report.terminations)
@@ -137,15 +137,30 @@ def cmd_plan(args, cfg: Config) -> int:
                           if r["id"] not in shown and (args.employee is None or args.employee in (r["employee_id"], r["email"]))]
     report.rows = rows
     emit(args, report_objects(report), render_report(report))
+    report_errors(report)
     return 1 if report.config_errors else 0
+
+
+def preflight(cfg: Config, tenant: str | None) -> None:
+    """A secret that cannot be read stops the command before the state file is even opened."""
+    for t in [cfg.tenant(tenant)] if tenant else cfg.tenants:
+        for error in unresolvable_secrets(t):
+            raise error
+
+
+def report_errors(report: Report) -> None:
+    for e in report.config_errors + report.source_errors:
+        print(f"offboard: error: {mask_secrets(str(e))}", file=sys.stderr)
 
 
 def cmd_reconcile(args, cfg: Config) -> int:
     if not args.once:
         raise ConfigError("`reconcile` needs --once (the daemon is `offboard serve`)", "reconcile")
+    preflight(cfg, args.tenant)
     store = open_store(cfg, scratch=args.dry_run)
     report = reconcile(cfg, store, tenant=args.tenant, dry_run=args.dry_run, full=args.full, trigger="cli")
     emit(args, report_objects(report), render_report(report))
+    report_errors(report)
     return report.exit_code
 
 
@@ -161,6 +176,7 @@ def parse_at(text: str | None, cfg: Config, tenant: str) -> dt.datetime:
 
 def cmd_run(args, cfg: Config) -> int:
     tenant = cfg.tenant(args.tenant)
+    preflight(cfg, tenant.id)
     store = open_store(cfg, scratch=args.dry_run)
     who = args.who.strip()
     existing = next((r for r in store.terminations(tenant.id) if who.lower() in (r["employee_id"].lower(), r["email"].lower())), None)
@@ -176,6 +192,7 @@ def cmd_run(args, cfg: Config) -> int:
     if not report.rows:
         report.rows = status_rows(store, [termination.id])
     emit(args, report_objects(report), render_report(report))
+    report_errors(report)
     return report.exit_code
 
 
@@ -267,7 +284,7 @@ def cmd_audit(args, cfg: Config) -> int:
     return 0 if ok else 1
 
 
-def cmd_demo(args, cfg_path) -> int:
+def cmd_demo(args) -> int:
     from .sandbox.demo import main as demo_main
     return demo_main(args)
 
@@ -324,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.command == "demo":
-            return cmd_demo(args, args.config)
+            return cmd_demo(args)
         cfg = configmod.load(args.config)
         setup_logging("DEBUG" if args.debug else cfg.connector["log_level"])
         return COMMANDS[args.command](args, cfg)

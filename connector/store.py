@@ -175,7 +175,7 @@ class Store:
         with self.lock:
             row = self.action(action_id) or {"id": action_id, "termination_id": termination_id, "provider": provider,
                                              "action": action, "phase": phase, "attempts": 0}
-            stamp = iso(now())
+            stamp = now().isoformat()     # full precision: `since` is compared with the target's own clock
             row.update(status="in_flight", attempts=(row.get("attempts") or 0) + 1, intent_at=stamp,
                        first_intent_at=row.get("first_intent_at") or stamp, run_id=run_id, next_attempt_at=None)
             self.db["actions"].upsert(row, pk="id")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import plugins
-from ..config import Config, Tenant
+from ..config import Config, Secret, Tenant
 from ..errors import ConfigError, InputRejected, OffboardError
 from ..model import Termination
 from ..providers.base import Provider
@@ -32,6 +32,7 @@ class Report:
     rejected: list[InputRejected] = field(default_factory=list)
     holds: dict[str, str] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
+    needs_human: list[str] = field(default_factory=list)   # every open termination still waiting for a person
 
     @property
     def exit_code(self) -> int:
@@ -39,9 +40,8 @@ class Report:
             return 1
         if self.holds:
             return 3
-        if self.source_errors or self.rejected or any(r["state"] in ("needs_human",) or
-                                                      any(a["outcome"] == "failed" for a in r["actions"])
-                                                      for r in self.rows):
+        if self.source_errors or self.rejected or self.needs_human or \
+                any(a["outcome"] == "failed" for r in self.rows for a in r["actions"]):
             return 2
         return 0
 
@@ -65,6 +65,8 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
         _reconcile_tenant(t, store, report, employee=employee, dry_run=dry_run, full=full, now=now,
                           on_demand=on_demand, providers=providers)
     report.rows = status_rows(store, report.terminations)
+    report.needs_human = [r["id"] for t in tenants for r in store.terminations(t.id, ["needs_human"])
+                          if employee is None or employee in (r["employee_id"], r["email"], r["id"])]
     store.finish_run(report.run_id, report.exit_code, {"holds": report.holds,
                      "errors": [str(e) for e in report.config_errors + report.source_errors],
                      "rejected": [str(e) for e in report.rejected]}, report.terminations)
@@ -73,6 +75,44 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
 
 def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, *, employee, dry_run, full, now,
                       on_demand, providers) -> None:
+    missing = unresolvable_secrets(tenant)
+    if missing:
+        report.config_errors.extend(missing)
+        return
+    try:
+        built = providers(tenant)
+    except ConfigError as e:
+        report.config_errors.append(e)
+        return
+    usable = _online(built, report)
+    if built and not usable:
+        return                       # nothing this tenant could act on: record nothing either
+    try:
+        _intake_and_execute(tenant, store, report, usable, employee=employee, dry_run=dry_run, full=full,
+                            now=now, on_demand=on_demand)
+    finally:
+        for p in built:
+            p.close()
+
+
+def _online(built: list[Provider], report: Report) -> list[Provider]:
+    """Prove each provider's credential with one read; a refused or unreachable one sits this pass out."""
+    usable = []
+    for p in built:
+        try:
+            p.check_online()
+            usable.append(p)
+        except ConfigError as e:
+            e.where = e.where or p.where
+            report.config_errors.append(e)
+        except OffboardError as e:
+            e.where = e.where or p.where
+            report.source_errors.append(e)
+    return usable
+
+
+def _intake_and_execute(tenant: Tenant, store: Store, report: Report, providers: list[Provider], *,
+                        employee, dry_run, full, now, on_demand) -> None:
     intake = Intake()
     if on_demand is not None:
         record(tenant, store, [t for t in on_demand if t.tenant == tenant.id], now, report.run_id, intake)
@@ -97,27 +137,31 @@ def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, *, employee,
             and (employee is None or employee in (r["employee_id"], r["email"], r["id"]))]
     if not rows:
         return
-    try:
-        built = providers(tenant)
-    except ConfigError as e:
-        report.config_errors.append(e)
-        return
     leavers = [Leaver(row=r, termination=termination_from_row(r)) for r in rows]
     for lv in leavers:
         store.set_state(lv.id, "in_progress")
         if lv.id not in report.terminations:
             report.terminations.append(lv.id)
     execution = Execution()
-    executor = Executor(tenant, store, built, report.run_id, dry_run, now, execution)
-    try:
-        executor.prepare(leavers)
-        executor.execute(leavers)
-    finally:
-        for p in built:
-            p.close()
+    executor = Executor(tenant, store, providers, report.run_id, dry_run, now, execution)
+    executor.prepare(leavers)
+    executor.execute(leavers)
     report.config_errors.extend(e for e in execution.config_errors if str(e) not in map(str, report.config_errors))
     for lv in leavers:
         settle(store, lv.id, report.run_id)
+
+
+def unresolvable_secrets(tenant: Tenant) -> list[ConfigError]:
+    """A secret that cannot be read is a config error known before anything is pulled or written."""
+    errors = []
+    for pc in tenant.sources + tenant.providers:
+        for value in pc.options.values():
+            if isinstance(value, Secret):
+                try:
+                    value.reveal()
+                except ConfigError as e:
+                    errors.append(e)
+    return errors
 
 
 def settle(store: Store, termination_id: str, run_id: str) -> str:

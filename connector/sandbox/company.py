@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import ldap3
 
+from ..providers.active_directory import unicode_pwd
 from .samba import REALM, SambaDC
 
 BASE_DN = SambaDC.base_dn
@@ -113,11 +114,6 @@ AMBIGUOUS = (
            description="Contractor account"),
 )
 PEOPLE = ORDINARY + (ADMIN, PROTECTED) + AMBIGUOUS
-
-
-def unicode_pwd(password: str) -> bytes:
-    """AD's `unicodePwd`: the password in double quotes, UTF-16-LE."""
-    return f'"{password}"'.encode("utf-16-le")
 
 
 def add_person(conn: ldap3.Connection, person: Person, password: str = PASSWORD) -> None:

@@ -6,6 +6,8 @@ cursor pull cannot disagree about a person. It is the one /api/v1/ read an API
 key may use for every employee, Active and Inactive, in one request, and
 `onlyCurrent=false` makes it show future-dated employment-status rows: without
 it a termination entered today for next month stays invisible until that day.
+BambooHR marks it deprecated in favour of Datasets, but neither Datasets API
+documents a way to see future-dated rows, so this is the call that can.
 
 Who is leaving is read from the employment status (`employmentHistoryStatus ==
 "Terminated"`), not from `terminationDate` alone: BambooHR keeps the old
@@ -46,7 +48,7 @@ class BambooHRSource(Source):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.fields = {**DEFAULT_FIELDS, **self.options["fields"]}
-        self.report_fields = sorted({"id", *self.fields.values(), *STATUS_FIELDS})
+        self.report_fields = sorted({*self.fields.values(), *STATUS_FIELDS})
         self.session = http.session()
         self.session.headers["Accept"] = "application/json"   # BambooHR answers XML otherwise
 
@@ -112,6 +114,7 @@ class BambooHRSource(Source):
         return fetch_json(self.session, method, self.options["base_url"].rstrip("/") + path, self.where,
                           auth=(self.options["api_key"].reveal(), "x"),
                           timeout=(http.TIMEOUT[0], self.options["timeout"]), **kwargs)
+
 
 def fetch_json(session, method: str, url: str, where: str, **kwargs: Any) -> Any:
     """One request to an HR feed; a failed or non-JSON answer is a SourceError (401/403 stay ConfigError).

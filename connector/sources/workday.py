@@ -28,14 +28,15 @@ ZONED_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:Z|[+-]\d{2}:\d{2})$")   # Workd
 
 
 def _report_url(url: str) -> str:
-    """Accept a RaaS URL with or without `format=json`; refuse any other format."""
+    """Accept a RaaS URL with or without `format=json`; refuse any other format. Prompts may repeat."""
     parts = urlsplit(url)
     if "/ccx/service/customreport2/" not in parts.path:
         raise ValueError("not a Workday RaaS URL (https://HOST/ccx/service/customreport2/TENANT/OWNER/REPORT)")
-    query = dict(parse_qsl(parts.query))
-    if query.setdefault("format", "json") != "json":
-        raise ValueError(f"format must be json, got {query['format']!r}")
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    formats = {v for k, v in query if k == "format"}
+    if formats - {"json"}:
+        raise ValueError(f"format must be json, got {', '.join(sorted(formats))}")
+    return urlunsplit(parts._replace(query=urlencode(query if formats else query + [("format", "json")])))
 
 
 class WorkdaySource(Source):
@@ -57,8 +58,8 @@ class WorkdaySource(Source):
     def pull(self, since: str | None = None) -> Pull:
         entries = self._entries()
         out = Pull(complete=True)
+        date = self.fields["termination_date"]
         for i, entry in enumerate(entries, 1):
-            date = self.fields["termination_date"]
             match = ZONED_DATE.match(str(entry.get(date) or ""))
             record = {**entry, date: match.group(1)} if match else entry
             try:

@@ -39,6 +39,11 @@ class FakeDirectory(Provider):
                 "pwd_set": dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc), "mailbox": "UserMailbox",
                 "admin": admin, "names": [email, *names]}
 
+    def check_online(self):
+        error = self.fail.pop("check_online", None)
+        if error:
+            raise error
+
     def match(self, t):
         by_id = [a for a in self.accounts.values() if t.employee_id and a["employee_id"] == t.employee_id]
         found = by_id or [a for a in self.accounts.values() if t.email and t.email in a["names"]]

@@ -1,0 +1,447 @@
+"""On-prem Active Directory over LDAPS (or StartTLS): revoke a leaver's access, then park the account.
+
+Matching reads every user once per pass (one paged search into in-memory indexes),
+so 100,000 leavers cost no extra round trips. Admins are found by in-chain
+membership of the privileged groups, looked up by well-known SID: Samba never sets
+adminCount, and localised DCs rename the groups. Every action re-reads its account
+by objectGUID (it may have moved since the pass began), writes only on a
+difference, and turns LDAP result codes into the engine's typed errors.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import secrets
+import ssl
+import string
+import threading
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
+
+import ldap3
+from ldap3.core import exceptions as lx
+from ldap3.protocol.formatters.formatters import format_ad_timestamp, format_sid
+from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.dn import escape_rdn, safe_dn, to_dn
+
+from ..config import Field
+from ..errors import ConfigError, OffboardError, PermanentError, RetryableError
+from ..model import ActionContext, Match, PlannedAction, Result, Subject, Termination
+from .base import Provider
+
+log = logging.getLogger(__name__)
+
+USER_FILTER = "(&(objectCategory=person)(objectClass=user))"
+USER_ATTRIBUTES = ["objectGUID", "sAMAccountName", "userPrincipalName", "mail", "proxyAddresses", "employeeID",
+                   "userAccountControl", "memberOf", "distinguishedName", "description", "pwdLastSet",
+                   "adminCount", "primaryGroupID", "displayName"]
+IN_CHAIN = "1.2.840.113556.1.4.1941"
+# groups whose members, however deeply nested, hold admin rights
+PRIVILEGED_RIDS = (512, 519, 518)                  # Domain, Enterprise, Schema Admins
+PRIVILEGED_BUILTIN = ("S-1-5-32-544", "S-1-5-32-548")  # Administrators, Account Operators
+ACCOUNTDISABLE = 0x2
+STAMP = "Offboarded"
+PASSWORD_LENGTH = 32
+PASSWORD_SYMBOLS = "-_.!#%+=@"
+
+# LDAP result codes: what the engine should do about them
+CODE_REFUSED_BIND = 49
+CODE_NO_RIGHTS = 50
+CODE_WANTS_TLS = (8, 13)                            # strongerAuthRequired, confidentialityRequired
+CODE_TRANSIENT = (3, 51, 52)                        # timeLimitExceeded, busy, unavailable
+
+
+def _ldap_url(value: str) -> str:
+    url = urlsplit(value)
+    if url.scheme not in ("ldap", "ldaps") or not url.hostname:
+        raise ValueError(f"expected ldaps://HOST[:PORT] or ldap://HOST[:PORT]; got {value!r}")
+    return value
+
+
+def _positive(value: int) -> int:
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+def new_password(avoid: list[str]) -> str:
+    """A random password with all four character classes and none of `avoid` in it (AD refuses those)."""
+    alphabet = string.ascii_letters + string.digits + PASSWORD_SYMBOLS
+    banned = [word.lower() for word in avoid if len(word) >= 3]
+    while True:
+        password = "".join(secrets.choice(alphabet) for _ in range(PASSWORD_LENGTH))
+        classes = (string.ascii_lowercase, string.ascii_uppercase, string.digits, PASSWORD_SYMBOLS)
+        if all(any(c in cls for c in password) for cls in classes) and not any(w in password.lower() for w in banned):
+            return password
+
+
+def unicode_pwd(password: str) -> bytes:
+    """AD's `unicodePwd` value: the password in double quotes, UTF-16-LE."""
+    return f'"{password}"'.encode("utf-16-le")
+
+
+def same_dn(a: str, b: str) -> bool:
+    return safe_dn(a).lower() == safe_dn(b).lower()
+
+
+def parent_dn(dn: str) -> str:
+    return ",".join(to_dn(dn)[1:])
+
+
+@dataclass(slots=True)
+class Account:
+    """One user object, decoded from its raw attributes."""
+
+    guid: str
+    dn: str
+    sam: str
+    upn: str
+    mail: str
+    smtp: list[str]                    # proxyAddresses of type smtp, without the prefix
+    employee_id: str
+    uac: int
+    groups: list[str]
+    description: str
+    display_name: str
+    pwd_last_set: dt.datetime | None
+    admin_count: int
+    primary_group: int
+
+    @classmethod
+    def from_entry(cls, entry: dict) -> Account:
+        raw = entry["raw_attributes"]
+
+        def text(name: str) -> str:
+            values = raw.get(name)
+            return values[0].decode() if values else ""
+
+        def texts(name: str) -> list[str]:
+            return [v.decode() for v in raw.get(name) or []]
+
+        pwd = raw.get("pwdLastSet")
+        return cls(
+            guid=str(uuid.UUID(bytes_le=raw["objectGUID"][0])),
+            dn=entry["dn"],
+            sam=text("sAMAccountName"),
+            upn=text("userPrincipalName"),
+            mail=text("mail"),
+            smtp=[p[5:] for p in texts("proxyAddresses") if p[:5].lower() == "smtp:"],
+            employee_id=text("employeeID"),
+            uac=int(text("userAccountControl") or 0),
+            groups=texts("memberOf"),
+            description=text("description"),
+            display_name=text("displayName"),
+            pwd_last_set=format_ad_timestamp(pwd[0]) if pwd and pwd[0] != b"0" else None,
+            admin_count=int(text("adminCount") or 0),
+            primary_group=int(text("primaryGroupID") or 0),
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return list(dict.fromkeys(n for n in (self.sam, self.upn, self.mail, *self.smtp) if n))
+
+    @property
+    def addresses(self) -> set[str]:
+        return {n.lower() for n in (self.upn, self.mail, *self.smtp) if n}
+
+    def state(self) -> dict[str, Any]:
+        return {"dn": self.dn, "sam": self.sam, "employee_id": self.employee_id, "uac": self.uac,
+                "groups": list(self.groups), "description": self.description,
+                "pwd_last_set": self.pwd_last_set.isoformat() if self.pwd_last_set else None}
+
+
+class ActiveDirectoryProvider(Provider):
+    type = "active_directory"
+    config_schema = {
+        "url": Field("url", required=True, check=_ldap_url, help="ldaps://dc1.example.com, or ldap:// with start_tls"),
+        "bind_user": Field("str", required=True, help="UPN, DOMAIN\\user or DN of the service account"),
+        "bind_password": Field("secret", required=True),
+        "disabled_ou": Field("str", required=True, help="DN of the OU leavers are moved into"),
+        "ca_file": Field("path", help="PEM file of the CA that signed the DC's certificate (default: system CAs)"),
+        "base_dn": Field("str", help="where users are searched (default: the domain, from rootDSE)"),
+        "start_tls": Field("bool", default=False),
+        "page_size": Field("int", default=500, check=_positive),
+        "timeout": Field("int", default=30, check=_positive, help="seconds per connect and per LDAP answer"),
+    }
+    actions = {
+        "disable_account": "revoke",
+        "reset_password": "revoke",
+        "remove_groups": "reclaim",
+        "stamp_description": "reclaim",
+        "move_to_disabled_ou": "reclaim",
+    }
+
+    def __init__(self, name: str, options: dict[str, Any], tenant, where: str = ""):
+        super().__init__(name, options, tenant, where)
+        self.url = urlsplit(options["url"])
+        if self.url.scheme == "ldap" and not options["start_tls"]:
+            raise ConfigError("ldap:// without start_tls = true would send the bind password in clear", f"{self.where}.url")
+        self.host_where = f"{self.where} ({options['url']})"
+        self.domain_dn = self.base_dn = ""          # known once bound (rootDSE)
+        self._lock = threading.RLock()
+        self._conn: ldap3.Connection | None = None
+        self._bound_once = False
+        self._by_id: dict[str, list[Account]] = {}
+        self._by_address: dict[str, list[Account]] = {}
+        self._admins: dict[str, str] = {}
+
+    # -- connection ----------------------------------------------------------
+    def _connection(self) -> ldap3.Connection:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        o = self.options
+        tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=o["ca_file"])
+        ldaps = self.url.scheme == "ldaps"
+        server = ldap3.Server(self.url.hostname, port=self.url.port or (636 if ldaps else 389), use_ssl=ldaps,
+                              tls=tls, get_info=ldap3.NONE, connect_timeout=o["timeout"])
+        conn = ldap3.Connection(server, o["bind_user"], o["bind_password"].reveal(), receive_timeout=o["timeout"],
+                                raise_exceptions=True, auto_referrals=False)
+        try:
+            conn.open()
+            if o["start_tls"]:
+                conn.start_tls()
+            conn.bind()
+            conn.search("", "(objectClass=*)", ldap3.BASE, attributes=["defaultNamingContext"])
+            self.domain_dn = conn.response[0]["raw_attributes"]["defaultNamingContext"][0].decode()
+            self.base_dn = o["base_dn"] or self.domain_dn
+        except lx.LDAPException:
+            _unbind_quietly(conn)
+            raise
+        self._conn, self._bound_once = conn, True
+        return conn
+
+    @contextmanager
+    def _ldap(self, doing: str) -> Iterator[ldap3.Connection]:
+        """The bound connection, under the lock; LDAP failures leave as typed errors saying what failed."""
+        with self._lock:
+            try:
+                yield self._connection()
+            except lx.LDAPException as e:
+                raise self._typed(e, doing) from None
+
+    def _typed(self, e: lx.LDAPException, doing: str) -> OffboardError:
+        where = self.host_where
+        if isinstance(e, lx.LDAPOperationResult):
+            detail = " ".join(f"{e.description}: {e.message or ''}".split()).rstrip(":")
+            if e.result == CODE_REFUSED_BIND:
+                return ConfigError(f"bind as {self.options['bind_user']} refused: invalid credentials", where)
+            if e.result == CODE_NO_RIGHTS:
+                return ConfigError(f"missing right to {doing} ({detail})", where)
+            if e.result in CODE_WANTS_TLS:
+                return ConfigError(f"the DC demands a secure bind: {detail}", where)
+            if e.result in CODE_TRANSIENT:
+                return RetryableError(f"cannot {doing} now: {detail}", where, delay=60)
+            return PermanentError(f"cannot {doing}: {detail}", where)
+        self.close()                  # no answer at all: the connection is unusable
+        reason = _socket_reason(e)
+        if "certificate" in reason or isinstance(e, lx.LDAPStartTLSError):
+            return ConfigError(f"TLS failed: {reason} (is ca_file the CA that signed the DC's certificate, "
+                               f"and does the certificate name {self.url.hostname}?)", where)
+        if not self._bound_once:
+            return ConfigError(f"cannot reach the DC: {reason}", where)
+        return RetryableError(f"connection lost while trying to {doing}: {reason}", where, delay=30)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                _unbind_quietly(self._conn)
+                self._conn = None
+
+    def _paged(self, conn: ldap3.Connection, base: str, search_filter: str, attributes: list[str]) -> Iterator[dict]:
+        entries = conn.extend.standard.paged_search(base, search_filter, ldap3.SUBTREE, attributes=attributes,
+                                                    paged_size=self.options["page_size"], generator=True)
+        return (e for e in entries if e["type"] == "searchResEntry")
+
+    # -- reading -------------------------------------------------------------
+    def check_online(self) -> None:
+        ou = self.options["disabled_ou"]
+        with self._ldap(f"read disabled_ou {ou}") as conn:
+            try:
+                conn.search(ou, "(objectClass=*)", ldap3.BASE, attributes=["objectClass"])
+            except lx.LDAPNoSuchObjectResult:
+                raise ConfigError(f"disabled_ou {ou} does not exist", self.host_where) from None
+
+    def prepare(self, terminations: list[Termination]) -> None:
+        with self._ldap("read the user accounts") as conn:
+            accounts = [Account.from_entry(e) for e in self._paged(conn, self.base_dn, USER_FILTER, USER_ATTRIBUTES)]
+            privileged = self._privileged_groups(conn)
+        self._by_id, self._by_address, self._admins = {}, {}, {}
+        for account in accounts:
+            if account.employee_id:
+                self._by_id.setdefault(account.employee_id, []).append(account)
+            for address in account.addresses:
+                self._by_address.setdefault(address, []).append(account)
+            reasons = [privileged[g.lower()] for g in account.groups if g.lower() in privileged]
+            if account.primary_group in PRIVILEGED_RIDS:
+                reasons.append(f"its primary group (RID {account.primary_group}) is an admin group")
+            if account.admin_count == 1:
+                reasons.append("adminCount is 1")
+            if reasons:
+                self._admins[account.guid] = "; ".join(reasons)
+        log.debug("%s: read %d accounts, %d with admin rights", self.where, len(accounts), len(self._admins))
+
+    def _privileged_groups(self, conn: ldap3.Connection) -> dict[str, str]:
+        """Lowercased DN of every group whose members are admins -> why, from one in-chain search per
+        privileged group. Searching groups, not users, keeps this cheap however many users there are."""
+        conn.search(self.domain_dn, "(objectClass=*)", ldap3.BASE, attributes=["objectSid"])
+        domain_sid = format_sid(conn.response[0]["raw_attributes"]["objectSid"][0])
+        sids = [f"{domain_sid}-{rid}" for rid in PRIVILEGED_RIDS] + list(PRIVILEGED_BUILTIN)
+        wanted = "".join(f"(objectSid={sid})" for sid in sids)
+        found = {format_sid(e["raw_attributes"]["objectSid"][0]): (e["dn"], _cn(e))
+                 for e in self._paged(conn, self.domain_dn, f"(&(objectClass=group)(|{wanted}))", ["objectSid", "cn"])}
+        reasons: dict[str, str] = {}
+        for dn, cn in (found[sid] for sid in sids if sid in found):
+            reasons.setdefault(dn.lower(), f"member of {cn}")
+            chain = f"(&(objectClass=group)(memberOf:{IN_CHAIN}:={escape_filter_chars(dn)}))"
+            for nested in self._paged(conn, self.domain_dn, chain, ["cn"]):
+                reasons.setdefault(nested["dn"].lower(), f"member of {cn} through {_cn(nested)}")
+        return reasons
+
+    def match(self, termination: Termination) -> Match:
+        employee_id, email = termination.employee_id, termination.email.lower()
+        by_id = self._by_id.get(employee_id, []) if employee_id else []
+        by_address = self._by_address.get(email, []) if email else []
+        if len(by_id) > 1:
+            return _ambiguous(by_id, f"{len(by_id)} accounts carry employeeID {employee_id}")
+        if by_id:
+            others = [a for a in by_address if a.guid != by_id[0].guid]
+            if others:
+                return _ambiguous(by_id + others, f"employeeID {employee_id} is on {by_id[0].sam} "
+                                                  f"but {email} belongs to {', '.join(a.sam for a in others)}")
+            return self._matched(by_id[0], f"employeeID {employee_id}")
+        if len(by_address) > 1:
+            return _ambiguous(by_address, f"{len(by_address)} accounts use the address {email}")
+        if by_address:
+            return self._matched(by_address[0], f"address {email} (no account carries employeeID {employee_id})")
+        return Match("not_found", reason=f"no account with employeeID {employee_id} or address {email}")
+
+    def _matched(self, account: Account, how: str) -> Match:
+        reason = self._admins.get(account.guid, "")
+        subject = Subject(self.name, account.guid, account.names, account.state(), bool(reason), reason)
+        return Match("matched", subject, reason=f"matched by {how}")
+
+    # -- deciding ------------------------------------------------------------
+    def plan(self, subject: Subject, termination: Termination) -> list[PlannedAction]:
+        state = subject.state
+        wanted = []
+        if not state["uac"] & ACCOUNTDISABLE:
+            wanted.append(self.planned("disable_account", "disable the account"))
+        wanted.append(self.planned("reset_password", "reset the password to a random one nobody knows"))
+        if self.tenant.policy.get("remove_groups", True) and state["groups"]:
+            wanted.append(self.planned("remove_groups", f"remove from {len(state['groups'])} groups"))
+        if not state["description"].startswith(STAMP):
+            wanted.append(self.planned("stamp_description", f"stamp the description '{STAMP} <date>'"))
+        if not same_dn(parent_dn(state["dn"]), self.options["disabled_ou"]):
+            wanted.append(self.planned("move_to_disabled_ou", f"move to {self.options['disabled_ou']}"))
+        return wanted
+
+    # -- acting --------------------------------------------------------------
+    def _read(self, guid: str) -> Account:
+        with self._ldap(f"read account {guid}") as conn:
+            try:
+                conn.search(f"<GUID={guid}>", "(objectClass=user)", ldap3.BASE, attributes=USER_ATTRIBUTES)
+            except lx.LDAPNoSuchObjectResult:
+                raise PermanentError(f"account {guid} no longer exists", self.host_where) from None
+            return Account.from_entry(conn.response[0])
+
+    def _converge(self, ctx: ActionContext, before: Any, after: Any, write: Callable[[], None]) -> Result:
+        result = self.outcome(before, after, ctx.dry_run)
+        if result.outcome == "changed":
+            write()
+        return result
+
+    def disable_account(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        account = self._read(ctx.subject.native_id)
+        wanted = account.uac | ACCOUNTDISABLE
+
+        def write() -> None:
+            with self._ldap(f"write userAccountControl of {account.dn}") as conn:
+                conn.modify(account.dn, {"userAccountControl": [(ldap3.MODIFY_REPLACE, [wanted])]})
+
+        return self._converge(ctx, {"userAccountControl": account.uac}, {"userAccountControl": wanted}, write)
+
+    def reset_password(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        """Journal-only: AD cannot say whether *we* reset it, so a resumed run compares pwdLastSet with ctx.since."""
+        account = self._read(ctx.subject.native_id)
+        before = {"pwdLastSet": account.state()["pwd_last_set"]}
+        since = ctx.since and (ctx.since if ctx.since.tzinfo else ctx.since.replace(tzinfo=dt.timezone.utc))
+        if since and account.pwd_last_set and account.pwd_last_set >= since:
+            return Result("unchanged", before, before, reason="password already reset since this action began")
+        if ctx.dry_run:
+            return Result("planned", before, {"pwdLastSet": "now"})
+        password = new_password([account.sam, *re.split(r"[\s,.\-_#]+", account.display_name)])
+        with self._ldap(f"reset the password of {account.dn} (Reset Password right)") as conn:
+            conn.modify(account.dn, {"unicodePwd": [(ldap3.MODIFY_REPLACE, [unicode_pwd(password)])]})
+        return Result("changed", before, {"pwdLastSet": self._read(account.guid).state()["pwd_last_set"]})
+
+    def remove_groups(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        if not self.tenant.policy.get("remove_groups", True):
+            return Result("skipped", reason="the tenant policy keeps group memberships (remove_groups = false)")
+        account = self._read(ctx.subject.native_id)
+
+        def write() -> None:
+            for group in account.groups:
+                with self._ldap(f"remove {account.sam} from {group} (write member)") as conn:
+                    conn.modify(group, {"member": [(ldap3.MODIFY_DELETE, [account.dn])]})
+
+        return self._converge(ctx, {"groups": sorted(account.groups)}, {"groups": []}, write)
+
+    def stamp_description(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        account = self._read(ctx.subject.native_id)
+        before = {"description": account.description}
+        if account.description.startswith(STAMP):
+            return Result("unchanged", before, before)
+        stamp = f"{STAMP} {(ctx.local_date or dt.date.today()).isoformat()}"
+        if ctx.ticket:
+            stamp += f" ticket #{ctx.ticket.lstrip('#')}"
+        if account.description:
+            stamp = f"{stamp} (was: {account.description})"[:1024]
+
+        def write() -> None:
+            with self._ldap(f"write description of {account.dn}") as conn:
+                conn.modify(account.dn, {"description": [(ldap3.MODIFY_REPLACE, [stamp])]})
+
+        return self._converge(ctx, before, {"description": stamp}, write)
+
+    def move_to_disabled_ou(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        ou = self.options["disabled_ou"]
+        account = self._read(ctx.subject.native_id)
+        if same_dn(parent_dn(account.dn), ou):
+            return Result("unchanged", {"dn": account.dn}, {"dn": account.dn})
+        rdn = to_dn(account.dn)[0]
+        if ctx.dry_run:
+            return Result("planned", {"dn": account.dn}, {"dn": f"{rdn},{ou}"})
+        with self._ldap(f"move {account.dn} into {ou} (delete child here, create child there)") as conn:
+            try:
+                conn.modify_dn(account.dn, rdn, new_superior=ou)
+            except lx.LDAPEntryAlreadyExistsResult:   # a namesake left before: keep both, told apart by login
+                conn.modify_dn(account.dn, f"{rdn} ({escape_rdn(account.sam)})", new_superior=ou)
+        return Result("changed", {"dn": account.dn}, {"dn": self._read(account.guid).dn})
+
+
+def _ambiguous(accounts: list[Account], reason: str) -> Match:
+    return Match("ambiguous", candidates=[a.dn for a in accounts], reason=reason)
+
+
+def _cn(entry: dict) -> str:
+    return entry["raw_attributes"]["cn"][0].decode()
+
+
+def _unbind_quietly(conn: ldap3.Connection) -> None:
+    try:
+        conn.unbind()
+    except lx.LDAPException:
+        pass
+
+
+def _socket_reason(e: Exception) -> str:
+    """The innermost OS or TLS message of an ldap3 socket error (they nest as tuples of reprs)."""
+    if isinstance(e, lx.LDAPCertificateError):
+        return "the certificate does not name this host"
+    text = " ".join(str(e).split())
+    found = re.search(r"certificate verify failed: [^(\"']+|\[Errno -?\d+\] [^\"')]+|timed out", text)
+    return found.group(0).strip() if found else text[:200]

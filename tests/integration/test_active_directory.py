@@ -1,0 +1,236 @@
+"""The AD provider against a real Samba DC: what it plans, what AD shows afterwards, how it fails."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+
+import ldap3
+import pytest
+from ldap3.core.exceptions import LDAPInvalidCredentialsResult
+
+from connector.errors import ConfigError
+from connector.model import ActionContext
+from connector.providers import active_directory
+from connector.sandbox import company
+from tests.contract.provider_contract import ProviderContract, run_action
+
+from .conftest import secret_file, termination
+
+pytestmark = pytest.mark.samba
+ACTIONS = ["disable_account", "reset_password", "remove_groups", "stamp_description", "move_to_disabled_ou"]
+
+
+def read_user(conn: ldap3.Connection, employee_id: str) -> dict:
+    conn.search(company.BASE_DN, f"(employeeID={employee_id})", attributes=[
+        "userAccountControl", "description", "memberOf", "pwdLastSet", "primaryGroupID"])
+    (entry,) = conn.entries
+    return {"dn": entry.entry_dn, **{k: v for k, v in entry.entry_attributes_as_dict.items()}}
+
+
+def group_members(conn: ldap3.Connection) -> dict[str, list[str]]:
+    """Removing a member changes the group, not the user: compare the groups themselves."""
+    conn.search(company.GROUPS_OU, "(objectClass=group)", attributes=["member"])
+    return {e.entry_dn: sorted(e.member.values) for e in conn.entries}
+
+
+@pytest.fixture
+def snapshot(ad_admin):
+    def snap(t):
+        return {"user": read_user(ad_admin, t.employee_id), "groups": group_members(ad_admin)}
+    return snap
+
+
+@pytest.fixture
+def secrets(samba_dc):
+    return [samba_dc.admin_password, company.PASSWORD]
+
+
+class TestContract(ProviderContract):
+    action_names = ACTIONS
+    journal_only_actions = ("reset_password",)
+
+
+def offboard(provider, t, *, dry_run=False, since=None):
+    """Match, plan and apply every action in order, as the engine does: {action: Result}."""
+    provider.prepare([t])
+    match = provider.match(t)
+    assert match.status == "matched", match.reason
+    since = since or dt.datetime.now(dt.timezone.utc)
+    ctx = ActionContext(t, match.subject, dry_run=dry_run, since=since, ticket=t.ticket, local_date=t.termination_date)
+    return {a.action: provider.apply(a, ctx) for a in provider.plan(match.subject, t)}
+
+
+def can_bind(samba_dc, person: company.Person) -> bool:
+    try:
+        samba_dc.connect(person.upn, company.PASSWORD).unbind()
+        return True
+    except LDAPInvalidCredentialsResult:
+        return False
+
+
+def test_offboarding_really_shows_in_ad(provider, leaver, leaver_person, samba_dc, snapshot):
+    assert can_bind(samba_dc, leaver_person)                # warm-up bind: it changes the user's uSNChanged
+    untouched = snapshot(leaver)
+
+    dry = offboard(provider, leaver, dry_run=True)
+    assert list(dry) == ACTIONS
+    assert {r.outcome for r in dry.values()} == {"planned"}
+    assert snapshot(leaver) == untouched
+    assert can_bind(samba_dc, leaver_person)
+
+    since = dt.datetime.now(dt.timezone.utc)
+    first = offboard(provider, leaver, since=since)
+    assert {name: r.outcome for name, r in first.items()} == dict.fromkeys(ACTIONS, "changed")
+    assert not can_bind(samba_dc, leaver_person)
+    user = read_user(samba_dc.connect(), leaver.employee_id)
+    assert user["dn"] == f"{leaver_person.dn.split(',')[0]},{company.LEAVERS_OU}"
+    assert int(user["userAccountControl"][0]) & 2
+    assert user["memberOf"] == []
+    assert user["primaryGroupID"] == ["513"]                 # Domain Users stays: it is not in memberOf
+    assert user["description"] == ["Offboarded 2026-11-20 ticket #4711 (was: Account Executive)"]
+    groups = snapshot(leaver)["groups"]
+    assert not any(user["dn"] in members or leaver_person.dn in members for members in groups.values())
+    assert sorted(first["remove_groups"].before["groups"]) == sorted(company.group_dn(g) for g in leaver_person.groups)
+
+    done = snapshot(leaver)
+    again = offboard(provider, leaver, since=since)
+    assert list(again) == ["reset_password"]               # journal-only: the plan cannot see it is done
+    assert again["reset_password"].outcome == "unchanged"
+    assert snapshot(leaver) == done
+
+
+def test_policy_keeping_groups(make_provider, leaver, leaver_person, ad_admin):
+    provider = make_provider(policy={"remove_groups": False})
+    results = offboard(provider, leaver)
+    assert "remove_groups" not in results
+    assert sorted(read_user(ad_admin, leaver.employee_id)["memberOf"]) == sorted(
+        company.group_dn(g) for g in leaver_person.groups)
+
+
+def test_namesake_already_in_leavers_ou(provider, leaver_pool, ad_admin):
+    first = leaver_pool.create(given="Sam", surname="Same")
+    offboard(provider, termination(first))
+    second = leaver_pool.create(given="Sam", surname="Same", ou=company.SERVICE_OU)
+    results = offboard(provider, termination(second))
+    assert results["move_to_disabled_ou"].after == {"dn": f"CN=Sam Same ({second.sam}),{company.LEAVERS_OU}"}
+    assert read_user(ad_admin, second.employee_id)["dn"] == results["move_to_disabled_ou"].after["dn"]
+
+
+def test_generated_password_never_surfaces(provider, leaver, leaver_person, samba_dc, monkeypatch, caplog):
+    issued = []
+
+    def capture(avoid):
+        issued.append(real(avoid))
+        return issued[-1]
+
+    real = active_directory.new_password
+    monkeypatch.setattr(active_directory, "new_password", capture)
+    caplog.set_level(logging.DEBUG)
+    reset = run_action(provider, leaver, "reset_password", since=dt.datetime.now(dt.timezone.utc))
+    (password,) = issued
+    assert len(password) >= 32
+    samba_dc.connect(leaver_person.upn, password).unbind()  # it really is the account's password now
+    assert not can_bind(samba_dc, leaver_person)           # and the old one died at once, not in 60 minutes
+    results = {"reset_password": reset, **offboard(provider, leaver)}
+    surfaced = caplog.text + json.dumps({k: vars(r) for k, r in results.items()}, default=str)
+    surfaced += repr(provider.match(leaver)) + repr(provider.options)
+    assert password not in surfaced
+    assert samba_dc.admin_password not in surfaced
+
+
+def test_new_password_meets_complexity_and_avoids_names():
+    for _ in range(200):
+        password = active_directory.new_password(["lee", "Vermont1"])
+        assert len(password) >= 32 and "lee" not in password.lower()
+        assert any(c.islower() for c in password) and any(c.isupper() for c in password)
+        assert any(c.isdigit() for c in password) and any(c in active_directory.PASSWORD_SYMBOLS for c in password)
+
+
+# -- matching ----------------------------------------------------------------
+
+@pytest.fixture
+def matched(provider):
+    provider.prepare([])
+    return provider.match
+
+
+def test_employee_id_wins_over_an_unknown_address(matched):
+    m = matched(termination(company.BOB, email="robert.baker@home.example"))
+    assert m.status == "matched" and m.subject.state["dn"] == company.BOB.dn
+    assert "employeeID" in m.reason
+
+
+@pytest.mark.parametrize("email", [company.HENRY.mail, company.HENRY.upn.upper(), company.HENRY.aliases[0]])
+def test_address_fallback_when_no_account_carries_the_id(matched, email):
+    m = matched(termination(company.HENRY, employee_id=company.HENRY_EMPLOYEE_ID, email=email))
+    assert m.status == "matched" and m.subject.state["dn"] == company.HENRY.dn
+
+
+def test_proxy_address_match_is_case_insensitive(matched):
+    m = matched(termination(company.BOB, employee_id="E9001", email="Sales-EMEA@Example.Test"))
+    assert m.status == "matched" and m.subject.state["dn"] == company.BOB.dn
+
+
+def test_two_accounts_with_one_address_are_ambiguous(matched):
+    m = matched(termination(company.AMBIGUOUS[0], employee_id=company.AMBIGUOUS_EMPLOYEE_ID))
+    assert m.status == "ambiguous"
+    assert sorted(m.candidates) == sorted(p.dn for p in company.AMBIGUOUS)
+
+
+def test_id_and_address_on_different_accounts_are_ambiguous(matched):
+    m = matched(termination(company.BOB, email=company.CAROL.mail))
+    assert m.status == "ambiguous"
+    assert sorted(m.candidates) == sorted([company.BOB.dn, company.CAROL.dn])
+
+
+def test_nobody_is_not_found(matched):
+    assert matched(termination(company.BOB, employee_id="E9999", email="nobody@example.test")).status == "not_found"
+
+
+def test_admin_through_nested_group_is_detected(matched):
+    admin = matched(termination(company.ADMIN)).subject
+    assert admin.is_admin and "Domain Admins" in admin.admin_reason
+    assert not matched(termination(company.BOB)).subject.is_admin
+
+
+def test_subject_names_cover_every_name_protected_globs_check(matched):
+    subject = matched(termination(company.BOB)).subject
+    assert subject.names == ["bbaker", company.BOB.upn, company.BOB.mail, *company.BOB.aliases]
+    assert "svc-backup" in matched(termination(company.PROTECTED, employee_id="")).subject.names
+
+
+# -- check_online --------------------------------------------------------------
+
+def test_check_online_passes_over_ldaps_and_start_tls(make_provider):
+    make_provider().check_online()
+    make_provider(url="ldap://127.0.0.1", start_tls=True).check_online()
+
+
+def test_plain_ldap_without_start_tls_is_refused(make_provider):
+    with pytest.raises(ConfigError, match="in clear"):
+        make_provider(url="ldap://127.0.0.1")
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"bind_password": "Wrong-Password-1"}, "invalid credentials"),
+    ({"url": "ldaps://127.0.0.1:1"}, "cannot reach the DC"),
+    ({"ca_file": None}, "TLS failed"),                   # the system CAs do not know the sandbox CA
+    ({"disabled_ou": f"OU=Gone,{company.BASE_DN}"}, "does not exist"),
+], ids=["wrong-password", "unreachable", "untrusted-certificate", "missing-disabled-ou"])
+def test_check_online_errors_are_one_line_config_errors(make_provider, tmp_path, samba_dc, options, expected):
+    if "bind_password" in options:
+        options = {"bind_password": secret_file(tmp_path, "pw", options["bind_password"])}
+    provider = make_provider(**options)
+    with pytest.raises(ConfigError) as caught:
+        provider.check_online()
+    message = str(caught.value)
+    assert expected in message and "\n" not in message
+    assert message.startswith(f"{provider.where} ({provider.options['url']}): ")
+    assert samba_dc.admin_password not in message and "Wrong-Password-1" not in message
+
+
+def test_missing_right_is_a_config_error_naming_it(make_provider, leaver, tmp_path):
+    as_alice = make_provider(bind_user=company.ALICE.upn, bind_password=secret_file(tmp_path, "alice", company.PASSWORD))
+    with pytest.raises(ConfigError, match="missing right to write userAccountControl"):
+        offboard(as_alice, leaver)
