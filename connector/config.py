@@ -260,6 +260,7 @@ TENANT = {
     "protected": Field("list", default=list),
     "max_terminations_per_run": Field("int", default=10, check=lambda v: _at_least(v, 1)),
     "max_terminations_per_day": Field("int", default=25, check=lambda v: _at_least(v, 1)),
+    "lookback_days": Field("int", default=30, check=lambda v: _at_least(v, 0)),
     "psa_company_id": Field("int"),
     "psa_agreement_id": Field("int"),
     "billing": Field("dict_int", default=dict),
@@ -285,6 +286,7 @@ class Tenant:
     protected: list[str]
     max_terminations_per_run: int
     max_terminations_per_day: int
+    lookback_days: int
     psa_company_id: int | None
     psa_agreement_id: int | None
     billing: dict[str, int]

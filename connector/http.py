@@ -91,7 +91,8 @@ def send(sess: requests.Session, method: str, url: str, where: str, *, attempts:
         except requests.ConnectionError as e:
             raise RetryableError(f"cannot connect: {type(e).__name__}", where, delay=5.0) from None
         message = (describe(resp) if describe else None) or resp.reason or ""
-        err = error_for(resp.status_code, message, where, retry_after(resp))
+        err = error_for(resp.status_code, message, where,
+                        retry_after(resp, default=30.0 if resp.status_code == 429 else 2.0))
         if err:
             raise err
         return resp

@@ -284,14 +284,18 @@ class Store:
                 return False, f"run {run[0]} ended at row {run[1]}, which is gone or changed (the log was cut)", count
         return True, "", count
 
-    # -- webhook replay guard ------------------------------------------------------
+    # -- webhook replay guard (connector.sources.webhook.ReplayGuard) --------------
     def seen(self, digest: str) -> bool:
-        return bool(list(self.db["seen_webhooks"].rows_where("digest = ? and expires_at > ?", [digest, iso(now())])))
+        return self.conn.execute("select 1 from seen_webhooks where digest = ? and expires_at > ?",
+                                 [digest, iso(now())]).fetchone() is not None
 
-    def remember(self, digest: str, expires_at: dt.datetime) -> None:
+    def remember(self, digest: str, expires_at: float) -> bool:
+        """Atomic insert-if-absent: of two processes given the same body, one accepts it."""
         with self.lock:
             self.conn.execute("delete from seen_webhooks where expires_at <= ?", [iso(now())])
-            self.db["seen_webhooks"].upsert({"digest": digest, "expires_at": iso(expires_at)}, pk="digest")
+            cur = self.conn.execute("insert or ignore into seen_webhooks (digest, expires_at) values (?, ?)",
+                                    [digest, iso(dt.datetime.fromtimestamp(expires_at, dt.timezone.utc))])
+            return cur.rowcount == 1
 
 
 def _audit_hash(row: dict) -> str:

@@ -8,6 +8,7 @@ limits are recorded as `held` and acted on only after `offboard approve`.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 
 from .. import plugins
@@ -19,6 +20,8 @@ from ..store import Store, iso
 from .schedule import due_at
 
 OPEN_BEFORE_DUE = ("scheduled", "held")
+BEFORE_LOOKBACK = ("left more than lookback_days before the connector first saw it: not acted on "
+                   "(offboard it with `offboard run` if it still needs doing)")
 FINISHED = ("done", "cancelled")
 
 
@@ -72,6 +75,12 @@ def record(tenant: Tenant, store: Store, terminations: list[Termination], now: d
             _active_again(store, old, run_id)
             continue
         row = _row(t, tenant, stamp)
+        if old is None and t.termination_date < (now.astimezone(tenant.zone).date()
+                                                 - dt.timedelta(days=tenant.lookback_days)):
+            row.update(state="cancelled", first_seen_at=stamp, approved_at=stamp, reason=BEFORE_LOOKBACK)
+            store.upsert_termination(row)
+            store.audit("termination_ignored", t.id, run_id, reason=BEFORE_LOOKBACK)
+            continue
         if old is None:
             row.update(state="scheduled", first_seen_at=stamp, reason="")
             seen_new.append(row)
@@ -104,7 +113,9 @@ def _active_again(store: Store, old: dict | None, run_id: str) -> None:
     elif old["state"] != "needs_human":
         reason = "rehired after offboarding: restore access by hand (see `offboard history`)"
         store.set_state(old["id"], "needs_human", reason)
-        store.audit("termination_rehired", old["id"], run_id, reason=reason)
+        before = {f"{a['provider']}/{a['action']}": json.loads(a["before"]) for a in store.actions(old["id"])
+                  if a["status"] == "changed" and a["before"]}
+        store.audit("termination_rehired", old["id"], run_id, reason=reason, restore=before)
 
 
 def cancel_missing(tenant: Tenant, store: Store, pulls: list[tuple[str, Pull]], run_id: str,

@@ -142,6 +142,12 @@ def add_member(conn: ldap3.Connection, group: str, member: str) -> None:
     conn.modify(group, {"member": [(ldap3.MODIFY_ADD, [member])]})
 
 
+def provider_block(dc: SambaDC, bind_password: str) -> dict:
+    """The `[[tenant.provider]]` block for the sandbox; `bind_password` is a secret reference (`file:...`)."""
+    return {"type": "active_directory", "url": dc.url, "bind_user": dc.admin_user, "bind_password": bind_password,
+            "disabled_ou": LEAVERS_OU, "ca_file": dc.ca_file}
+
+
 def seed(target: ldap3.Connection | SambaDC) -> None:
     """Create Example Ltd in an empty sandbox domain (a bound admin connection, or the DC itself)."""
     conn = target.connect() if isinstance(target, SambaDC) else target

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
-from urllib.parse import urlsplit
 
 from .. import http
 from ..config import Field
-from ..errors import InputRejected, PermanentError, RetryableError, SourceError
+from ..errors import InputRejected, SourceError
 from ..model import Termination
-from .base import Pull, Source
+from .base import Pull, Source, fetch_json
 from .records import FIELDS_OPTION, to_termination
 
 DEFAULT_FIELDS = {"employee_id": "employeeNumber", "email": "workEmail", "first_name": "firstName",
@@ -114,23 +113,6 @@ class BambooHRSource(Source):
         return fetch_json(self.session, method, self.options["base_url"].rstrip("/") + path, self.where,
                           auth=(self.options["api_key"].reveal(), "x"),
                           timeout=(http.TIMEOUT[0], self.options["timeout"]), **kwargs)
-
-
-def fetch_json(session, method: str, url: str, where: str, **kwargs: Any) -> Any:
-    """One request to an HR feed; a failed or non-JSON answer is a SourceError (401/403 stay ConfigError).
-
-    Shared by the HTTP feeds; it belongs in connector/http.py once that module is free to change.
-    """
-    try:
-        resp = http.send(session, method, url, where, **kwargs)
-    except RetryableError as e:
-        raise SourceError(f"{urlsplit(url).path}: {e.message} (retry after {e.delay:.0f} s)", where) from None
-    except PermanentError as e:
-        raise SourceError(f"{urlsplit(url).path}: {e.message}", where) from None
-    try:
-        return resp.json()
-    except ValueError:
-        raise SourceError(f"{urlsplit(url).path}: the answer is not JSON", where) from None
 
 
 def _changed_ids(body: Any, where: str) -> list[int]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
+from .. import http
 from ..config import Field, Tenant
-from ..errors import InputRejected
+from ..errors import InputRejected, PermanentError, RetryableError, SourceError
 from ..model import Termination
 
 
@@ -38,3 +40,18 @@ class Source:
 
     def check_online(self) -> None:
         """Prove the credential with one read-only call."""
+
+
+def fetch_json(session, method: str, url: str, where: str, **kwargs: Any) -> Any:
+    """One request to an HR feed; a failed or non-JSON answer is a SourceError (401/403 stay ConfigError).
+    """
+    try:
+        resp = http.send(session, method, url, where, **kwargs)
+    except RetryableError as e:
+        raise SourceError(f"{urlsplit(url).path}: {e.message} (retry after {e.delay:.0f} s)", where) from None
+    except PermanentError as e:
+        raise SourceError(f"{urlsplit(url).path}: {e.message}", where) from None
+    try:
+        return resp.json()
+    except ValueError:
+        raise SourceError(f"{urlsplit(url).path}: the answer is not JSON", where) from None

@@ -17,8 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .. import http
 from ..config import Field
 from ..errors import InputRejected, SourceError
-from .bamboohr import fetch_json
-from .base import Pull, Source
+from .base import Pull, Source, fetch_json
 from .records import FIELDS_OPTION, REQUIRED, to_termination
 
 DEFAULT_FIELDS = {"employee_id": "Employee_ID", "email": "Work_Email", "first_name": "First_Name",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 
-import pytest
 
 from connector.model import ActionContext
 

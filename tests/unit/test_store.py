@@ -83,3 +83,21 @@ def test_migrations_are_recorded(tmp_path):
     store = Store.open(str(tmp_path / "s.db"))
     assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 1
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_store_is_a_persistent_replay_guard_for_signed_webhooks(tmp_path):
+    import json
+    import time
+
+    from connector.sources.webhook import ReplayedBody, sign, verify_and_parse
+
+    body = json.dumps({"tenant": "contoso", "employee_id": "E1", "email": "ann@contoso.com", "first_name": "Ann",
+                       "last_name": "Lee", "manager_email": "", "termination_date": "2026-11-23",
+                       "timestamp": int(time.time())}).encode()
+    headers = {"X-Offboard-Signature": sign(body, b"k3y-for-tests")}
+    store = Store.open(str(tmp_path / "s.db"))
+    assert verify_and_parse(body, headers, b"k3y-for-tests", time.time(), store).employee_id == "E1"
+    store.close()
+    reopened = Store.open(str(tmp_path / "s.db"))      # a restart forgets nothing
+    with pytest.raises(ReplayedBody):
+        verify_and_parse(body, headers, b"k3y-for-tests", time.time(), reopened)

@@ -15,11 +15,12 @@ from typing import Any
 import requests
 
 from ... import http
-from ...errors import OffboardError
+from ...errors import OffboardError, PermanentError
 from .auth import Tokens
 from .graph import CONCURRENCY, tenant_slots
 
-NOT_FOUND = "couldn't be found"
+#: the cmdlets' words for "no such object" and "not a member": both mean there is nothing to do
+NOT_FOUND = ("couldn't be found", "isn't a member")
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,14 @@ class ExchangeAdmin:
         url, out = self.url, []
         while url:
             headers = {**self.tokens.header(), "X-AnchorMailbox": f"UPN:{anchor}"}
-            with self.slots:
-                resp = http.send(self.session, "POST", url, f"{self.where} {cmdlet.name}", describe=_describe,
-                                 json=body, headers=headers)
+            try:
+                with self.slots:
+                    resp = http.send(self.session, "POST", url, f"{self.where} {cmdlet.name}", describe=_describe,
+                                     json=body, headers=headers)
+            except PermanentError as e:
+                if any(marker in e.message for marker in NOT_FOUND):
+                    raise http.NotFound(e.message, e.where) from None
+                raise
             page = resp.json() if resp.content else {}
             out.extend(page.get("value", []))
             url = page.get("@odata.nextLink")

@@ -1,0 +1,232 @@
+"""Entra ID (Azure AD) through Microsoft Graph: sign-in, sessions, MFA methods, groups, licences.
+
+Users synced from on-prem AD are disabled and reset in AD (a cloud write is refused or
+overwritten by the next sync); their sessions are still revoked here. Licences go only
+after the mailbox reads back as SharedMailbox, because a licence removed first loses
+the mailbox after 30 days; big or held mailboxes keep theirs and a person decides.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+
+from ...errors import RetryableError
+from ...model import ActionContext, PlannedAction, Result, Subject, Termination
+from .exchange_api import Cmdlet
+from .graph import GraphCall
+from .provider import Microsoft365Provider, Step
+
+PASSWORD_METHOD = "#microsoft.graph.passwordAuthenticationMethod"
+SHARED = "SharedMailbox"
+BIG_MAILBOX = 50 * 1024 ** 3           # bytes: from here on a person decides about the licence
+CONVERSION_WAIT = 300.0                # seconds between looks at a mailbox that is still converting
+
+
+def method_path(method: dict) -> str:
+    """`#microsoft.graph.phoneAuthenticationMethod` -> `phoneMethods` (the collection to delete it from)."""
+    kind = method["@odata.type"].removeprefix("#microsoft.graph.")
+    if kind == "externalAuthenticationMethod":
+        return "externalAuthenticationMethods"
+    return kind.removesuffix("AuthenticationMethod") + "Methods"
+
+
+def removable_methods(methods: list[dict]) -> list[dict]:
+    """Every method but the password, which cannot be deleted (the reset takes care of it)."""
+    return [m for m in methods if m.get("@odata.type") != PASSWORD_METHOD]
+
+
+def licence_groups(user: dict) -> set[str]:
+    return {s["assignedByGroup"] for s in user.get("licenseAssignmentStates") or [] if s.get("assignedByGroup")}
+
+
+def direct_skus(user: dict) -> list[str]:
+    """SKUs assigned to the user directly; an inherited SKU can only go by leaving its group."""
+    states = user.get("licenseAssignmentStates") or []
+    inherited_only = {s["skuId"] for s in states if s.get("assignedByGroup")} - {
+        s["skuId"] for s in states if not s.get("assignedByGroup")}
+    return sorted(a["skuId"] for a in user.get("assignedLicenses") or [] if a["skuId"] not in inherited_only)
+
+
+def groups_of(member_of: list[dict]) -> list[dict]:
+    return [g for g in member_of if g.get("@odata.type") == "#microsoft.graph.group"]
+
+
+def size_in_bytes(total_item_size: str | None) -> int:
+    """Exchange writes sizes as `52.3 GB (56,155,000,000 bytes)`."""
+    found = re.search(r"\(([\d,]+) bytes\)", total_item_size or "")
+    return int(found.group(1).replace(",", "")) if found else 0
+
+
+def now_stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EntraProvider(Microsoft365Provider):
+    type = "entra"
+    actions = {
+        "block_sign_in": "revoke",
+        "reset_password": "revoke",
+        "revoke_sessions": "revoke",
+        "remove_auth_methods": "reclaim",
+        "remove_groups": "reclaim",
+        "remove_licenses": "reclaim",
+    }
+    reads = {"block_sign_in": ("user",), "reset_password": ("user",), "revoke_sessions": ("user",),
+             "remove_auth_methods": ("methods",), "remove_groups": ("user", "memberOf"),
+             "remove_licenses": ("user", "memberOf", "mailbox", "statistics")}
+
+    def __init__(self, name, options, tenant, where=""):
+        super().__init__(name, options, tenant, where)
+        self.sku_names: dict[str, str] = {}
+
+    # -- reading -----------------------------------------------------------
+    def prepare(self, terminations: list[Termination]) -> None:
+        self.sku_names = {s["skuId"]: s["skuPartNumber"] for s in self.subscribed_skus()}
+        super().prepare(terminations)
+
+    def observe(self, subject: Subject, seen: dict) -> Step:
+        subject.state["user"] = seen["user"]
+        member_of, methods = yield from self.fetch(seen, subject, "memberOf", "methods")
+        subject.state.update(groups=groups_of(member_of), methods=methods)
+        self.mark_admin(subject, member_of)
+        return subject
+
+    def subscribed_skus(self) -> list[dict]:
+        return list(self.graph.pages(GraphCall("GET", "/subscribedSkus?$select=skuId,skuPartNumber,consumedUnits")))
+
+    def consumed_units(self) -> dict[str, int]:
+        """Licences really assigned now, per SKU part number: what the PSA `bill` phase invoices."""
+        return {s["skuPartNumber"]: s["consumedUnits"] for s in self.subscribed_skus()}
+
+    # -- deciding ----------------------------------------------------------
+    def ad_owns(self, user: dict) -> bool:
+        """A synced user's sign-in and password belong to the tenant's AD provider, when it has one."""
+        return bool(user.get("onPremisesSyncEnabled")) and any(
+            p.type == "active_directory" for p in self.tenant.providers)
+
+    def plan(self, subject: Subject, termination: Termination) -> list[PlannedAction]:
+        user, policy = subject.state["user"], self.tenant.policy
+        wanted = []
+        if not self.ad_owns(user):
+            if user.get("accountEnabled") is not False:
+                wanted.append(("block_sign_in", "block sign-in"))
+            wanted.append(("reset_password", "reset the password to a random one"))
+        wanted.append(("revoke_sessions", "revoke refresh tokens and sessions"))
+        if removable_methods(subject.state["methods"]):
+            wanted.append(("remove_auth_methods", "remove MFA / authentication methods"))
+        if policy["remove_groups"] and self.group_removals(user, subject.state["groups"], subject)[0]:
+            wanted.append(("remove_groups", "remove group memberships"))
+        if policy["remove_licenses"] and (direct_skus(user) or licence_groups(user)):
+            wanted.append(("remove_licenses", "remove licences (after the mailbox is shared)"))
+        return [self.planned(name, description) for name, description in wanted]
+
+    def leave(self, group: dict, subject: Subject) -> GraphCall | Cmdlet | str:
+        """How the user leaves `group`, or why the cloud cannot do it."""
+        if "DynamicMembership" in (group.get("groupTypes") or []):
+            return "dynamic membership (change the rule or the user's attributes)"
+        if group.get("onPremisesSyncEnabled"):
+            return "synced from on-premises AD (remove the member there)"
+        if group.get("mailEnabled") and "Unified" not in (group.get("groupTypes") or []):
+            return Cmdlet.of("Remove-DistributionGroupMember", anchor=self.upn(subject), Identity=group["mail"],
+                             Member=self.upn(subject), BypassSecurityGroupManagerCheck=True, Confirm=False)
+        return GraphCall("DELETE", f"/groups/{group['id']}/members/{subject.native_id}/$ref")
+
+    def group_removals(self, user: dict, groups: list[dict], subject: Subject):
+        """-> (removable {name: call}, kept {name: reason}); licence groups are left to remove_licenses."""
+        removable, kept = {}, {}
+        for group in groups:
+            name = group.get("displayName") or group["id"]
+            how = self.leave(group, subject)
+            if group["id"] in licence_groups(user):
+                kept[name] = "assigns a licence: left to remove_licenses"
+            elif isinstance(how, str):
+                kept[name] = how
+            else:
+                removable[name] = how
+        return removable, kept
+
+    # -- acting ------------------------------------------------------------
+    def cloud_owned(self, user: dict, action: str) -> Result | None:
+        """needs_human for a synced user whose AD is not connected: the cloud write would be overwritten."""
+        if user.get("onPremisesSyncEnabled"):
+            return Result("needs_human", reason=f"{action}: {user['userPrincipalName']} is synced from on-premises "
+                                                "AD and this tenant has no active_directory provider; do it in AD")
+        return None
+
+    def block_sign_in(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        [user] = yield from self.fetch(seen, ctx.subject, "user")
+        before, after = {"accountEnabled": user.get("accountEnabled")}, {"accountEnabled": False}
+        if before != after and (refused := self.cloud_owned(user, "block sign-in")):
+            return refused
+        return (yield from self.settle(before, after, ctx,
+                                       GraphCall("PATCH", f"/users/{ctx.subject.native_id}", {"accountEnabled": False})))
+
+    def reset_password(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        [user] = yield from self.fetch(seen, ctx.subject, "user")
+        if refused := self.cloud_owned(user, "password reset"):
+            return refused
+        profile = {"forceChangePasswordNextSignIn": True, "password": f"{secrets.token_urlsafe(24)}-Aa1"}
+        return (yield from self.since_intent(user, "lastPasswordChangeDateTime", ctx,
+                                             GraphCall("PATCH", f"/users/{ctx.subject.native_id}",
+                                                       {"passwordProfile": profile})))
+
+    def revoke_sessions(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        [user] = yield from self.fetch(seen, ctx.subject, "user")
+        return (yield from self.since_intent(user, "signInSessionsValidFromDateTime", ctx,
+                                             GraphCall("POST", f"/users/{ctx.subject.native_id}/revokeSignInSessions")))
+
+    def since_intent(self, user: dict, stamp: str, ctx: ActionContext, write: GraphCall) -> Step:
+        """A write that leaves only a timestamp: done when the stamp is not older than the first intent."""
+        value = user.get(stamp)
+        since = ctx.since and ctx.since.replace(microsecond=0)          # Graph keeps whole seconds
+        done = since is not None and value and dt.datetime.fromisoformat(value) >= since
+        before = {stamp: value}
+        return (yield from self.settle(before, before if done else {stamp: now_stamp()}, ctx, write))
+
+    def remove_auth_methods(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        [methods] = yield from self.fetch(seen, ctx.subject, "methods")
+        removable = removable_methods(methods)
+        user_id = ctx.subject.native_id
+        deletes = [GraphCall("DELETE", f"/users/{user_id}/authentication/{method_path(m)}/{m['id']}") for m in removable]
+        before = {"methods": sorted(method_path(m) for m in removable)}
+        return (yield from self.settle(before, {"methods": []}, ctx, *deletes, gone_ok=True))
+
+    def remove_groups(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        user, member_of = yield from self.fetch(seen, ctx.subject, "user", "memberOf")
+        removable, kept = self.group_removals(user, groups_of(member_of), ctx.subject)
+        reason = "; ".join(f"kept {name}: {why}" for name, why in sorted(kept.items()))
+        return (yield from self.settle({"groups": sorted(removable)}, {"groups": []}, ctx, *removable.values(),
+                                       reason=reason, gone_ok=True))
+
+    def remove_licenses(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        user, member_of = yield from self.fetch(seen, ctx.subject, "user", "memberOf")
+        skus = direct_skus(user)
+        groups = [g for g in groups_of(member_of) if g["id"] in licence_groups(user)]
+        ways = {g.get("displayName") or g["id"]: self.leave(g, ctx.subject) for g in groups}
+        kept = {name: how for name, how in ways.items() if isinstance(how, str)}
+        before = {"skus": sorted(self.sku_names.get(s, s) for s in skus), "groups": sorted(ways)}
+        after = {"skus": [], "groups": sorted(kept)}
+        if before == after:
+            return self.outcome(before, after, ctx.dry_run)
+        mailbox, statistics = yield from self.fetch(seen, ctx.subject, "mailbox", "statistics")
+        if mailbox:
+            size = size_in_bytes((statistics or {}).get("TotalItemSize"))
+            if mailbox.get("LitigationHoldEnabled") or size >= BIG_MAILBOX:
+                why = "on litigation hold" if mailbox.get("LitigationHoldEnabled") else f"{size / 1024 ** 3:.0f} GB"
+                return Result("needs_human", before, before, f"mailbox is {why}: the licence stays until a person decides")
+            kind = mailbox.get("RecipientTypeDetails")
+            if self.tenant.policy["mailbox"] == "shared" and kind != SHARED:
+                waiting = f"mailbox is {kind}, not yet {SHARED}: licences stay until the conversion reads back"
+                if ctx.dry_run:
+                    return Result("planned", before, after, waiting)
+                raise RetryableError(waiting, self.where, delay=CONVERSION_WAIT)
+        writes = [how for how in ways.values() if not isinstance(how, str)]
+        if skus:
+            writes.append(GraphCall("POST", f"/users/{ctx.subject.native_id}/assignLicense",
+                                    {"addLicenses": [], "removeLicenses": skus}))
+        result = yield from self.settle(before, after, ctx, *writes, gone_ok=True)
+        if kept and not ctx.dry_run:
+            reasons = "; ".join(f"{name}: {why}" for name, why in sorted(kept.items()))
+            return Result("needs_human", before, after, f"licence groups the cloud cannot leave: {reasons}")
+        return result

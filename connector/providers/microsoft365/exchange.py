@@ -1,0 +1,150 @@
+"""Exchange Online through the admin endpoint: hand the leaver's mail over before anything is reclaimed.
+
+Every action compares one piece of observed mailbox state with what the tenant policy
+wants, so `plan` (on the state read in `prepare`) and `apply` (on a fresh read) share
+one definition. Devices are wiped (account only) before the conversion to shared.
+"""
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+from ... import http
+from ...model import ActionContext, PlannedAction, Result, Subject, Termination
+from .exchange_api import Cmdlet
+from .provider import Microsoft365Provider, Step
+
+SHARED = "SharedMailbox"
+Wanted = tuple[Any, Any, list[Cmdlet]]       # before, after, the writes that get from one to the other
+
+
+def plain(text: str | None) -> str:
+    """Exchange stores auto-replies as HTML; compare what a reader sees."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text or "")).split())
+
+
+def smtp(address: str | None) -> str:
+    return (address or "").split(":", 1)[-1].lower()
+
+
+def fill(template: str, fields: dict[str, str]) -> str:
+    """`{first_name}`-style fields; an unknown field stays as written rather than failing the plan."""
+    return re.sub(r"\{(\w+)\}", lambda m: fields.get(m.group(1), m.group(0)), template)
+
+
+class ExchangeOnlineProvider(Microsoft365Provider):
+    type = "exchange_online"
+    actions = {
+        "clear_mobile_devices": "preserve",
+        "convert_mailbox_to_shared": "preserve",
+        "grant_mailbox_access": "preserve",
+        "set_auto_reply": "preserve",
+        "set_forwarding": "preserve",
+        "hide_from_gal": "preserve",
+    }
+    reads = {"clear_mobile_devices": ("devices",), "convert_mailbox_to_shared": ("mailbox",),
+             "grant_mailbox_access": ("permissions",), "set_auto_reply": ("auto_reply",),
+             "set_forwarding": ("mailbox",), "hide_from_gal": ("mailbox",)}
+
+    def observe(self, subject: Subject, seen: dict) -> Step:
+        subject.state["user"] = seen["user"]
+        keys = ("mailbox", "devices", "permissions", "auto_reply", "memberOf")
+        mailbox, devices, permissions, auto_reply, member_of = yield from self.fetch(seen, subject, *keys)
+        if mailbox is None:
+            return None
+        subject.state.update(mailbox=mailbox, devices=devices or [], permissions=permissions or [],
+                             auto_reply=auto_reply or {})
+        subject.names = list(dict.fromkeys(subject.names + [smtp(a) for a in mailbox.get("EmailAddresses") or []]))
+        self.mark_admin(subject, member_of)
+        return subject
+
+    def recipient(self, setting: str, termination: Termination) -> str:
+        """Policy `manager | none | address` -> an address, or '' for nobody."""
+        if setting == "manager":
+            return termination.manager_email.lower()
+        return "" if setting == "none" else setting.lower()
+
+    # -- what each action wants ---------------------------------------------
+    def wanted(self, name: str, state: dict, termination: Termination) -> Wanted | None:
+        """(before, after, writes) for one action, or None when the policy does not ask for it."""
+        return getattr(self, f"want_{name}")(state, termination, self.upn_of(state))
+
+    @staticmethod
+    def upn_of(state: dict) -> str:
+        return state["user"]["userPrincipalName"]
+
+    def want_clear_mobile_devices(self, state: dict, termination: Termination, upn: str) -> Wanted:
+        unwiped = sorted(d["Identity"] for d in state["devices"] or [] if not d.get("DeviceWipeRequestTime"))
+        wipes = [Cmdlet.of("Clear-MobileDevice", anchor=upn, Identity=d, AccountOnly=True, Confirm=False) for d in unwiped]
+        return {"unwiped_devices": unwiped}, {"unwiped_devices": []}, wipes
+
+    def want_convert_mailbox_to_shared(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
+        if self.tenant.policy["mailbox"] != "shared":
+            return None
+        return ({"RecipientTypeDetails": state["mailbox"].get("RecipientTypeDetails")}, {"RecipientTypeDetails": SHARED},
+                [Cmdlet.of("Set-Mailbox", anchor=upn, Identity=upn, Type="Shared")])
+
+    def want_grant_mailbox_access(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
+        delegate = self.recipient(self.tenant.policy["mailbox_delegate"], termination)
+        if not delegate:
+            return None
+        have = sorted({p["User"].lower() for p in state["permissions"] or [] if "@" in p.get("User", "")
+                       and any("FullAccess" in r for r in p.get("AccessRights") or [])
+                       and not p.get("Deny") and not p.get("IsInherited")})
+        return ({"FullAccess": have}, {"FullAccess": sorted({*have, delegate})},
+                [Cmdlet.of("Add-MailboxPermission", anchor=upn, Identity=upn, User=delegate,
+                           AccessRights=["FullAccess"], InheritanceType="All", AutoMapping=True)])
+
+    def want_set_auto_reply(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
+        template = self.tenant.policy["auto_reply"]
+        if not template:
+            return None
+        message = fill(template, {"first_name": termination.first_name, "last_name": termination.last_name,
+                                  "company": self.tenant.name, "manager_email": termination.manager_email})
+        seen = state["auto_reply"] or {}
+        return ({"AutoReplyState": seen.get("AutoReplyState"), "InternalMessage": plain(seen.get("InternalMessage")),
+                 "ExternalMessage": plain(seen.get("ExternalMessage"))},
+                {"AutoReplyState": "Enabled", "InternalMessage": plain(message), "ExternalMessage": plain(message)},
+                [Cmdlet.of("Set-MailboxAutoReplyConfiguration", anchor=upn, Identity=upn, AutoReplyState="Enabled",
+                           InternalMessage=message, ExternalMessage=message, ExternalAudience="All")])
+
+    def want_set_forwarding(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
+        target = self.recipient(self.tenant.policy["forward_to"], termination)
+        if not target:
+            return None
+        return ({"ForwardingSmtpAddress": smtp(state["mailbox"].get("ForwardingSmtpAddress"))},
+                {"ForwardingSmtpAddress": target},
+                [Cmdlet.of("Set-Mailbox", anchor=upn, Identity=upn, ForwardingSmtpAddress=f"smtp:{target}",
+                           DeliverToMailboxAndForward=True)])
+
+    def want_hide_from_gal(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
+        if not self.tenant.policy["hide_from_gal"]:
+            return None
+        return ({"HiddenFromAddressListsEnabled": bool(state["mailbox"].get("HiddenFromAddressListsEnabled"))},
+                {"HiddenFromAddressListsEnabled": True},
+                [Cmdlet.of("Set-Mailbox", anchor=upn, Identity=upn, HiddenFromAddressListsEnabled=True)])
+
+    # -- deciding and acting --------------------------------------------------
+    def plan(self, subject: Subject, termination: Termination) -> list[PlannedAction]:
+        out = []
+        for name in self.actions:
+            wanted = self.wanted(name, subject.state, termination)
+            if wanted and wanted[0] != wanted[1]:
+                out.append(self.planned(name, name.replace("_", " ")))
+        return out
+
+    def reconcile_one(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Re-read the one thing this action compares, then settle the difference."""
+        [key] = self.reads[action.action]
+        [value] = yield from self.fetch(seen, ctx.subject, key)
+        if key == "mailbox" and value is None:
+            raise http.NotFound(f"{self.upn(ctx.subject)} has no mailbox any more", self.where)
+        wanted = self.wanted(action.action, {**ctx.subject.state, key: value}, ctx.termination)
+        if wanted is None:
+            return Result("skipped", reason="the tenant policy does not ask for it")
+        before, after, writes = wanted
+        return (yield from self.settle(before, after, ctx, *writes))
+
+    clear_mobile_devices = convert_mailbox_to_shared = grant_mailbox_access = reconcile_one
+    set_auto_reply = set_forwarding = hide_from_gal = reconcile_one

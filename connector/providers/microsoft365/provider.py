@@ -1,0 +1,278 @@
+"""What the Entra and Exchange Online providers share: config, clients, matching and the batching driver.
+
+Actions are generators: they yield lists of calls (`GraphCall` or `Cmdlet`) and get back
+one answer or typed error per call. The driver advances every leaver's chain of actions
+one step at a time and sends each step's calls together, so the Graph calls of 500
+leavers travel in `$batch` requests of 20 while each leaver's actions keep their order.
+A single `apply` is the same driver with one item.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Generator
+from urllib.parse import quote
+
+from ... import http
+from ...config import Field
+from ...errors import ConfigError, OffboardError, PermanentError
+from ...model import ActionContext, Match, PlannedAction, Result, Subject, Termination
+from ..base import Provider
+from .auth import Tokens
+from .exchange_api import Cmdlet, ExchangeAdmin
+from .graph import GraphCall, GraphClient
+
+Call = GraphCall | Cmdlet
+Step = Generator[list[Call], list[Any], Any]
+
+CONFIG_SCHEMA = {
+    "tenant_id": Field("str", required=True, help="directory (tenant) id of the client's Microsoft 365"),
+    "client_id": Field("str", required=True, help="application (client) id of the app registration"),
+    "client_secret": Field("secret", help="client secret, or give certificate_path and thumbprint"),
+    "certificate_path": Field("path", help="PEM file with the app's private key"),
+    "thumbprint": Field("str", help="SHA-1 thumbprint of the certificate uploaded to the app registration"),
+    "authority": Field("url", default="https://login.microsoftonline.com"),
+    "graph_url": Field("url", default="https://graph.microsoft.com"),
+    "exchange_url": Field("url", default="https://outlook.office365.com"),
+}
+
+#: every user property the actions compare; most are outside Graph's default set, so they are named
+USER_FIELDS = ("id,displayName,givenName,surname,userPrincipalName,mail,proxyAddresses,employeeId,accountEnabled,"
+               "onPremisesSyncEnabled,assignedLicenses,licenseAssignmentStates,signInSessionsValidFromDateTime,"
+               "lastPasswordChangeDateTime")
+
+
+MAILBOX_READS = {"mailbox": "Get-Mailbox", "statistics": "Get-MailboxStatistics", "permissions": "Get-MailboxPermission",
+                 "auto_reply": "Get-MailboxAutoReplyConfiguration"}
+SINGLE_OBJECT = ("mailbox", "statistics", "auto_reply")
+GROUP_FIELDS = "id,displayName,mail,groupTypes,mailEnabled,securityEnabled,onPremisesSyncEnabled"
+
+
+def admin_roles(member_of: list[dict]) -> list[str]:
+    """Directory roles the user holds (memberOf lists them beside groups)."""
+    return sorted(r.get("displayName") or r["id"] for r in member_of
+                  if r.get("@odata.type") == "#microsoft.graph.directoryRole")
+
+
+def odata_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def match_filter(termination: Termination) -> str:
+    """One `$filter` finding every account that carries the id or the address, so ambiguity is visible."""
+    clauses = []
+    if termination.employee_id:
+        clauses.append(f"employeeId eq {odata_literal(termination.employee_id)}")
+    if termination.email:
+        email = odata_literal(termination.email)
+        clauses += [f"userPrincipalName eq {email}", f"mail eq {email}",
+                    f"proxyAddresses/any(a:a eq {odata_literal('smtp:' + termination.email)})"]
+    return " or ".join(clauses)
+
+
+def addresses(user: dict) -> list[str]:
+    """UPN, mail and every proxy address (without its `smtp:` prefix): the names `protected` globs see."""
+    names = [user.get("userPrincipalName"), user.get("mail")]
+    names += [p.split(":", 1)[-1] for p in user.get("proxyAddresses") or []]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def choose(termination: Termination, users: list[dict]) -> tuple[Match, dict | None]:
+    """DESIGN.md "Matching": the employee id is authoritative; addresses count only when no account has the id."""
+    by_id = [u for u in users if termination.employee_id and u.get("employeeId") == termination.employee_id]
+    email = termination.email.lower()
+    by_address = [u for u in users if email and email in (n.lower() for n in addresses(u))]
+    candidates = sorted({u["userPrincipalName"] for u in by_id + by_address})
+    if len(by_id) > 1:
+        return Match("ambiguous", candidates=candidates, reason="several accounts carry this employee id"), None
+    if by_id and any(u["id"] != by_id[0]["id"] for u in by_address):
+        return Match("ambiguous", candidates=candidates,
+                     reason="the employee id and the address point at different accounts"), None
+    if not by_id and len(by_address) > 1:
+        return Match("ambiguous", candidates=candidates, reason="several accounts carry this address"), None
+    if by_id or by_address:
+        return Match("matched", candidates=candidates), (by_id or by_address)[0]
+    return Match("not_found", reason=f"no account with employeeId {termination.employee_id!r} "
+                                     f"or address {termination.email!r}"), None
+
+
+class Microsoft365Provider(Provider):
+    config_schema = CONFIG_SCHEMA
+    #: action -> the reads ("user", "memberOf", "mailbox", ...) it compares; a pass reads them once, up front
+    reads: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __init__(self, name, options, tenant, where=""):
+        super().__init__(name, options, tenant, where)
+        if (options["client_secret"] is None) == (options["certificate_path"] is None):
+            raise ConfigError("give client_secret, or certificate_path and thumbprint (one of them)", self.where)
+        if options["certificate_path"] and not options["thumbprint"]:
+            raise ConfigError("certificate_path needs thumbprint", self.where)
+        tenant_id = options["tenant_id"]
+        self.graph = GraphClient(options["graph_url"], tenant_id, Tokens(options, options["graph_url"], self.where),
+                                 self.where)
+        self.exchange = ExchangeAdmin(options["exchange_url"], tenant_id,
+                                      Tokens(options, options["exchange_url"], self.where), self.where)
+        self.matches: dict[str, Match | OffboardError] = {}
+
+    # -- reading -----------------------------------------------------------
+    def check_online(self) -> None:
+        self.graph.request(GraphCall("GET", "/users?$top=1&$select=id"))
+
+    def prepare(self, terminations: list[Termination]) -> None:
+        """Match everyone with one filtered read each, sent 20 to a `$batch`, then read their state in bulk."""
+        wanted = [t for t in terminations if t.employee_id or t.email]
+        calls = [GraphCall("GET", f"/users?$filter={quote(match_filter(t))}&$select={USER_FIELDS}") for t in wanted]
+        observing: dict[str, Step] = {}
+        for termination, answer in zip(wanted, self.graph.batch(calls)):
+            if isinstance(answer, OffboardError):
+                self.matches[termination.id] = answer
+                continue
+            match, user = choose(termination, answer.get("value", []))
+            if user:
+                match.subject = Subject(self.name, user["id"], addresses(user))
+                observing[termination.id] = self.observe(match.subject, {"user": user})
+            self.matches[termination.id] = match
+        for key, outcome in zip(observing, self.drive(list(observing.values()))):
+            if isinstance(outcome, OffboardError):
+                self.matches[key] = outcome
+            elif outcome is None:
+                self.matches[key] = Match("not_found", reason=f"{self.type}: the account has nothing here")
+
+    def match(self, termination: Termination) -> Match:
+        if termination.id not in self.matches:
+            self.prepare([termination])
+        found = self.matches[termination.id]
+        if isinstance(found, OffboardError):
+            raise found
+        return found
+
+    def observe(self, subject: Subject, seen: dict) -> Step:
+        """Fill `subject.state` (and `is_admin`) from reads; return None when this service has no such account."""
+        raise NotImplementedError
+
+    # -- the driver ----------------------------------------------------------
+    def read_call(self, key: str, subject: Subject) -> Call:
+        """The call that reads `key` ("user", "mailbox", ...) of a subject."""
+        user_id = subject.native_id
+        if key == "user":
+            return GraphCall("GET", f"/users/{user_id}?$select={USER_FIELDS}")
+        if key == "memberOf":
+            return GraphCall("GET", f"/users/{user_id}/memberOf?$select={GROUP_FIELDS}")
+        if key == "methods":
+            return GraphCall("GET", f"/users/{user_id}/authentication/methods")
+        upn = self.upn(subject)        # every cmdlet takes the UPN as an identity
+        if key == "devices":
+            return Cmdlet.of("Get-MobileDeviceStatistics", anchor=upn, Mailbox=upn)
+        return Cmdlet.of(MAILBOX_READS[key], anchor=upn, Identity=upn)
+
+    @staticmethod
+    def upn(subject: Subject) -> str:
+        return subject.state.get("user", {}).get("userPrincipalName", "")
+
+    def fetch(self, seen: dict, subject: Subject, *keys: str) -> Generator[list[Call], list[Any], list[Any]]:
+        """Read what `seen` lacks, all in one step; collections come back as lists, a missing mailbox as None."""
+        missing = [k for k in keys if k not in seen]
+        if missing:
+            answers = yield [self.read_call(k, subject) for k in missing]
+            seen.update(zip(missing, answers))
+        out = []
+        for key in keys:
+            value = seen[key]
+            if isinstance(value, http.NotFound) and (key in MAILBOX_READS or key == "devices"):
+                value = None                  # no mailbox: not an error, a fact
+            elif isinstance(value, OffboardError):
+                raise value
+            elif isinstance(value, dict) and "value" in value:
+                value = value["value"]
+            elif isinstance(value, list) and key in SINGLE_OBJECT:
+                value = value[0] if value else None
+            out.append(value)
+        return out
+
+    @staticmethod
+    def send(*calls: Call, gone_ok: bool = False) -> Generator[list[Call], list[Any], list[Any]]:
+        """Send writes together; raise the first error (with `gone_ok`, a 404 means already done)."""
+        answers = yield list(calls)
+        for answer in answers:
+            if isinstance(answer, http.NotFound) and not gone_ok:
+                raise PermanentError(answer.message, answer.where)    # a write's 404 is not "the leaver is gone"
+            if isinstance(answer, OffboardError) and not isinstance(answer, http.NotFound):
+                raise answer
+        return answers
+
+    def settle(self, before: Any, after: Any, ctx: ActionContext, *writes: Call, reason: str = "",
+               gone_ok: bool = False) -> Generator[list[Call], list[Any], Result]:
+        """The end of every action: compare, write only on a difference and never in a dry run."""
+        result = self.outcome(before, after, ctx.dry_run, reason)
+        if result.outcome == "changed" and writes:
+            yield from self.send(*writes, gone_ok=gone_ok)
+        return result
+
+    def mark_admin(self, subject: Subject, member_of: list[dict]) -> None:
+        roles = admin_roles(member_of)
+        if roles:
+            subject.is_admin, subject.admin_reason = True, f"holds directory role {', '.join(roles)}"
+
+    def drive(self, steps: list[Step]) -> list[Any]:
+        """Run generators side by side; each round's Graph calls go out in `$batch`es, cmdlets in parallel."""
+        results: list[Any] = [None] * len(steps)
+        waiting: dict[int, list[Call]] = {}
+
+        def advance(index: int, answers: list[Any] | None) -> None:
+            try:
+                waiting[index] = steps[index].send(answers)
+            except StopIteration as stop:
+                results[index] = stop.value
+            except OffboardError as e:
+                results[index] = e
+
+        for index in range(len(steps)):
+            advance(index, None)
+        while waiting:
+            rounds, flat = dict(waiting), [c for calls in waiting.values() for c in calls]
+            waiting.clear()
+            graph = [c for c in flat if isinstance(c, GraphCall)]
+            cmdlets = [c for c in flat if isinstance(c, Cmdlet)]
+            answered = iter(self.graph.batch(graph) if graph else [])
+            ran = iter(self.exchange.invoke_many(cmdlets))
+            for index, calls in rounds.items():
+                advance(index, [next(answered) if isinstance(c, GraphCall) else next(ran) for c in calls])
+        return results
+
+    # -- acting ------------------------------------------------------------
+    def apply(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        [outcome] = self.apply_many([(action, ctx)])
+        if isinstance(outcome, OffboardError):
+            raise outcome
+        return outcome
+
+    def apply_many(self, items: list[tuple[PlannedAction, ActionContext]]) -> list[Result | OffboardError]:
+        """Every leaver's actions run in order, one chain per leaver; the chains run side by side."""
+        chains: dict[str, list[int]] = {}
+        for index, (action, ctx) in enumerate(items):
+            chains.setdefault(ctx.subject.native_id, []).append(index)
+        outcomes = self.drive([self._chain([items[i] for i in indexes]) for indexes in chains.values()])
+        out: list[Result | OffboardError] = [None] * len(items)
+        for indexes, results in zip(chains.values(), outcomes):
+            for index, result in zip(indexes, results):
+                out[index] = result
+        return out
+
+    def _chain(self, items: list[tuple[PlannedAction, ActionContext]]) -> Step:
+        seen: dict[str, Any] = {}      # one read per leaver and pass, shared by its actions
+        keys = dict.fromkeys(k for action, _ in items for k in self.reads.get(action.action, ()))
+        try:
+            yield from self.fetch(seen, items[0][1].subject, *keys)      # every read in one round
+        except OffboardError:
+            pass                        # the action that needs the failed read reports it
+        out: list[Result | OffboardError] = []
+        for action, ctx in items:
+            handler: Callable | None = getattr(self, action.action, None)
+            if handler is None or action.action not in self.actions:
+                out.append(ConfigError(f"{self.type} has no action {action.action}", self.where))
+                continue
+            try:
+                out.append((yield from handler(action, ctx, seen)))
+            except http.NotFound as e:
+                out.append(Result("skipped", reason=f"not_found: {e.message}"))
+            except OffboardError as e:
+                out.append(e)
+        return out
