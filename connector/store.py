@@ -147,9 +147,9 @@ class Store:
             where.append(f"state in ({','.join('?' * len(states))})"); args.extend(states)
         return list(self.db["terminations"].rows_where(" and ".join(where) or None, args, order_by="due_at, id"))
 
-    def upsert_termination(self, row: dict) -> None:
+    def upsert_terminations(self, rows: list[dict]) -> None:
         with self.lock:
-            self.db["terminations"].upsert(row, pk="id")
+            self.db["terminations"].upsert_all(rows, pk="id")
 
     def set_state(self, termination_id: str, state: str, reason: str = "", **extra: Any) -> None:
         with self.lock:
@@ -256,13 +256,21 @@ class Store:
 
     # -- the audit log -----------------------------------------------------------
     def audit(self, event: str, termination_id: str | None = None, run_id: str | None = None, **data: Any) -> None:
+        self.audit_many([(event, termination_id, run_id, data)])
+
+    def audit_many(self, entries: list[tuple[str, str | None, str | None, dict]]) -> None:
+        """Append rows to the hash chain: each row's hash covers its content and the previous hash."""
         with self.lock:
             last = self.conn.execute("select seq, hash from audit order by seq desc limit 1").fetchone()
-            seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-            row = {"seq": seq, "at": iso(now()), "run_id": run_id, "termination_id": termination_id,
-                   "event": event, "data": dumps(data), "prev_hash": prev}
-            row["hash"] = _audit_hash(row)
-            self.db["audit"].insert(row)
+            seq, prev = last if last else (0, GENESIS)
+            stamp, rows = iso(now()), []
+            for event, termination_id, run_id, data in entries:
+                seq += 1
+                row = {"seq": seq, "at": stamp, "run_id": run_id, "termination_id": termination_id,
+                       "event": event, "data": dumps(data), "prev_hash": prev}
+                row["hash"] = prev = _audit_hash(row)
+                rows.append(row)
+            self.db["audit"].insert_all(rows)
 
     def audit_trail(self, termination_id: str) -> list[dict]:
         return list(self.db["audit"].rows_where("termination_id = ?", [termination_id], order_by="seq"))

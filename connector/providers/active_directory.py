@@ -19,7 +19,7 @@ import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import ldap3
@@ -348,21 +348,21 @@ class ActiveDirectoryProvider(Provider):
                 raise PermanentError(f"account {guid} no longer exists", self.host_where) from None
             return Account.from_entry(conn.response[0])
 
-    def _converge(self, ctx: ActionContext, before: Any, after: Any, write: Callable[[], None]) -> Result:
+    def _converge(self, ctx: ActionContext, before: Any, after: Any, writes: list[tuple[str, dict, str]]) -> Result:
+        """Compare; on a difference (and not a dry run) send each `(dn, changes, what it does)` modify."""
         result = self.outcome(before, after, ctx.dry_run)
         if result.outcome == "changed":
-            write()
+            for dn, changes, doing in writes:
+                with self._ldap(doing) as conn:
+                    conn.modify(dn, changes)
         return result
 
     def disable_account(self, action: PlannedAction, ctx: ActionContext) -> Result:
         account = self._read(ctx.subject.native_id)
         wanted = account.uac | ACCOUNTDISABLE
-
-        def write() -> None:
-            with self._ldap(f"write userAccountControl of {account.dn}") as conn:
-                conn.modify(account.dn, {"userAccountControl": [(ldap3.MODIFY_REPLACE, [wanted])]})
-
-        return self._converge(ctx, {"userAccountControl": account.uac}, {"userAccountControl": wanted}, write)
+        write = (account.dn, {"userAccountControl": [(ldap3.MODIFY_REPLACE, [wanted])]},
+                 f"write userAccountControl of {account.dn}")
+        return self._converge(ctx, {"userAccountControl": account.uac}, {"userAccountControl": wanted}, [write])
 
     def reset_password(self, action: PlannedAction, ctx: ActionContext) -> Result:
         """Journal-only: AD cannot say whether *we* reset it, so a resumed run compares pwdLastSet with ctx.since."""
@@ -382,13 +382,9 @@ class ActiveDirectoryProvider(Provider):
         if not self.tenant.policy.get("remove_groups", True):
             return Result("skipped", reason="the tenant policy keeps group memberships (remove_groups = false)")
         account = self._read(ctx.subject.native_id)
-
-        def write() -> None:
-            for group in account.groups:
-                with self._ldap(f"remove {account.sam} from {group} (write member)") as conn:
-                    conn.modify(group, {"member": [(ldap3.MODIFY_DELETE, [account.dn])]})
-
-        return self._converge(ctx, {"groups": sorted(account.groups)}, {"groups": []}, write)
+        writes = [(group, {"member": [(ldap3.MODIFY_DELETE, [account.dn])]},
+                   f"remove {account.sam} from {group} (write member)") for group in account.groups]
+        return self._converge(ctx, {"groups": sorted(account.groups)}, {"groups": []}, writes)
 
     def stamp_description(self, action: PlannedAction, ctx: ActionContext) -> Result:
         account = self._read(ctx.subject.native_id)
@@ -400,12 +396,8 @@ class ActiveDirectoryProvider(Provider):
             stamp += f" ticket #{ctx.ticket.lstrip('#')}"
         if account.description:
             stamp = f"{stamp} (was: {account.description})"[:1024]
-
-        def write() -> None:
-            with self._ldap(f"write description of {account.dn}") as conn:
-                conn.modify(account.dn, {"description": [(ldap3.MODIFY_REPLACE, [stamp])]})
-
-        return self._converge(ctx, before, {"description": stamp}, write)
+        write = (account.dn, {"description": [(ldap3.MODIFY_REPLACE, [stamp])]}, f"write description of {account.dn}")
+        return self._converge(ctx, before, {"description": stamp}, [write])
 
     def move_to_disabled_ou(self, action: PlannedAction, ctx: ActionContext) -> Result:
         ou = self.options["disabled_ou"]

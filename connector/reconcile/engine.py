@@ -114,14 +114,17 @@ def _intake_and_execute(tenant: Tenant, store: Store, report: Report, providers:
                         employee, dry_run, full, now, on_demand) -> None:
     intake = Intake()
     if on_demand is not None:
-        record(tenant, store, [t for t in on_demand if t.tenant == tenant.id], now, report.run_id, intake)
+        with store.transaction():
+            record(tenant, store, [t for t in on_demand if t.tenant == tenant.id], now, report.run_id, intake,
+                   on_demand=True)
     else:
         pulls = pull_sources(tenant, store, full, intake)
-        record(tenant, store, [t for _, pull in pulls for t in pull.terminations], now, report.run_id, intake)
-        cancel_missing(tenant, store, pulls, report.run_id, intake)
-        for name, pull in pulls:
-            if pull.cursor is not None:
-                store.set_cursor(f"{tenant.id}/{name}", pull.cursor)
+        with store.transaction():     # one pull lands whole or not at all
+            record(tenant, store, [t for _, pull in pulls for t in pull.terminations], now, report.run_id, intake)
+            cancel_missing(tenant, store, pulls, report.run_id, intake)
+            for name, pull in pulls:
+                if pull.cursor is not None:
+                    store.set_cursor(f"{tenant.id}/{name}", pull.cursor)
     for e in intake.errors:
         (report.config_errors if isinstance(e, ConfigError) else report.source_errors).append(e)
     report.rejected.extend(intake.rejected)

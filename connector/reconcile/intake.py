@@ -65,40 +65,50 @@ SCHEDULE_FIELDS = ("termination_date", "termination_time", "kind", "due_at", "em
 
 
 def record(tenant: Tenant, store: Store, terminations: list[Termination], now: dt.datetime, run_id: str,
-           intake: Intake) -> None:
-    """Insert new terminations, reschedule changed ones, cancel or flag the ones the feed says are active."""
+           intake: Intake, on_demand: bool = False) -> None:
+    """Insert new terminations, reschedule changed ones, cancel or flag the ones the feed says are active.
+
+    `on_demand`: a person named these (`offboard run`, a ticket): no lookback, and a cancelled
+    or finished one is opened again.
+    """
     stamp = iso(now)
+    horizon = dt.date.min if on_demand else now.astimezone(tenant.zone).date() - dt.timedelta(days=tenant.lookback_days)
+    existing = {r["id"]: r for r in store.terminations(tenant.id)}
     seen_new: list[dict] = []
+    writes: list[dict] = []
+    events: list[tuple] = []
     for t in terminations:
-        old = store.termination(t.id)
+        old = existing.get(t.id)
         if t.active:
             _active_again(store, old, run_id)
             continue
         row = _row(t, tenant, stamp)
-        if old is None and t.termination_date < (now.astimezone(tenant.zone).date()
-                                                 - dt.timedelta(days=tenant.lookback_days)):
+        if old is None and t.termination_date < horizon:
             row.update(state="cancelled", first_seen_at=stamp, approved_at=stamp, reason=BEFORE_LOOKBACK)
-            store.upsert_termination(row)
-            store.audit("termination_ignored", t.id, run_id, reason=BEFORE_LOOKBACK)
-            continue
-        if old is None:
+            writes.append(row)
+            events.append(("termination_ignored", t.id, run_id, {"reason": BEFORE_LOOKBACK}))
+        elif old is None:
             row.update(state="scheduled", first_seen_at=stamp, reason="")
             seen_new.append(row)
-            continue
-        changed = {k: row[k] for k in SCHEDULE_FIELDS if row[k] and row[k] != old.get(k)}
-        if old["state"] == "cancelled" or not changed:
-            continue
-        if old["state"] in OPEN_BEFORE_DUE + ("due",):
-            store.upsert_termination({**row, "state": old["state"]})
-            store.audit("termination_changed", t.id, run_id, changes=changed)
+        else:
+            changed = {k: row[k] for k in SCHEDULE_FIELDS if row[k] and row[k] != old.get(k)}
+            if on_demand and old["state"] in FINISHED:
+                writes.append({**row, "state": "scheduled", "reason": ""})
+                events.append(("termination_reopened", t.id, run_id, {"previous_state": old["state"]}))
+            elif changed and old["state"] in OPEN_BEFORE_DUE + ("due",):
+                writes.append({**row, "state": old["state"]})
+                events.append(("termination_changed", t.id, run_id, {"changes": changed}))
+        if old is None:
+            existing[t.id] = row          # a person listed twice in one pull is new only once
     limit = _limit_reason(tenant, store, len(seen_new), now)
     for row in seen_new:
         if limit:
             row.update(state="held", reason=limit)
-        store.upsert_termination(row)
-        store.audit("termination_seen", row["id"], run_id, source=row["source"], due_at=row["due_at"],
-                    state=row["state"])
+        events.append(("termination_seen", row["id"], run_id,
+                       {"source": row["source"], "due_at": row["due_at"], "state": row["state"]}))
         intake.new.append(row["id"])
+    store.upsert_terminations(writes + seen_new)
+    store.audit_many(events)
     if limit and seen_new and not store.open_hold(tenant.id):
         store.add_hold(tenant.id, limit, [r["id"] for r in seen_new])
         store.audit("tenant_held", None, run_id, tenant=tenant.id, reason=limit, count=len(seen_new))

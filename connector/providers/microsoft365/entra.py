@@ -11,7 +11,7 @@ import datetime as dt
 import re
 import secrets
 
-from ...errors import RetryableError
+from ...errors import NotYet
 from ...model import ActionContext, PlannedAction, Result, Subject, Termination
 from .exchange_api import Cmdlet
 from .graph import GraphCall
@@ -220,7 +220,7 @@ class EntraProvider(Microsoft365Provider):
                 waiting = f"mailbox is {kind}, not yet {SHARED}: licences stay until the conversion reads back"
                 if ctx.dry_run:
                     return Result("planned", before, after, waiting)
-                raise RetryableError(waiting, self.where, delay=CONVERSION_WAIT)
+                raise NotYet(waiting, self.where, delay=CONVERSION_WAIT)
         writes = [how for how in ways.values() if not isinstance(how, str)]
         if skus:
             writes.append(GraphCall("POST", f"/users/{ctx.subject.native_id}/assignLicense",

@@ -110,20 +110,25 @@ class Microsoft365Provider(Provider):
                                  self.where)
         self.exchange = ExchangeAdmin(options["exchange_url"], tenant_id,
                                       Tokens(options, options["exchange_url"], self.where), self.where)
-        self.matches: dict[str, Match | OffboardError] = {}
+        self.matches: dict[str, Match] = {}
 
     # -- reading -----------------------------------------------------------
     def check_online(self) -> None:
         self.graph.request(GraphCall("GET", "/users?$top=1&$select=id"))
 
     def prepare(self, terminations: list[Termination]) -> None:
-        """Match everyone with one filtered read each, sent 20 to a `$batch`, then read their state in bulk."""
+        """Match everyone with one filtered read each, sent 20 to a `$batch`, then read their state in bulk.
+
+        A read that fails after its retries fails the whole pass of this provider (a refused
+        credential first), as the engine expects of a provider that cannot read.
+        """
         wanted = [t for t in terminations if t.employee_id or t.email]
         calls = [GraphCall("GET", f"/users?$filter={quote(match_filter(t))}&$select={USER_FIELDS}") for t in wanted]
+        errors: list[OffboardError] = []
         observing: dict[str, Step] = {}
         for termination, answer in zip(wanted, self.graph.batch(calls)):
             if isinstance(answer, OffboardError):
-                self.matches[termination.id] = answer
+                errors.append(answer)
                 continue
             match, user = choose(termination, answer.get("value", []))
             if user:
@@ -132,17 +137,16 @@ class Microsoft365Provider(Provider):
             self.matches[termination.id] = match
         for key, outcome in zip(observing, self.drive(list(observing.values()))):
             if isinstance(outcome, OffboardError):
-                self.matches[key] = outcome
+                errors.append(outcome)
             elif outcome is None:
                 self.matches[key] = Match("not_found", reason=f"{self.type}: the account has nothing here")
+        if errors:
+            raise next((e for e in errors if isinstance(e, ConfigError)), errors[0])
 
     def match(self, termination: Termination) -> Match:
         if termination.id not in self.matches:
             self.prepare([termination])
-        found = self.matches[termination.id]
-        if isinstance(found, OffboardError):
-            raise found
-        return found
+        return self.matches.get(termination.id) or Match("not_found", reason="no employee id and no address")
 
     def observe(self, subject: Subject, seen: dict) -> Step:
         """Fill `subject.state` (and `is_admin`) from reads; return None when this service has no such account."""

@@ -1,0 +1,640 @@
+"""A stateful Microsoft 365 tenant behind `responses`: Graph v1.0, the Exchange admin endpoint and login.
+
+Writes really change its state, and it bites where Graph bites: properties outside the
+default set come back only when named in `$select`; batch sub-requests with a body
+need a Content-Type; more than 20 sub-requests is a 400; `$skip` on users is refused;
+`$search` and `$count` need `ConsistencyLevel: eventual`; synced objects, dynamic
+groups and mail-enabled groups refuse cloud writes. Every Graph request, batch
+sub-requests included, is checked against the v1.0 CSDL (`violations`).
+msal is real: only its HTTP calls (discovery document, token endpoint) are answered here.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import re
+import threading
+import uuid
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+import responses
+
+from connector import config, plugins
+from connector.model import Termination
+from connector.providers.microsoft365 import auth
+from tests.contract.graph_schema import SchemaViolation, graph_schema
+
+TENANT_ID = "7f3c2a9e-1111-4c2b-9d7e-0a1b2c3d4e5f"
+CLIENT_ID = "5b8e1d2c-2222-4e3f-8a9b-1c2d3e4f5a6b"
+AUTHORITY = "https://login.microsoftonline.com"
+GRAPH = "https://graph.microsoft.com"
+EXCHANGE = "https://outlook.office365.com"
+DEFAULT_USER_SELECT = ("businessPhones", "displayName", "givenName", "id", "jobTitle", "mail", "mobilePhone",
+                       "officeLocation", "preferredLanguage", "surname", "userPrincipalName")
+GB = 1024 ** 3
+PAGE = 100
+
+
+def stamp(when: dt.datetime | None = None) -> str:
+    return (when or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def graph_error(status: int, code: str, message: str, headers: dict | None = None):
+    return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(
+        {"error": {"code": code, "message": message}})
+
+
+@dataclass
+class Mailbox:
+    upn: str
+    kind: str = "UserMailbox"
+    size: int = 2 * GB
+    litigation_hold: bool = False
+    forwarding: str | None = None
+    hidden: bool = False
+    permissions: list[dict] = field(default_factory=list)
+    auto_reply: dict = field(default_factory=lambda: {"AutoReplyState": "Disabled", "InternalMessage": "",
+                                                      "ExternalMessage": ""})
+    devices: list[dict] = field(default_factory=list)
+    converting_to: str | None = None
+    reads_until_converted: int = 0
+    conversion_reads: int = 1          # Get-Mailbox reads that still show the old type after Set-Mailbox -Type
+
+    def read_type(self) -> str:
+        """The conversion to shared is asynchronous: it shows only on a later read."""
+        if self.converting_to:
+            if self.reads_until_converted == 0:
+                self.kind, self.converting_to = self.converting_to, None
+            else:
+                self.reads_until_converted -= 1
+        return self.kind
+
+
+class FakeM365:
+    def __init__(self, rsps: responses.RequestsMock, client_secret: str, *, authority: str = AUTHORITY,
+                 graph: str = GRAPH, exchange: str = EXCHANGE, tenant_id: str = TENANT_ID):
+        self.tenant_id, self.client_secret = tenant_id, client_secret
+        self.authority, self.graph_url, self.exchange_url = authority, graph, exchange
+        self.users: dict[str, dict] = {}
+        self.groups: dict[str, dict] = {}
+        self.roles: dict[str, dict] = {}
+        self.skus: dict[str, dict] = {}
+        self.methods: dict[str, list[dict]] = {}
+        self.mailboxes: dict[str, Mailbox] = {}
+        self.tokens: dict[str, str] = {}                 # token -> scope
+        self.calls: list[tuple[str, str, str]] = []      # (service, method, path) of every HTTP request
+        self.violations: list[str] = []
+        self.throttles: dict[str, int] = {"graph": 0, "batch_item": 0, "exchange": 0}
+        self.retry_after = "0"
+        self.denied: list[tuple[str, str, str]] = []     # (method, path regex, permission)
+        self.exchange_page = 1000
+        self.lock = threading.RLock()
+        base = f"{authority}/{tenant_id}"
+        rsps.add(responses.GET, f"{base}/v2.0/.well-known/openid-configuration", json={
+            "token_endpoint": f"{base}/oauth2/v2.0/token", "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+            "issuer": f"{base}/v2.0", "jwks_uri": f"{authority}/{tenant_id}/discovery/v2.0/keys"})
+        rsps.add_callback(responses.POST, f"{base}/oauth2/v2.0/token", callback=self._token)
+        host = urlsplit(authority).hostname    # msal asks a host it knows for its aliases after a refused token
+        rsps.add(responses.GET, re.compile(re.escape(f"{authority}/common/discovery/instance") + ".*"), json={
+            "tenant_discovery_endpoint": f"{base}/v2.0/.well-known/openid-configuration", "api-version": "1.1",
+            "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}]})
+        for method in ("GET", "POST", "PATCH", "DELETE"):
+            rsps.add_callback(method, re.compile(re.escape(graph) + r"/v1\.0/.*"), callback=self._graph)
+        rsps.add_callback(responses.POST, re.compile(re.escape(f"{exchange}/adminapi/beta/{tenant_id}/InvokeCommand") + ".*"),
+                          callback=self._exchange)
+
+    # -- building the tenant -------------------------------------------------
+    def _id(self) -> str:
+        return str(uuid.uuid4())
+
+    def add_sku(self, part: str, prepaid: int = 100) -> str:
+        sku_id = self._id()
+        self.skus[sku_id] = {"skuId": sku_id, "skuPartNumber": part, "prepaidUnits": {"enabled": prepaid}}
+        return sku_id
+
+    def sku(self, part: str) -> str:
+        return next(s for s, v in self.skus.items() if v["skuPartNumber"] == part)
+
+    def add_group(self, name: str, *, dynamic: bool = False, synced: bool = False, mail_enabled: bool = False,
+                  unified: bool = False, licences: tuple[str, ...] = ()) -> str:
+        group_id = self._id()
+        types = (["Unified"] if unified else []) + (["DynamicMembership"] if dynamic else [])
+        self.groups[group_id] = {"id": group_id, "displayName": name, "groupTypes": types,
+                                 "mailEnabled": mail_enabled or unified, "securityEnabled": not unified,
+                                 "onPremisesSyncEnabled": True if synced else None,
+                                 "mail": f"{name.lower().replace(' ', '-')}@contoso.com" if mail_enabled or unified else None,
+                                 "licences": [self.sku(p) for p in licences], "members": set()}
+        return group_id
+
+    def add_role(self, name: str) -> str:
+        role_id = self._id()
+        self.roles[role_id] = {"id": role_id, "displayName": name, "members": set()}
+        return role_id
+
+    def add_user(self, upn: str, *, employee_id: str | None = None, synced: bool = False, enabled: bool = True,
+                 licences: tuple[str, ...] = (), groups: tuple[str, ...] = (), roles: tuple[str, ...] = (),
+                 methods: tuple[str, ...] = ("password",), mailbox: Mailbox | None = None,
+                 proxies: tuple[str, ...] = ()) -> str:
+        user_id = self._id()
+        given, _, family = upn.split("@")[0].partition(".")
+        old = stamp(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+        self.users[user_id] = {
+            "id": user_id, "userPrincipalName": upn, "mail": upn, "displayName": f"{given} {family}".title(),
+            "givenName": given.title(), "surname": family.title(), "employeeId": employee_id,
+            "proxyAddresses": [f"SMTP:{upn}"] + [f"smtp:{p}" for p in proxies], "accountEnabled": enabled,
+            "onPremisesSyncEnabled": True if synced else None, "signInSessionsValidFromDateTime": old,
+            "lastPasswordChangeDateTime": old, "businessPhones": [], "jobTitle": None, "mobilePhone": None,
+            "officeLocation": None, "preferredLanguage": None, "direct": [self.sku(p) for p in licences]}
+        for name in groups:
+            self.group_named(name)["members"].add(user_id)
+        for name in roles:
+            next(r for r in self.roles.values() if r["displayName"] == name)["members"].add(user_id)
+        self.methods[user_id] = [{"@odata.type": f"#microsoft.graph.{kind}AuthenticationMethod", "id": self._id()}
+                                 for kind in methods]
+        if mailbox:
+            mailbox.upn = upn
+            self.mailboxes[upn.lower()] = mailbox
+        return user_id
+
+    def group_named(self, name: str) -> dict:
+        return next(g for g in self.groups.values() if g["displayName"] == name)
+
+    def user_by_upn(self, upn: str) -> dict:
+        return next(u for u in self.users.values() if u["userPrincipalName"].lower() == upn.lower())
+
+    # -- derived state, as Graph computes it --------------------------------
+    def licence_states(self, user_id: str) -> list[dict]:
+        user = self.users[user_id]
+        states = [{"skuId": s, "assignedByGroup": None, "state": "Active", "disabledPlans": []} for s in user["direct"]]
+        for group in self.groups.values():
+            if user_id in group["members"]:
+                states += [{"skuId": s, "assignedByGroup": group["id"], "state": "Active", "disabledPlans": []}
+                           for s in group["licences"]]
+        return states
+
+    def render_user(self, user_id: str, select: list[str] | None) -> dict:
+        user = dict(self.users[user_id])
+        user["licenseAssignmentStates"] = self.licence_states(user_id)
+        user["assignedLicenses"] = [{"skuId": s, "disabledPlans": []}
+                                    for s in dict.fromkeys(x["skuId"] for x in user["licenseAssignmentStates"])]
+        return {k: user.get(k) for k in (select or DEFAULT_USER_SELECT)} | {"id": user_id}
+
+    def consumed(self, sku_id: str) -> int:
+        return sum(1 for u in self.users if any(s["skuId"] == sku_id for s in self.licence_states(u)))
+
+    def snapshot(self, upn: str) -> dict:
+        """Everything a leaver's offboarding can change, read from the fake's state (not through a provider)."""
+        user = self.user_by_upn(upn)
+        user_id = user["id"]
+        mailbox = self.mailboxes.get(upn.lower())
+        return {
+            "accountEnabled": user["accountEnabled"], "password": user["lastPasswordChangeDateTime"],
+            "sessions": user["signInSessionsValidFromDateTime"],
+            "licences": sorted((self.skus[s["skuId"]]["skuPartNumber"], s["assignedByGroup"] or "")
+                               for s in self.licence_states(user_id)),
+            "groups": sorted(g["displayName"] for g in self.groups.values() if user_id in g["members"]),
+            "methods": sorted(m["@odata.type"] for m in self.methods[user_id]),
+            "mailbox": mailbox and {"type": mailbox.converting_to or mailbox.kind, "forwarding": mailbox.forwarding,
+                                    "hidden": mailbox.hidden, "permissions": json.dumps(mailbox.permissions),
+                                    "auto_reply": json.dumps(mailbox.auto_reply), "devices": json.dumps(mailbox.devices)},
+        }
+
+    def count(self, service: str, method: str | None = None) -> int:
+        return sum(1 for s, m, _ in self.calls if s == service and (method is None or m == method))
+
+    # -- login ---------------------------------------------------------------
+    def _token(self, request):
+        form = {k: v[0] for k, v in parse_qs(request.body if isinstance(request.body, str) else request.body.decode()).items()}
+        self.calls.append(("login", "POST", "token"))
+        if form.get("client_id") != CLIENT_ID or (form.get("client_secret") != self.client_secret
+                                                  and "client_assertion" not in form):
+            return 401, {"Content-Type": "application/json"}, json.dumps(
+                {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided.\nTrace"})
+        token = f"eyJ0eXAi.fake-{uuid.uuid4().hex}"
+        self.tokens[token] = form["scope"]
+        return 200, {"Content-Type": "application/json"}, json.dumps(
+            {"token_type": "Bearer", "expires_in": 3599, "access_token": token})
+
+    def _authorized(self, request, resource: str) -> bool:
+        token = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
+        return self.tokens.get(token) == f"{resource}/.default"
+
+    # -- Graph -----------------------------------------------------------------
+    def _graph(self, request):
+        with self.lock:
+            path = urlsplit(request.url).path.split("/v1.0", 1)[1]
+            self.calls.append(("graph", request.method, path))
+            if not self._authorized(request, self.graph_url):
+                return graph_error(401, "InvalidAuthenticationToken", "Access token is empty or invalid.")
+            if self.throttles["graph"] > 0:
+                self.throttles["graph"] -= 1
+                return graph_error(429, "TooManyRequests", "Too many requests", {"Retry-After": self.retry_after})
+            body = json.loads(request.body) if request.body else None
+            status, headers, text = self.dispatch(request.method, request.url, body, request.headers)
+            return status, headers, text
+
+    def dispatch(self, method: str, url: str, body, headers) -> tuple[int, dict, str]:
+        try:
+            graph_schema().check(method, url, body)
+        except SchemaViolation as e:
+            self.violations.append(str(e))
+            return graph_error(400, "BadRequest", f"Resource not found for the segment or property: {e}")
+        parts = urlsplit(url)
+        path = parts.path.split("/v1.0", 1)[-1]
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        for denied_method, pattern, permission in self.denied:
+            if method == denied_method and re.fullmatch(pattern, path):
+                return graph_error(403, "Authorization_RequestDenied",
+                                   f"Missing scope permissions on the request. API requires one of '{permission}'. "
+                                   "Scopes on the request 'User.Read.All'")
+        for route, handler in self.routes():
+            found = re.fullmatch(route, f"{method} {path}")
+            if found:
+                try:
+                    answer = handler(*found.groups(), query=query, body=body, headers=headers, url=url)
+                except KeyError:
+                    return graph_error(404, "Request_ResourceNotFound",
+                                       f"Resource '{path.split('/')[2]}' does not exist or one of its queried "
+                                       "reference-property objects are not present.")
+                if isinstance(answer, tuple):
+                    return answer
+                return (204, {}, "") if answer is None else (200, {"Content-Type": "application/json"}, json.dumps(answer))
+        return graph_error(400, "BadRequest", f"fake has no route for {method} {path}")
+
+    def routes(self):
+        guid = r"([^/?]+)"
+        return [
+            (r"POST /\$batch", self.batch),
+            (r"GET /users", self.list_users),
+            (rf"GET /users/{guid}", self.get_user),
+            (rf"PATCH /users/{guid}", self.patch_user),
+            (rf"POST /users/{guid}/revokeSignInSessions", self.revoke_sessions),
+            (rf"POST /users/{guid}/assignLicense", self.assign_license),
+            (rf"GET /users/{guid}/memberOf", self.member_of),
+            (rf"GET /users/{guid}/authentication/methods", self.list_methods),
+            (rf"DELETE /users/{guid}/authentication/(\w+)/{guid}", self.delete_method),
+            (rf"DELETE /groups/{guid}/members/{guid}/\$ref", self.remove_member),
+            (r"GET /subscribedSkus", self.subscribed_skus),
+        ]
+
+    def batch(self, query, body, headers, url):
+        requests_ = body.get("requests", [])
+        if len(requests_) > 20:
+            return graph_error(400, "BadRequest", "The number of batch requests exceeds the limit of 20.")
+        out = []
+        for sub in requests_:
+            self.calls.append(("graph-sub", sub["method"], sub["url"].split("?")[0]))
+            sub_headers = sub.get("headers") or {}
+            if "body" in sub and not any(k.lower() == "content-type" for k in sub_headers):
+                status, hdrs, text = graph_error(400, "BadRequest", "Content-Type header is required for a request "
+                                                 "with a body.")
+            elif self.throttles["batch_item"] > 0:
+                self.throttles["batch_item"] -= 1
+                status, hdrs, text = graph_error(429, "TooManyRequests", "Too many requests",
+                                                 {"Retry-After": self.retry_after})
+            else:
+                status, hdrs, text = self.dispatch(sub["method"], self.graph_url + "/v1.0" + sub["url"],
+                                                   sub.get("body"), sub_headers)
+            out.append({"id": sub["id"], "status": status, "headers": hdrs, "body": json.loads(text) if text else None})
+        return {"responses": out}
+
+    @staticmethod
+    def _select(query) -> list[str] | None:
+        return query["$select"].split(",") if "$select" in query else None
+
+    def _page(self, items: list[dict], query, url: str) -> dict:
+        start = int(query.get("$skiptoken", 0))
+        size = int(query.get("$top", PAGE))
+        page = {"value": items[start:start + size]}
+        if start + size < len(items):
+            parts = urlsplit(url)
+            page["@odata.nextLink"] = parts._replace(query=urlencode({**query, "$skiptoken": start + size})).geturl()
+        return page
+
+    def list_users(self, query, body, headers, url):
+        advanced = headers.get("ConsistencyLevel") == "eventual"
+        if "$skip" in query:
+            return graph_error(400, "Request_BadRequest", "'$skip' is not supported by the service.")
+        if ("$search" in query or "$count" in query) and not advanced:
+            return graph_error(400, "Request_BadRequest", "$search and $count need the ConsistencyLevel: eventual header.")
+        users = list(self.users)
+        if "$filter" in query:
+            predicate = self.parse_filter(query["$filter"], advanced)
+            if isinstance(predicate, tuple):
+                return predicate
+            users = [u for u in users if predicate(self.users[u])]
+        return self._page([self.render_user(u, self._select(query)) for u in users], query, url)
+
+    def parse_filter(self, text: str, advanced: bool):
+        """`a eq 'x' or proxyAddresses/any(p:p eq 'y')`: what matching needs, compared case-insensitively."""
+        tests = []
+        for clause in re.split(r"\s+or\s+(?=(?:[^']*'[^']*')*[^']*$)", text):
+            simple = re.fullmatch(r"(\w+) eq '((?:[^']|'')*)'", clause.strip())
+            anyof = re.fullmatch(r"proxyAddresses/any\((\w+):\1 eq '((?:[^']|'')*)'\)", clause.strip())
+            if simple and simple.group(1) in ("employeeId", "userPrincipalName", "mail", "id"):
+                prop, value = simple.group(1), simple.group(2).replace("''", "'").lower()
+                tests.append(lambda u, p=prop, v=value: (u.get(p) or "").lower() == v)
+            elif anyof:
+                value = anyof.group(2).replace("''", "'").lower()
+                tests.append(lambda u, v=value: v in (p.lower() for p in u["proxyAddresses"]))
+            elif re.search(r"endsWith|\bne\b|\bnot\b", clause) and not advanced:
+                return graph_error(400, "Request_UnsupportedQuery", "Unsupported or invalid query filter clause "
+                                   "specified for property; needs ConsistencyLevel: eventual and $count=true.")
+            else:
+                return graph_error(400, "Request_UnsupportedQuery", f"fake does not understand filter {clause!r}")
+        return lambda user: any(test(user) for test in tests)
+
+    def get_user(self, user_id, query, **_):
+        self.users[user_id]
+        return self.render_user(user_id, self._select(query))
+
+    def patch_user(self, user_id, body, **_):
+        user = self.users[user_id]
+        if user["onPremisesSyncEnabled"] and {"accountEnabled", "passwordProfile"} & set(body):
+            return graph_error(400, "Request_BadRequest", "Unable to update the specified properties for on-premises "
+                               "mastered Directory Sync objects or objects currently undergoing migration.")
+        if "accountEnabled" in body:
+            user["accountEnabled"] = body["accountEnabled"]
+        if "passwordProfile" in body:
+            if len(body["passwordProfile"].get("password", "")) < 8:
+                return graph_error(400, "Request_BadRequest", "The specified password does not comply with password "
+                                   "complexity requirements.")
+            user["lastPasswordChangeDateTime"] = stamp()
+        return None
+
+    def revoke_sessions(self, user_id, **_):
+        self.users[user_id]["signInSessionsValidFromDateTime"] = stamp()
+        return {"value": True}
+
+    def assign_license(self, user_id, body, **_):
+        user = self.users[user_id]
+        if set(body) != {"addLicenses", "removeLicenses"}:
+            return graph_error(400, "Request_BadRequest", "addLicenses and removeLicenses are both required.")
+        for sku in body["removeLicenses"]:
+            if sku not in user["direct"]:
+                inherited = any(s["skuId"] == sku for s in self.licence_states(user_id))
+                return graph_error(400, "Request_BadRequest", "User license is inherited from a group membership and "
+                                   "it cannot be removed directly from the user." if inherited else
+                                   f"License {sku} does not correspond to a valid company License.")
+        user["direct"] = [s for s in user["direct"] if s not in body["removeLicenses"]]
+        user["direct"] += [a["skuId"] for a in body["addLicenses"] if a["skuId"] not in user["direct"]]
+        return self.render_user(user_id, None)
+
+    def member_of(self, user_id, query, url, **_):
+        self.users[user_id]
+        select = self._select(query)
+        out = []
+        for group in self.groups.values():
+            if user_id in group["members"]:
+                out.append({"@odata.type": "#microsoft.graph.group",
+                            **{k: group.get(k) for k in (select or ["id", "displayName", "mail"])}})
+        for role in self.roles.values():
+            if user_id in role["members"]:
+                out.append({"@odata.type": "#microsoft.graph.directoryRole", "id": role["id"],
+                            "displayName": role["displayName"]})
+        return self._page(out, query, url)
+
+    def list_methods(self, user_id, query, url, **_):
+        return self._page(list(self.methods[user_id]), query, url)
+
+    def delete_method(self, user_id, collection, method_id, **_):
+        methods = self.methods[user_id]
+        method = next((m for m in methods if m["id"] == method_id), None)
+        if method is None:
+            raise KeyError(method_id)
+        kind = method["@odata.type"].removeprefix("#microsoft.graph.").removesuffix("AuthenticationMethod")
+        if kind == "password":
+            return graph_error(400, "badRequest", "The password method cannot be deleted.")
+        if collection != f"{kind}Methods":
+            return graph_error(404, "itemNotFound", f"No {collection} with id {method_id}.")
+        methods.remove(method)
+        return None
+
+    def remove_member(self, group_id, user_id, **_):
+        group = self.groups[group_id]
+        if "DynamicMembership" in group["groupTypes"]:
+            return graph_error(400, "Request_BadRequest", "Insufficient privileges: members of a group with dynamic "
+                               "membership cannot be changed.")
+        if group["onPremisesSyncEnabled"]:
+            return graph_error(400, "Request_BadRequest", "Unable to update the specified properties for on-premises "
+                               "mastered Directory Sync objects or objects currently undergoing migration.")
+        if group["mailEnabled"] and "Unified" not in group["groupTypes"]:
+            return graph_error(400, "Request_BadRequest", "Cannot Update a mail-enabled security groups and or "
+                               "distribution list.")
+        if user_id not in group["members"]:
+            raise KeyError(user_id)
+        group["members"].discard(user_id)
+        return None
+
+    def subscribed_skus(self, query, url, **_):
+        return self._page([{**s, "consumedUnits": self.consumed(s["skuId"])} for s in self.skus.values()], query, url)
+
+    # -- Exchange admin endpoint ------------------------------------------------
+    CMDLETS = {
+        "Get-Mailbox": {"Identity"},
+        "Get-MailboxStatistics": {"Identity"},
+        "Get-MailboxPermission": {"Identity"},
+        "Get-MailboxAutoReplyConfiguration": {"Identity"},
+        "Get-MobileDeviceStatistics": {"Mailbox"},
+        "Set-Mailbox": {"Identity", "Type", "ForwardingSmtpAddress", "DeliverToMailboxAndForward",
+                        "HiddenFromAddressListsEnabled"},
+        "Add-MailboxPermission": {"Identity", "User", "AccessRights", "InheritanceType", "AutoMapping"},
+        "Set-MailboxAutoReplyConfiguration": {"Identity", "AutoReplyState", "InternalMessage", "ExternalMessage",
+                                              "ExternalAudience"},
+        "Clear-MobileDevice": {"Identity", "AccountOnly", "Confirm"},
+        "Remove-DistributionGroupMember": {"Identity", "Member", "BypassSecurityGroupManagerCheck", "Confirm"},
+    }
+
+    def _exchange(self, request):
+        with self.lock:
+            cmdlet = json.loads(request.body)["CmdletInput"]
+            self.calls.append(("exchange", "POST", cmdlet["CmdletName"]))
+            if not self._authorized(request, self.exchange_url):
+                return 401, {}, ""
+            if self.throttles["exchange"] > 0:
+                self.throttles["exchange"] -= 1
+                return graph_error(429, "TooManyRequests", "Too many requests", {"Retry-After": self.retry_after})
+            if not request.headers.get("X-AnchorMailbox"):
+                return self._cmdlet_error(400, "X-AnchorMailbox header is required")
+            name, params = cmdlet["CmdletName"], cmdlet.get("Parameters") or {}
+            if name not in self.CMDLETS:
+                return self._cmdlet_error(400, f"The term '{name}' is not recognized as a name of a cmdlet")
+            unknown = set(params) - self.CMDLETS[name]
+            if unknown:
+                return self._cmdlet_error(400, f"A parameter cannot be found that matches parameter name '{min(unknown)}'.")
+            try:
+                items = getattr(self, "cmd_" + name.replace("-", "_").lower())(**params)
+            except LookupError as e:
+                return self._cmdlet_error(404, f"|Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException|"
+                                          f"The operation couldn't be performed because object '{e.args[0]}' couldn't be "
+                                          "found on 'NAMPR01A001.prod.outlook.com'.")
+            if isinstance(items, tuple):
+                return items
+            start = int(parse_qs(urlsplit(request.url).query).get("skip", ["0"])[0])
+            page = {"@odata.context": "https://outlook.office365.com/adminapi/beta/$metadata#Collection",
+                    "value": items[start:start + self.exchange_page]}
+            if start + self.exchange_page < len(items):
+                page["@odata.nextLink"] = (f"{self.exchange_url}/adminapi/beta/{self.tenant_id}/InvokeCommand"
+                                           f"?skip={start + self.exchange_page}")
+            return 200, {"Content-Type": "application/json"}, json.dumps(page)
+
+    @staticmethod
+    def _cmdlet_error(status: int, message: str):
+        return status, {"Content-Type": "application/json"}, json.dumps({"error": {
+            "code": "InternalServerError" if status >= 500 else "BadRequest",
+            "message": "Error executing cmdlet", "details": [{"code": "Context", "target": "", "message": message}]}})
+
+    def mailbox(self, identity: str) -> Mailbox:
+        found = self.mailboxes.get(identity.lower())
+        if found is None:
+            raise LookupError(identity)
+        return found
+
+    def cmd_get_mailbox(self, Identity):
+        box = self.mailbox(Identity)
+        user = self.user_by_upn(box.upn)
+        return [{"UserPrincipalName": box.upn, "PrimarySmtpAddress": box.upn, "ExternalDirectoryObjectId": user["id"],
+                 "RecipientTypeDetails": box.read_type(), "ForwardingSmtpAddress": box.forwarding,
+                 "DeliverToMailboxAndForward": bool(box.forwarding), "HiddenFromAddressListsEnabled": box.hidden,
+                 "LitigationHoldEnabled": box.litigation_hold, "EmailAddresses": user["proxyAddresses"]}]
+
+    def cmd_get_mailboxstatistics(self, Identity):
+        box = self.mailbox(Identity)
+        return [{"DisplayName": box.upn, "ItemCount": 1234,
+                 "TotalItemSize": f"{box.size / GB:.1f} GB ({box.size:,} bytes)"}]
+
+    def cmd_get_mailboxpermission(self, Identity):
+        box = self.mailbox(Identity)
+        return [{"Identity": box.upn, "User": "NT AUTHORITY\\SELF", "AccessRights": ["FullAccess, ReadPermission"],
+                 "IsInherited": False, "Deny": False}] + box.permissions
+
+    def cmd_get_mailboxautoreplyconfiguration(self, Identity):
+        return [dict(self.mailbox(Identity).auto_reply, Identity=Identity)]
+
+    def cmd_get_mobiledevicestatistics(self, Mailbox):
+        return list(self.mailbox(Mailbox).devices)
+
+    def cmd_set_mailbox(self, Identity, **changes):
+        box = self.mailbox(Identity)
+        if changes.get("Type") == "Shared" and box.kind != "SharedMailbox":
+            box.converting_to, box.reads_until_converted = "SharedMailbox", box.conversion_reads
+        if "ForwardingSmtpAddress" in changes:
+            box.forwarding = changes["ForwardingSmtpAddress"]
+        if "HiddenFromAddressListsEnabled" in changes:
+            box.hidden = changes["HiddenFromAddressListsEnabled"]
+        return []
+
+    def cmd_add_mailboxpermission(self, Identity, User, AccessRights, InheritanceType, AutoMapping):
+        box = self.mailbox(Identity)
+        if not any(u["userPrincipalName"].lower() == User.lower() for u in self.users.values()):
+            return self._cmdlet_error(404, f"The operation couldn't be performed because object '{User}' couldn't be found.")
+        if not any(p["User"].lower() == User.lower() for p in box.permissions):
+            box.permissions.append({"Identity": box.upn, "User": User, "AccessRights": AccessRights,
+                                    "IsInherited": False, "Deny": False, "AutoMapping": AutoMapping})
+        return []
+
+    def cmd_set_mailboxautoreplyconfiguration(self, Identity, **settings):
+        box = self.mailbox(Identity)
+        for key in ("InternalMessage", "ExternalMessage"):       # Exchange keeps them as HTML
+            if key in settings:
+                settings[key] = f"<html>\n<body>\n{html.escape(settings[key])}\n</body>\n</html>\n"
+        box.auto_reply.update({k: v for k, v in settings.items() if k != "ExternalAudience"})
+        return []
+
+    def cmd_clear_mobiledevice(self, Identity, AccountOnly, Confirm):
+        device = next(d for box in self.mailboxes.values() for d in box.devices if d["Identity"] == Identity)
+        device.update(DeviceWipeRequestTime=stamp(), Status="DeviceWipePending", AccountOnly=AccountOnly)
+        return []
+
+    def cmd_remove_distributiongroupmember(self, Identity, Member, BypassSecurityGroupManagerCheck, Confirm):
+        group = next((g for g in self.groups.values() if (g["mail"] or "").lower() == Identity.lower()), None)
+        if group is None:
+            raise LookupError(Identity)
+        user = self.user_by_upn(Member)
+        if user["id"] not in group["members"]:
+            return self._cmdlet_error(400, f"|Microsoft.Exchange.Management.Tasks.MemberNotFoundException|The recipient "
+                                      f"{Member} isn't a member of the group {Identity}.")
+        group["members"].discard(user["id"])
+        return []
+
+
+# -- fixtures: import them into a test module or a conftest -------------------------------------
+SECRET = "s3cr3t-Value~of.the.app"
+SECRET_ENV = "M365_FAKE_CLIENT_SECRET"
+MANAGER = "morgan.manager@contoso.com"
+GROUPS = ("All Staff", "Project X", "Finance DL", "Dynamic Sales", "AD Staff", "E3 Licence")
+
+
+def seed(fake: FakeM365) -> None:
+    """The tenant every test starts from: SKUs, one group of each kind, an admin role, a manager."""
+    for part in ("SPE_E3", "EMS", "O365_BUSINESS_PREMIUM"):
+        fake.add_sku(part)
+    fake.add_group("All Staff")
+    fake.add_group("Project X", unified=True)
+    fake.add_group("Finance DL", mail_enabled=True)
+    fake.add_group("Dynamic Sales", dynamic=True)
+    fake.add_group("AD Staff", synced=True)
+    fake.add_group("E3 Licence", licences=("SPE_E3",))
+    fake.add_role("Global Administrator")
+    fake.add_user(MANAGER, employee_id="M1", licences=("SPE_E3",), mailbox=Mailbox(MANAGER))
+
+
+def add_leaver(fake: FakeM365, n: int, *, synced: bool = False, mailbox_kind: str = "UserMailbox",
+               size: int = 3 * GB, hold: bool = False, roles: tuple[str, ...] = (), mailbox: bool = True) -> Termination:
+    """A fresh leaver with everything offboarding touches: licences direct and inherited, every kind of group,
+    MFA methods, a mailbox with a phone on it."""
+    upn = f"leaver{n}.person@contoso.com"
+    box = Mailbox(upn, kind=mailbox_kind, size=size, litigation_hold=hold,
+                  devices=[{"Identity": f"{upn}/ExchangeActiveSyncDevices/iPhone{n}", "DeviceModel": "iPhone",
+                            "DeviceWipeRequestTime": None, "Status": "DeviceOk"}]) if mailbox else None
+    fake.add_user(upn, employee_id=f"E{n}", synced=synced, licences=("EMS",), groups=GROUPS, roles=roles,
+                  methods=("password", "phone", "microsoftAuthenticator"), mailbox=box, proxies=(f"l{n}@contoso.com",))
+    return Termination(tenant="contoso", employee_id=f"E{n}", email=upn, first_name="Leaver", last_name=f"Person{n}",
+                       manager_email=MANAGER, termination_date=dt.date(2026, 9, 1))
+
+
+@pytest.fixture
+def m365(monkeypatch):
+    """A seeded fake tenant; fails the test if any Graph request broke the v1.0 schema."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    auth.applications.clear()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        fake = FakeM365(rsps, SECRET)
+        seed(fake)
+        yield fake
+    assert fake.violations == []
+
+
+@pytest.fixture
+def m365_policy() -> dict:
+    """Override in a test module (or parametrize) to change `[tenant.policy]`."""
+    return {"mailbox": "shared", "mailbox_delegate": "manager", "forward_to": "manager", "hide_from_gal": True,
+            "auto_reply": "{first_name} {last_name} has left {company}. Please contact {manager_email}."}
+
+
+@pytest.fixture
+def m365_tenant(m365, m365_policy) -> config.Tenant:
+    """A `Tenant` with an `entra` and an `exchange_online` provider pointed at the fake."""
+    block = {"tenant_id": m365.tenant_id, "client_id": CLIENT_ID, "client_secret": f"env:{SECRET_ENV}",
+             "authority": m365.authority, "graph_url": m365.graph_url, "exchange_url": m365.exchange_url}
+    raw = {"tenant": [{"id": "contoso", "name": "Contoso Ltd", "policy": m365_policy,
+                       "provider": [{"type": "entra", **block}, {"type": "exchange_online", **block}]}]}
+    return config.parse(raw).tenants[0]
+
+
+def build(tenant: config.Tenant, kind: str):
+    block = next(p for p in tenant.providers if p.type == kind)
+    return plugins.load("providers", kind)(block.name, block.options, tenant, block.where)
+
+
+@pytest.fixture
+def entra(m365_tenant):
+    return build(m365_tenant, "entra")
+
+
+@pytest.fixture
+def exchange_online(m365_tenant):
+    return build(m365_tenant, "exchange_online")

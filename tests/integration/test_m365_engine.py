@@ -1,0 +1,118 @@
+"""Microsoft 365 through the reconcile engine: the ordering rules of DESIGN.md, end to end.
+
+The tenant is the stateful Graph/Exchange fake (every Graph request checked against the
+v1.0 schema); the hybrid test adds the real Samba DC for the synced user's AD account.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from connector import config
+from connector.reconcile import reconcile
+from connector.sandbox import company
+from connector.store import Store
+from tests.fakes.m365 import CLIENT_ID, GB, SECRET_ENV, add_leaver, m365, m365_policy  # noqa: F401
+from tests.integration.conftest import secret_file
+
+NOW = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.timezone.utc)
+
+
+def tenant_config(fake, ad_block: dict | None = None) -> config.Config:
+    block = {"tenant_id": fake.tenant_id, "client_id": CLIENT_ID, "client_secret": f"env:{SECRET_ENV}",
+             "authority": fake.authority, "graph_url": fake.graph_url, "exchange_url": fake.exchange_url}
+    providers = ([ad_block] if ad_block else []) + [{"type": "entra", **block}, {"type": "exchange_online", **block}]
+    return config.parse({"tenant": [{"id": "contoso", "name": "Contoso Ltd", "provider": providers, "policy": {
+        "mailbox": "shared", "mailbox_delegate": "manager", "forward_to": "none", "hide_from_gal": True,
+        "auto_reply": "{first_name} has left {company}. Please contact {manager_email}."}}]})
+
+
+def run(cfg, store, termination, now=NOW):
+    return reconcile(cfg, store, on_demand=[termination], now=now)
+
+
+def actions(store, termination) -> dict[str, str]:
+    return {f"{a['provider']}/{a['action']}": a["status"] for a in store.actions(f"contoso/{termination.employee_id}")}
+
+
+def test_cloud_leaver_is_revoked_preserved_then_unlicensed_once_the_mailbox_is_shared(m365):
+    leaver = add_leaver(m365, 1)
+    m365.mailboxes[leaver.email.lower()].conversion_reads = 2     # the conversion finishes on a later read
+    cfg, store = tenant_config(m365), Store.memory()
+    first = run(cfg, store, leaver)
+    assert first.exit_code == 0
+    state = m365.snapshot(leaver.email)
+    assert state["accountEnabled"] is False and state["mailbox"]["hidden"] is True
+    assert state["licences"], "the licence went before the mailbox read back as shared"
+    journal = actions(store, leaver)
+    assert journal["entra/revoke_sessions"] == "changed" and journal["exchange_online/convert_mailbox_to_shared"] == "changed"
+    assert journal["entra/remove_licenses"] == "pending"
+    assert store.termination("contoso/E1")["state"] == "in_progress"
+
+    later = run(cfg, store, leaver, now=NOW + dt.timedelta(minutes=10))
+    assert later.exit_code == 0
+    state = m365.snapshot(leaver.email)
+    assert state["mailbox"]["type"] == "SharedMailbox" and state["licences"] == []
+    assert store.termination("contoso/E1")["state"] == "done"
+
+    changes = [a for a in store.audit_trail("contoso/E1") if a["event"] == "action_changed"]
+    run(cfg, store, leaver, now=NOW + dt.timedelta(minutes=20))      # a ticket asks again: nothing to do
+    assert store.termination("contoso/E1")["state"] == "done"
+    assert [a for a in store.audit_trail("contoso/E1") if a["event"] == "action_changed"] == changes
+    assert m365.snapshot(leaver.email) == state
+
+
+def test_a_large_mailbox_keeps_its_licence_and_needs_a_human(m365):
+    leaver = add_leaver(m365, 2, size=52 * GB)
+    cfg, store = tenant_config(m365), Store.memory()
+    report = run(cfg, store, leaver, now=NOW)
+    report = run(cfg, store, leaver, now=NOW + dt.timedelta(minutes=10))
+    assert report.exit_code == 2
+    assert actions(store, leaver)["entra/remove_licenses"] == "needs_human"
+    assert m365.snapshot(leaver.email)["licences"]
+    assert "50 GB" in store.termination("contoso/E2")["reason"] or "GB" in store.termination("contoso/E2")["reason"]
+
+
+def test_an_admin_is_never_touched(m365):
+    leaver = add_leaver(m365, 3, roles=("Global Administrator",))
+    before = m365.snapshot(leaver.email)
+    cfg, store = tenant_config(m365), Store.memory()
+    assert run(cfg, store, leaver).exit_code == 2
+    assert m365.snapshot(leaver.email) == before
+    assert store.termination("contoso/E3")["state"] == "needs_human"
+
+
+def test_a_refused_permission_stops_that_provider_only(m365):
+    leaver = add_leaver(m365, 4)
+    m365.denied.append(("POST", r"/users/[^/]+/revokeSignInSessions", "User.RevokeSessions.All"))
+    cfg, store = tenant_config(m365), Store.memory()
+    report = run(cfg, store, leaver)
+    assert report.exit_code == 1
+    assert any("User.RevokeSessions.All" in str(e) for e in report.config_errors)
+    assert m365.snapshot(leaver.email)["accountEnabled"] is False      # the other revoke actions ran
+    assert m365.snapshot(leaver.email)["licences"]                      # later phases waited
+
+
+def test_hybrid_user_is_disabled_in_ad_and_signed_out_in_entra(m365, samba_dc, ad_admin, tmp_path):
+    n = 5
+    person = company.Person(f"hybrid{n}", "Hy", f"Brid{n}", f"E{n}", f"leaver{n}.person@contoso.com",
+                            groups=("Sales",))
+    company.add_person(ad_admin, person)
+    leaver = add_leaver(m365, n, synced=True)
+    ad_block = {"type": "active_directory", "url": samba_dc.url, "bind_user": samba_dc.admin_user,
+                "bind_password": secret_file(tmp_path, "ad", samba_dc.admin_password),
+                "disabled_ou": company.LEAVERS_OU, "ca_file": samba_dc.ca_file}
+    cfg, store = tenant_config(m365, ad_block), Store.memory()
+    before = m365.snapshot(leaver.email)
+    run(cfg, store, leaver, now=dt.datetime.now(dt.timezone.utc))
+    journal = actions(store, leaver)
+    assert journal["active_directory/disable_account"] == "changed"
+    assert journal["active_directory/reset_password"] == "changed"
+    assert journal["entra/revoke_sessions"] == "changed"
+    assert "entra/block_sign_in" not in journal and "entra/reset_password" not in journal
+    after = m365.snapshot(leaver.email)
+    assert after["accountEnabled"] == before["accountEnabled"] is True   # the cloud write belongs to AD
+    assert after["sessions"] != before["sessions"]
+    ad_admin.search(company.BASE_DN, f"(sAMAccountName={person.sam})", attributes=["userAccountControl"])
+    assert int(ad_admin.entries[0].userAccountControl.value) & 2
