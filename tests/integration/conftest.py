@@ -56,14 +56,12 @@ def bind_password_ref(samba_dc, tmp_path_factory):
 
 
 @pytest.fixture
-def make_provider(samba_dc, bind_password_ref):
+def make_ad_provider(samba_dc, bind_password_ref):
     """Build the provider the way the engine does: config block -> validation -> entry point."""
     made = []
 
     def make(policy: dict | None = None, **options):
-        block = {"type": "active_directory", "url": samba_dc.url, "bind_user": samba_dc.admin_user,
-                 "bind_password": bind_password_ref, "disabled_ou": company.LEAVERS_OU,
-                 "ca_file": samba_dc.ca_file, "page_size": 7, **options}
+        block = {**company.provider_block(samba_dc, bind_password_ref), "page_size": 7, **options}
         block = {key: value for key, value in block.items() if value is not None}
         tenant = config.parse({"tenant": [{"id": TENANT, "policy": policy or {}, "provider": [block]}]}).tenants[0]
         pc = tenant.providers[0]
@@ -74,11 +72,6 @@ def make_provider(samba_dc, bind_password_ref):
     yield make
     for provider in made:
         provider.close()
-
-
-@pytest.fixture
-def provider(make_provider):
-    return make_provider()
 
 
 def termination(person: company.Person, employee_id: str | None = None, email: str | None = None,
@@ -120,10 +113,6 @@ def leaver_pool(ad_admin):
 
 
 @pytest.fixture
-def leaver_person(leaver_pool) -> company.Person:
+def ad_leaver(leaver_pool) -> company.Person:
+    """A fresh, enabled account in OU=Staff with groups, aliases, a manager and a description."""
     return leaver_pool.take()
-
-
-@pytest.fixture
-def leaver(leaver_person) -> Termination:
-    return termination(leaver_person, ticket="4711")
