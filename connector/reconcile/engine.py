@@ -173,6 +173,8 @@ def settle(store: Store, termination_id: str, run_id: str) -> str:
         state = "needs_human"
     elif any(s in ("failed", "pending", "in_flight") for s in statuses):
         state = "in_progress"
+    elif "planned" in statuses:       # a dry run: it would be worked on now
+        state = "due"
     else:
         state = "done"
     row = store.termination(termination_id)

@@ -59,13 +59,7 @@ def write_sandbox(folder: Path, dc, today: dt.date, extra_tenant: str = "") -> P
         path = "{folder / 'hr' / '*.csv'}"
 
         [[tenant.provider]]
-        type = "active_directory"
-        url = "{dc.url}"
-        bind_user = "{dc.admin_user}"
-        bind_password = "file:{secret}"
-        disabled_ou = "{company.LEAVERS_OU}"
-        ca_file = "{dc.ca_file}"
-        """))
+        """) + "".join(f'{key} = "{value}"\n' for key, value in company.provider_block(dc, f"file:{secret}").items()))
     return config
 
 

@@ -100,9 +100,7 @@ def test_hybrid_user_is_disabled_in_ad_and_signed_out_in_entra(m365, samba_dc, a
                             groups=("Sales",))
     company.add_person(ad_admin, person)
     leaver = add_leaver(m365, n, synced=True)
-    ad_block = {"type": "active_directory", "url": samba_dc.url, "bind_user": samba_dc.admin_user,
-                "bind_password": secret_file(tmp_path, "ad", samba_dc.admin_password),
-                "disabled_ou": company.LEAVERS_OU, "ca_file": samba_dc.ca_file}
+    ad_block = company.provider_block(samba_dc, secret_file(tmp_path, "ad", samba_dc.admin_password))
     cfg, store = tenant_config(m365, ad_block), Store.memory()
     before = m365.snapshot(leaver.email)
     run(cfg, store, leaver, now=dt.datetime.now(dt.timezone.utc))
