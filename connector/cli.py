@@ -114,8 +114,7 @@ def cmd_check(args, cfg: Config) -> int:
                     try:
                         plugin = plugins.load(kind, pc.type, pc.where)(pc.name, pc.options, tenant, pc.where)
                         plugin.check_online()
-                        if hasattr(plugin, "close"):
-                            plugin.close()
+                        plugin.close()
                     except OffboardError as e:
                         e.where = e.where or pc.where
                         problems.append(e)

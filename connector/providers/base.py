@@ -10,22 +10,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ..config import Field, Tenant
 from ..errors import OffboardError
 from ..model import ActionContext, Match, PlannedAction, Result, Subject, Termination
+from ..plugins import Plugin
 
 
-class Provider:
-    type: ClassVar[str] = ""
-    config_schema: ClassVar[dict[str, Field]] = {}
+class Provider(Plugin):
     #: action name -> phase, in the order the actions run within their phase
     actions: ClassVar[dict[str, str]] = {}
-
-    def __init__(self, name: str, options: dict[str, Any], tenant: Tenant, where: str = ""):
-        self.name = name
-        self.options = options
-        self.tenant = tenant
-        self.where = where or f"{tenant.id}/{name}"
 
     # -- reading -----------------------------------------------------------
     def check_online(self) -> None:
@@ -66,8 +58,6 @@ class Provider:
                 out.append(e)
         return out
 
-    def close(self) -> None:
-        """Release connections."""
 
     # -- helpers for subclasses -------------------------------------------
     def planned(self, action: str, description: str = "", **params: Any) -> PlannedAction:

@@ -8,13 +8,13 @@ engine then changes nothing because of it. A bad single record goes into
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from .. import http
-from ..config import Field, Tenant
 from ..errors import InputRejected, PermanentError, RetryableError, SourceError
 from ..model import Termination
+from ..plugins import Plugin
 
 
 @dataclass
@@ -25,26 +25,13 @@ class Pull:
     complete: bool = True     # a whole read: a person absent from it is no longer leaving
 
 
-class Source:
-    type: ClassVar[str] = ""
-    config_schema: ClassVar[dict[str, Field]] = {}
-
-    def __init__(self, name: str, options: dict[str, Any], tenant: Tenant, where: str = ""):
-        self.name = name
-        self.options = options
-        self.tenant = tenant
-        self.where = where or f"{tenant.id}/{name}"
-
+class Source(Plugin):
     def pull(self, since: str | None = None) -> Pull:
         raise NotImplementedError
 
-    def check_online(self) -> None:
-        """Prove the credential with one read-only call."""
-
 
 def fetch_json(session, method: str, url: str, where: str, **kwargs: Any) -> Any:
-    """One request to an HR feed; a failed or non-JSON answer is a SourceError (401/403 stay ConfigError).
-    """
+    """One request to an HR feed; a failed or non-JSON answer is a SourceError (401/403 stay ConfigError)."""
     try:
         resp = http.send(session, method, url, where, **kwargs)
     except RetryableError as e:
