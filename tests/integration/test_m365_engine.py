@@ -19,12 +19,12 @@ from tests.integration.conftest import secret_file
 NOW = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.timezone.utc)
 
 
-def tenant_config(fake, ad_block: dict | None = None) -> config.Config:
+def tenant_config(fake, ad_block: dict | None = None, mailbox: str = "shared") -> config.Config:
     block = {"tenant_id": fake.tenant_id, "client_id": CLIENT_ID, "client_secret": f"env:{SECRET_ENV}",
              "authority": fake.authority, "graph_url": fake.graph_url, "exchange_url": fake.exchange_url}
     providers = ([ad_block] if ad_block else []) + [{"type": "entra", **block}, {"type": "exchange_online", **block}]
     return config.parse({"tenant": [{"id": "contoso", "name": "Contoso Ltd", "provider": providers, "policy": {
-        "mailbox": "shared", "mailbox_delegate": "manager", "forward_to": "none", "hide_from_gal": True,
+        "mailbox": mailbox, "mailbox_delegate": "manager", "forward_to": "none", "hide_from_gal": True,
         "auto_reply": "{first_name} has left {company}. Please contact {manager_email}."}}]})
 
 
@@ -72,6 +72,16 @@ def test_a_large_mailbox_keeps_its_licence_and_needs_a_human(m365):
     assert actions(store, leaver)["entra/remove_licenses"] == "needs_human"
     assert m365.snapshot(leaver.email)["licences"]
     assert "50 GB" in store.termination("contoso/E2")["reason"] or "GB" in store.termination("contoso/E2")["reason"]
+
+
+def test_a_kept_mailbox_keeps_its_licence(m365):
+    leaver = add_leaver(m365, 6)
+    cfg, store = tenant_config(m365, mailbox="keep"), Store.memory()
+    assert run(cfg, store, leaver).exit_code == 2
+    assert actions(store, leaver)["entra/remove_licenses"] == "needs_human"
+    assert "convert_mailbox_to_shared" not in " ".join(actions(store, leaver))
+    state = m365.snapshot(leaver.email)
+    assert state["licences"] and state["mailbox"]["type"] == "UserMailbox" and state["accountEnabled"] is False
 
 
 def test_an_admin_is_never_touched(m365):

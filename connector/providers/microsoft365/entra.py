@@ -216,6 +216,9 @@ class EntraProvider(Microsoft365Provider):
                 why = "on litigation hold" if mailbox.get("LitigationHoldEnabled") else f"{size / 1024 ** 3:.0f} GB"
                 return Result("needs_human", before, before, f"mailbox is {why}: the licence stays until a person decides")
             kind = mailbox.get("RecipientTypeDetails")
+            if self.tenant.policy["mailbox"] == "keep" and kind != SHARED:
+                return Result("needs_human", before, before, f"policy mailbox = keep and the mailbox is {kind}: "
+                              "its licence stays (without one the mailbox is deleted after 30 days)")
             if self.tenant.policy["mailbox"] == "shared" and kind != SHARED:
                 waiting = f"mailbox is {kind}, not yet {SHARED}: licences stay until the conversion reads back"
                 if ctx.dry_run:
