@@ -23,8 +23,8 @@ from pathlib import Path
 from connector import config
 from connector.model import Termination
 from connector.providers.active_directory import ActiveDirectoryProvider
-from connector.reconcile.intake import Intake, record
-from connector.store import Store
+from connector.reconcile.intake import Intake, record, termination_row
+from connector.store import Store, iso
 
 ROOT = Path(__file__).resolve().parents[1]
 TODAY = dt.date(2026, 11, 23)
@@ -108,7 +108,14 @@ def bench_intake(n: int = 100_000, sample: int = 2_000) -> list[tuple]:
     whole = timed(one_transaction)
     again = timed(one_transaction)
     rowwise = Store.open(str(folder / "rows.db"))
-    each = timed(lambda: [record(t, rowwise, [p], now, "bench", Intake()) for p in people[:sample]]) / sample
+    rows = [termination_row(p, t, iso(now)) | {"state": "scheduled", "first_seen_at": iso(now)} for p in people[:sample]]
+
+    def row_at_a_time():          # the same writes, each row and its audit entry committed on its own
+        for row in rows:
+            rowwise.upsert_terminations([row])
+            rowwise.audit("termination_seen", row["id"], "bench", due_at=row["due_at"])
+
+    each = timed(row_at_a_time) / sample
     shutil.rmtree(folder)
     return [("intake of 100k new HR rows into the store", f"{whole:.2f} s", f"{each * n:.1f} s projected "
              f"(a transaction per row, {each * 1000:.2f} ms each)", each * n / whole),

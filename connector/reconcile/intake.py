@@ -51,7 +51,7 @@ def pull_sources(tenant: Tenant, store: Store, full: bool, intake: Intake) -> li
     return pulls
 
 
-def _row(t: Termination, tenant: Tenant, stamp: str) -> dict:
+def termination_row(t: Termination, tenant: Tenant, stamp: str) -> dict:
     return {"id": t.id, "tenant": t.tenant, "employee_id": t.employee_id, "email": t.email,
             "first_name": t.first_name, "last_name": t.last_name, "manager_email": t.manager_email,
             "termination_date": t.termination_date.isoformat(),
@@ -82,7 +82,7 @@ def record(tenant: Tenant, store: Store, terminations: list[Termination], now: d
         if t.active:
             _active_again(store, old, run_id)
             continue
-        row = _row(t, tenant, stamp)
+        row = termination_row(t, tenant, stamp)
         if old is None and t.termination_date < horizon:
             row.update(state="cancelled", first_seen_at=stamp, approved_at=stamp, reason=BEFORE_LOOKBACK)
             writes.append(row)
