@@ -87,7 +87,7 @@ def main(args) -> int:
     try:
         with dc:
             company.seed(dc)
-            config = write_sandbox(folder, dc, dt.date.today())
+            config = write_sandbox(folder, dc, dt.datetime.now(dt.timezone.utc).date())
             print(f"HR feed: {folder / 'hr' / 'leavers.csv'}")
             print((folder / "hr" / "leavers.csv").read_text())
             base = ["--config", str(config)]

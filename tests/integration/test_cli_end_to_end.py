@@ -19,7 +19,7 @@ from connector.reconcile import reconcile
 from connector.sandbox import company, demo
 from connector.store import Store
 
-TODAY = dt.date.today()
+TODAY = dt.datetime.now(dt.timezone.utc).date()     # the sandbox tenant lives in UTC
 
 
 def ad_state(conn: ldap3.Connection, people) -> dict:

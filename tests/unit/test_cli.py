@@ -1,0 +1,123 @@
+"""The `offboard` command over an in-memory directory registered as a real plugin: every command, JSON shapes."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import types
+
+import pytest
+
+from connector import plugins
+from connector.cli import main
+from tests.fakes.directory import FakeDirectory
+from tests.helpers import write_config, write_csv
+
+ACCOUNTS: dict = {}
+
+
+class RegisteredDirectory(FakeDirectory):
+    """The fake as the config builds it: its accounts live in the module, so each CLI call sees the same AD."""
+
+    def __init__(self, name, options, tenant, where=""):
+        super().__init__(name, options, tenant, where, accounts=ACCOUNTS)
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    real = plugins.available
+
+    def available(kind):
+        found = dict(real(kind))
+        if kind == "providers":
+            found["fake"] = types.SimpleNamespace(load=lambda: RegisteredDirectory)
+        return found
+
+    monkeypatch.setattr(plugins, "available", available)
+    ACCOUNTS.clear()
+    ACCOUNTS.update({"u1": FakeDirectory.account("u1", "E1", "ann@contoso.com"),
+                     "u2": FakeDirectory.account("u2", "E2", "bob@contoso.com"),
+                     "svc": FakeDirectory.account("svc", "E9", "svc-x@contoso.com", names=("svc-x",))})
+    config = write_config(tmp_path, providers='[[tenant.provider]]\ntype = "fake"\nname = "ad"\n')
+
+    def run(*argv):
+        code = main(["--config", str(config), *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    run.hr = tmp_path / "hr"
+    run.state = tmp_path / "state.db"
+    return run
+
+
+def lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_status_json_has_the_documented_fields(cli):
+    write_csv(cli.hr, "a.csv", ["E1,ann@contoso.com,Ann,Lee,,2020-01-01,,immediate",
+                                "E2,bob@contoso.com,Bob,Ray,,2099-01-01,,"])
+    cli("approve", "--tenant", "contoso")
+    code, out, _ = cli("reconcile", "--once")
+    assert code == 0 and "lookback" not in out
+    code, out, _ = cli("--json", "status", "--all")
+    rows = {r["id"]: r for r in lines(out)}
+    assert code == 0 and set(rows) == {"contoso/E1", "contoso/E2"}
+    ann = rows["contoso/E1"]
+    assert {"id", "tenant", "employee_id", "email", "state", "effective_at", "actions"} <= set(ann)
+    assert ann["state"] == "cancelled"         # dated long before lookback_days: recorded, not acted on
+    assert rows["contoso/E2"]["state"] == "scheduled"
+    code, out, _ = cli("--json", "status")
+    assert [r["id"] for r in lines(out)] == ["contoso/E2"]
+
+
+def test_run_on_demand_then_history_by_employee(cli):
+    code, out, _ = cli("--json", "run", "ann@contoso.com", "--tenant", "contoso", "--ticket", "4711")
+    assert code == 0
+    row = [o for o in lines(out) if o.get("id")][0]
+    assert row["state"] == "done" and {a["action"] for a in row["actions"]} >= {"disable_account", "remove_groups"}
+    assert ACCOUNTS["u1"]["enabled"] is False
+    code, out, _ = cli("--json", "history", "ann@contoso.com", "--tenant", "contoso")
+    events = lines(out)
+    assert events[0]["event"] == "termination_seen" and any(e.get("action") == "disable_account" for e in events)
+    code, out, _ = cli("history", "contoso/ann@contoso.com")
+    assert code == 0 and "disable_account" in out
+
+
+def test_plan_and_dry_runs_write_nothing(cli):
+    write_csv(cli.hr, "a.csv", [f"E1,ann@contoso.com,Ann,Lee,,{dt.date.today() - dt.timedelta(days=1)},,immediate"])
+    code, out, _ = cli("plan", "--employee", "E1")
+    assert code == 0 and "disable_account" in out and "planned" in out
+    assert cli("reconcile", "--once", "--dry-run")[0] == 0
+    assert cli("run", "bob@contoso.com", "--tenant", "contoso", "--dry-run")[0] == 0
+    assert not cli.state.exists()
+    assert ACCOUNTS["u1"]["enabled"] is True and ACCOUNTS["u2"]["enabled"] is True
+
+
+def test_hold_cancel_retry_approve(cli):
+    write_csv(cli.hr, "a.csv", ["E2,bob@contoso.com,Bob,Ray,,2099-01-01,,", "E9,svc-x@contoso.com,S,X,,2099-01-01,,"])
+    cli("reconcile", "--once")
+    assert cli("hold", "contoso/E2")[0] == 0
+    code, out, _ = cli("--json", "status")
+    assert {r["id"]: r["state"] for r in lines(out)}["contoso/E2"] == "held"
+    assert cli("approve", "contoso/E2")[0] == 0
+    assert cli("cancel", "E2", "--tenant", "contoso")[0] == 0
+    code, _, err = cli("approve", "contoso/E2")
+    assert code == 1 and err.startswith("offboard: error: contoso/E2: is cancelled")
+    code, _, err = cli("retry", "contoso/E404")
+    assert code == 1 and "no such termination" in err
+    assert cli("retry", "contoso/E9")[0] == 0
+    kinds = [json.loads(line)["event"] for line in cli("--json", "history", "contoso/E2")[1].splitlines()]
+    assert kinds[-3:] == ["person_hold", "person_approve", "person_cancel"]
+
+
+def test_audit_verify_fails_on_a_tampered_log(cli):
+    import sqlite3
+
+    cli("run", "ann@contoso.com", "--tenant", "contoso")
+    assert cli("audit", "verify")[0] == 0
+    raw = sqlite3.connect(cli.state)
+    raw.execute("drop trigger audit_no_update")
+    raw.execute("update audit set event = 'nothing_to_see' where seq = 2")
+    raw.commit()
+    code, _, err = cli("audit", "verify")
+    assert code == 1 and "row 2 was edited" in err
