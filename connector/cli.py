@@ -105,19 +105,21 @@ def open_store(cfg: Config, scratch: bool = False) -> Store:
 
 
 def cmd_check(args, cfg: Config) -> int:
+    """Offline: every plugin is built (rules across keys, no I/O). Online: secrets resolved, one read each."""
+    from . import plugins
+
     problems = []
-    if args.online:
-        from . import plugins
-        for tenant in cfg.tenants:
-            for kind, blocks in (("sources", tenant.sources), ("providers", tenant.providers)):
-                for pc in blocks:
-                    try:
-                        plugin = plugins.load(kind, pc.type, pc.where)(pc.name, pc.options, tenant, pc.where)
+    for tenant in cfg.tenants:
+        for kind, blocks in (("sources", tenant.sources), ("providers", tenant.providers)):
+            for pc in blocks:
+                try:
+                    plugin = plugins.load(kind, pc.type, pc.where)(pc.name, pc.options, tenant, pc.where)
+                    if args.online:
                         plugin.check_online()
-                        plugin.close()
-                    except OffboardError as e:
-                        e.where = e.where or pc.where
-                        problems.append(e)
+                    plugin.close()
+                except OffboardError as e:
+                    e.where = e.where or pc.where
+                    problems.append(e)
     summary = {"config": cfg.path, "tenants": [t.id for t in cfg.tenants], "online": args.online,
                "ok": not problems, "problems": [str(p) for p in problems]}
     human = f"{cfg.path}: OK ({len(cfg.tenants)} tenant(s): {', '.join(t.id for t in cfg.tenants)})"

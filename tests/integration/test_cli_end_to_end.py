@@ -206,3 +206,13 @@ def test_bad_input_is_one_line_exit_1_and_changes_nothing(samba_dc, ad_admin, tm
     if (tmp_path / "state.db").exists():
         store = Store.open(str(tmp_path / "state.db"))
         assert store.terminations() == [] and list(store.db["actions"].rows) == []
+
+
+def test_check_online_proves_the_bind(samba_dc, tmp_path, capsys):
+    config = demo.write_sandbox(tmp_path, samba_dc, TODAY)
+    code, out, _ = offboard(capsys, "--config", str(config), "check", "--online")
+    assert code == 0 and "every credential proven" in out
+    (tmp_path / "ad-bind-password").write_text("Wrong-Password-1")
+    code, _, err = offboard(capsys, "--config", str(config), "check", "--online")
+    assert code == 1 and "tenant[0].provider[0] (ldaps://127.0.0.1:636)" in err and err.count("\n") == 1
+    assert not (tmp_path / "state.db").exists()

@@ -99,3 +99,17 @@ def test_check_reports_one_line_and_exit_1(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "c.toml"), "check"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("offboard: error: ") and "tenant[0].bogus" in err
+
+
+def test_check_builds_every_plugin_so_rules_across_keys_are_caught(tmp_path, capsys):
+    text = base() + """
+[[tenant.provider]]
+type = "active_directory"
+url = "ldap://dc1.contoso.local"
+bind_user = "svc@contoso.local"
+bind_password = "env:AD_PW"
+disabled_ou = "OU=Leavers,DC=contoso,DC=local"
+"""
+    (tmp_path / "c.toml").write_text(text)
+    assert main(["--config", str(tmp_path / "c.toml"), "check"]) == 1
+    assert "start_tls" in capsys.readouterr().err
