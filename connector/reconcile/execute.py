@@ -79,8 +79,17 @@ class Executor:
         for lv in leavers:
             journal = {row["id"]: row for row in self.store.actions(lv.id)}
             for name, provider in self.providers.items():
-                if name not in self.stopped:
+                if name in self.stopped:
+                    continue
+                try:
                     self._match_and_plan(lv, name, provider, journal)
+                except OffboardError as e:
+                    self._journal_decision(lv, name, "match_account", "revoke", "failed", str(e),
+                                           error_class=type(e).__name__)
+                except Exception as e:  # a provider bug fails this leaver there, not the pass
+                    log.exception("%s: matching %s crashed", provider.where, lv.id)
+                    self._journal_decision(lv, name, "match_account", "revoke", "failed",
+                                           f"internal error: {type(e).__name__}: {e}", error_class="PermanentError")
 
     def _provider_down(self, name: str, error: OffboardError, leavers: list[Leaver]) -> None:
         """A provider that cannot even read: its leavers' actions fail (retry) or, on a refused credential, stop."""

@@ -237,3 +237,19 @@ def test_audit_chain_records_every_action_and_verifies(env):
 
 def test_workable_states_are_the_open_ones():
     assert set(WORKABLE) == {"scheduled", "due", "in_progress"}
+
+
+def test_a_provider_that_crashes_while_matching_fails_that_leaver_only(env):
+    env.csv(leaver("E1", "ann@contoso.com"), leaver("E2", "bob@contoso.com"))
+    real = env.directory.match
+
+    def flaky(t):
+        if t.employee_id == "E1":
+            raise KeyError("objectGUID")
+        return real(t)
+
+    env.directory.match = flaky
+    report = env.run()
+    assert report.exit_code == 2
+    assert states(env) == {"contoso/E1": "in_progress", "contoso/E2": "done"}
+    assert "internal error: KeyError" in env.store.termination("contoso/E1")["reason"]
