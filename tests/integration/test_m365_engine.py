@@ -13,7 +13,7 @@ from connector import config
 from connector.reconcile import reconcile
 from connector.sandbox import company
 from connector.store import Store
-from tests.fakes.m365 import CLIENT_ID, GB, SECRET_ENV, add_leaver, m365, m365_policy  # noqa: F401
+from tests.fakes.m365 import CLIENT_ID, GB, SECRET, SECRET_ENV, add_leaver, m365, m365_policy  # noqa: F401
 from tests.integration.conftest import secret_file
 
 NOW = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.timezone.utc)
@@ -61,6 +61,8 @@ def test_cloud_leaver_is_revoked_preserved_then_unlicensed_once_the_mailbox_is_s
     assert store.termination("contoso/E1")["state"] == "done"
     assert [a for a in store.audit_trail("contoso/E1") if a["event"] == "action_changed"] == changes
     assert m365.snapshot(leaver.email) == state
+    dump = "\n".join(store.conn.iterdump())
+    assert SECRET not in dump and "Bearer" not in dump
 
 
 def test_a_large_mailbox_keeps_its_licence_and_needs_a_human(m365):
