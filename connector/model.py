@@ -35,10 +35,6 @@ class Termination:
     def id(self) -> str:
         return f"{self.tenant}/{self.employee_id}"
 
-    @property
-    def display_name(self) -> str:
-        return f"{self.first_name} {self.last_name}".strip() or self.email
-
 
 @dataclass
 class Subject:
@@ -71,9 +67,6 @@ class PlannedAction:
     phase: str
     description: str = ""
     params: tuple[tuple[str, Any], ...] = ()
-
-    def param(self, name: str, default: Any = None) -> Any:
-        return dict(self.params).get(name, default)
 
 
 @dataclass

@@ -73,7 +73,6 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["cursors"].create({"id": str, "cursor": str, "updated_at": str}, pk="id")
     db["holds"].create({"id": int, "tenant": str, "held_at": str, "reason": str, "terminations": str,
                         "released_at": str}, pk="id")
-    db["leases"].create({"termination_id": str, "holder": str, "expires_at": str}, pk="termination_id")
     db["seen_webhooks"].create({"digest": str, "expires_at": str}, pk="digest")
 
 
@@ -217,10 +216,6 @@ class Store:
             self.db["runs"].update(run_id, {"audit_seq": head[0], "audit_hash": head[1],"state": "done" if exit_code in (0, 2, 3) else "failed",
                                             "finished_at": iso(now()), "exit_code": exit_code,
                                             "summary": dumps(summary), "terminations": dumps(terminations)})
-
-    def run(self, run_id: str) -> dict | None:
-        rows = list(self.db["runs"].rows_where("id = ?", [run_id]))
-        return rows[0] if rows else None
 
     # -- cursors ---------------------------------------------------------------
     def cursor(self, key: str) -> str | None:
