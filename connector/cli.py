@@ -118,8 +118,7 @@ def cmd_check(args, cfg: Config) -> int:
                         plugin.check_online()
                     plugin.close()
                 except OffboardError as e:
-                    e.where = e.where or pc.where
-                    problems.append(e)
+                    problems.append(e.at(pc.where))
     summary = {"config": cfg.path, "tenants": [t.id for t in cfg.tenants], "online": args.online,
                "ok": not problems, "problems": [str(p) for p in problems]}
     human = f"{cfg.path}: OK ({len(cfg.tenants)} tenant(s): {', '.join(t.id for t in cfg.tenants)})"
@@ -180,7 +179,7 @@ def cmd_run(args, cfg: Config) -> int:
     preflight(cfg, tenant.id)
     store = open_store(cfg, scratch=args.dry_run)
     who = args.who.strip()
-    existing = next((r for r in store.terminations(tenant.id) if who.lower() in (r["employee_id"].lower(), r["email"].lower())), None)
+    existing = store.find_termination(tenant.id, who)
     local = parse_at(args.at, cfg, tenant.id).astimezone(tenant.zone)
     termination = Termination(
         tenant=tenant.id, employee_id=existing["employee_id"] if existing else who,
@@ -205,11 +204,9 @@ def cmd_status(args, cfg: Config) -> int:
 
 
 def resolve_id(store: Store, ident: str, tenant: str | None) -> dict:
-    if "/" not in ident and tenant:
-        ident = f"{tenant}/{ident}"
     row = store.termination(ident)
     if not row and tenant:
-        row = next((r for r in store.terminations(tenant) if r["email"] == ident.split("/", 1)[1].lower()), None)
+        row = store.find_termination(tenant, ident.removeprefix(f"{tenant}/"))
     if not row:
         raise ConfigError("no such termination (ids look like TENANT/EMPLOYEE_ID; see `offboard status --all`)", ident)
     return row
@@ -254,8 +251,7 @@ def cmd_decide(args, cfg: Config) -> int:
     if decision == "approve":
         if state not in ("held", "needs_human"):
             raise ConfigError(f"is {state}; only held or needs_human terminations are approved", tid)
-        store.reset_failed_actions(tid)
-        store.set_state(tid, "due" if row["due_at"] <= iso(utcnow()) else "scheduled", "", override_at=iso(utcnow()))
+        store.reopen(tid, override_at=iso(utcnow()))
     elif decision == "hold":
         if state in ("done", "cancelled"):
             raise ConfigError(f"is {state}; nothing to hold", tid)
@@ -265,9 +261,7 @@ def cmd_decide(args, cfg: Config) -> int:
             raise ConfigError("is done; restore access by hand (see `offboard history`)", tid)
         store.set_state(tid, "cancelled", "cancelled by a person")
     elif decision == "retry":
-        count = store.reset_failed_actions(tid)
-        store.set_state(tid, "due" if row["due_at"] <= iso(utcnow()) else "scheduled", "")
-        store.audit("retry", tid, None, actions=count)
+        store.audit("retry", tid, None, actions=store.reopen(tid))
     if decision != "retry":
         store.audit(f"person_{decision}", tid, None, previous_state=state)
     new = store.termination(tid)

@@ -16,6 +16,11 @@ class OffboardError(Exception):
     def __str__(self) -> str:
         return f"{self.where}: {self.message}" if self.where else self.message
 
+    def at(self, where: str) -> "OffboardError":
+        """Name the place, unless the raiser already named a more precise one."""
+        self.where = self.where or where
+        return self
+
 
 class ConfigError(OffboardError):
     """Bad config, or a credential refused (401/403): what depends on it stops; exit 1."""

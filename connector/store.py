@@ -196,11 +196,21 @@ class Store:
                                        "action": action, "phase": phase, "status": status,
                                        "reason": mask_secrets(reason), "finished_at": iso(now())}, pk="id")
 
-    def reset_failed_actions(self, termination_id: str) -> int:
-        with self.lock:
+    def find_termination(self, tenant: str, who: str) -> dict | None:
+        """By employee id or email (case-insensitive), as a technician names a person."""
+        rows = self.db["terminations"].rows_where(
+            "tenant = ? and (lower(employee_id) = lower(?) or lower(email) = lower(?))", [tenant, who, who],
+            order_by="first_seen_at desc", limit=1)
+        return next(iter(rows), None)
+
+    def reopen(self, termination_id: str, **extra: Any) -> int:
+        """A person's go-ahead: failed and needs_human actions run again, at the next pass if already due."""
+        with self.lock, self.transaction():
             cur = self.conn.execute(
                 "update actions set status = 'pending', next_attempt_at = null where termination_id = ? "
                 "and status in ('failed', 'needs_human')", [termination_id])
+            due = self.termination(termination_id)["due_at"] <= iso(now())
+            self.set_state(termination_id, "due" if due else "scheduled", "", **extra)
             return cur.rowcount
 
     # -- runs ------------------------------------------------------------------

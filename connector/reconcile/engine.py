@@ -13,7 +13,7 @@ from ..errors import ConfigError, InputRejected, OffboardError
 from ..model import Termination
 from ..providers.base import Provider
 from ..store import Store, iso, now as utcnow
-from .execute import Execution, Executor, Leaver, termination_from_row
+from .execute import Executor, Leaver, termination_from_row
 from .intake import Intake, cancel_missing, pull_sources, record
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,9 @@ def _online(built: list[Provider], report: Report) -> list[Provider]:
             p.check_online()
             usable.append(p)
         except ConfigError as e:
-            e.where = e.where or p.where
-            report.config_errors.append(e)
+            report.config_errors.append(e.at(p.where))
         except OffboardError as e:
-            e.where = e.where or p.where
-            report.source_errors.append(e)
+            report.source_errors.append(e.at(p.where))
     return usable
 
 
@@ -144,11 +142,10 @@ def _intake_and_execute(tenant: Tenant, store: Store, report: Report, providers:
         store.set_state(lv.id, "in_progress")
         if lv.id not in report.terminations:
             report.terminations.append(lv.id)
-    execution = Execution()
-    executor = Executor(tenant, store, providers, report.run_id, dry_run, now, execution)
+    executor = Executor(tenant, store, providers, report.run_id, dry_run, now)
     executor.prepare(leavers)
     executor.execute(leavers)
-    report.config_errors.extend(e for e in execution.config_errors if str(e) not in map(str, report.config_errors))
+    report.config_errors.extend(executor.config_errors)
     for lv in leavers:
         settle(store, lv.id, report.run_id)
 
@@ -168,7 +165,8 @@ def unresolvable_secrets(tenant: Tenant) -> list[ConfigError]:
 
 def settle(store: Store, termination_id: str, run_id: str) -> str:
     """Derive the termination's state from its journal after a pass."""
-    statuses = [a["status"] for a in store.actions(termination_id)]
+    actions = store.actions(termination_id)
+    statuses = [a["status"] for a in actions]
     if "needs_human" in statuses:
         state = "needs_human"
     elif any(s in ("failed", "pending", "in_flight") for s in statuses):
@@ -178,7 +176,7 @@ def settle(store: Store, termination_id: str, run_id: str) -> str:
     else:
         state = "done"
     row = store.termination(termination_id)
-    reason = "; ".join(sorted({a["reason"] for a in store.actions(termination_id)
+    reason = "; ".join(sorted({a["reason"] for a in actions
                                if a["status"] in ("needs_human", "failed") and a["reason"]}))
     store.set_state(termination_id, state, reason, finished_at=iso(utcnow()) if state == "done" else None)
     if row["state"] != state:

@@ -42,11 +42,6 @@ class Leaver:
         return f"{self.id}/{action.provider}/{action.action}"
 
 
-@dataclass
-class Execution:
-    config_errors: list[ConfigError] = field(default_factory=list)
-
-
 def termination_from_row(row: dict) -> Termination:
     return Termination(tenant=row["tenant"], employee_id=row["employee_id"], email=row["email"],
                        first_name=row["first_name"] or "", last_name=row["last_name"] or "",
@@ -58,14 +53,14 @@ def termination_from_row(row: dict) -> Termination:
 
 class Executor:
     def __init__(self, tenant: Tenant, store: Store, providers: list[Provider], run_id: str,
-                 dry_run: bool, now: dt.datetime, execution: Execution):
+                 dry_run: bool, now: dt.datetime):
         self.tenant = tenant
         self.store = store
         self.providers = {p.name: p for p in providers}
         self.run_id = run_id
         self.dry_run = dry_run
         self.now = now
-        self.execution = execution
+        self.config_errors: list[ConfigError] = []   # one per refused credential, however many actions hit it
         self.stopped: set[str] = set()     # providers whose credential was refused this pass
 
     # -- matching and planning --------------------------------------------------
@@ -93,10 +88,7 @@ class Executor:
 
     def _provider_down(self, name: str, error: OffboardError, leavers: list[Leaver]) -> None:
         """A provider that cannot even read: its leavers' actions fail (retry) or, on a refused credential, stop."""
-        self.stopped.add(name)
-        error.where = error.where or self.providers[name].where
-        if isinstance(error, ConfigError):
-            self.execution.config_errors.append(error)
+        self._stop(name, error.at(self.providers[name].where))
         for lv in leavers:
             self._journal_decision(lv, name, "match_account", "revoke", "failed", str(error),
                                    error_class=type(error).__name__)
@@ -221,14 +213,17 @@ class Executor:
                          phase=action.phase, before=before, after=after, reason=reason)
 
     def _classify(self, action: PlannedAction, error: OffboardError) -> tuple[str, str, str]:
-        error.where = error.where or self.providers[action.provider].where
+        error.at(self.providers[action.provider].where)
         cls = type(error).__name__
         if isinstance(error, NotYet):
             return "pending", f"waiting: {error}", cls
         if isinstance(error, NeedsHuman):
             return "needs_human", str(error), cls
         if isinstance(error, ConfigError):
-            self.stopped.add(action.provider)
-            if all(str(e) != str(error) for e in self.execution.config_errors):
-                self.execution.config_errors.append(error)
+            self._stop(action.provider, error)
         return "failed", str(error), cls
+
+    def _stop(self, provider: str, error: OffboardError) -> None:
+        self.stopped.add(provider)
+        if isinstance(error, ConfigError) and all(str(e) != str(error) for e in self.config_errors):
+            self.config_errors.append(error)

@@ -40,8 +40,7 @@ def pull_sources(tenant: Tenant, store: Store, full: bool, intake: Intake) -> li
             source = plugins.load("sources", pc.type, pc.where)(pc.name, pc.options, tenant, pc.where)
             pull = source.pull(None if full else store.cursor(key))
         except (SourceError, ConfigError) as e:
-            e.where = e.where or pc.where
-            intake.errors.append(e)
+            intake.errors.append(e.at(pc.where))
             continue
         except OffboardError as e:
             intake.errors.append(SourceError(str(e), pc.where))
