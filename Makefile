@@ -3,18 +3,11 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-APT    := samba
 
 .PHONY: deps demo test bench clean
 
 deps:
-	@missing=""; command -v samba-tool >/dev/null 2>&1 || missing="$(APT)"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian packages: $$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  else echo "warning: $$missing missing; run as root or: sudo apt-get install $$missing" >&2; fi; \
-	fi
+	@tools/install-system-deps
 
 $(BIN)/offboard: pyproject.toml
 	@$(PYTHON) -m venv $(VENV) || { echo "python3-venv missing: apt-get install python3-venv" >&2; exit 1; }

@@ -9,6 +9,7 @@ pipe and exits when that pipe closes: a killed parent leaves no DC behind.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
 import os
 import secrets
@@ -29,6 +30,8 @@ REALM = "EXAMPLE.TEST"
 DOMAIN = "EXAMPLE"
 HOST = "dc1"
 PORT = 636
+# The port is fixed, so one sandbox DC per machine: a second test run or `make demo` waits its turn here.
+LOCK_FILE = Path("/tmp/offboard-connector-sandbox-dc.lock")
 
 # Provision drops this option, so it goes into smb.conf afterwards: by default the old
 # password keeps working for 60 minutes after an admin reset, and a reset test proves nothing.
@@ -48,6 +51,7 @@ class SambaDC:
         self.dir = Path(directory)
         self.admin_password = admin_password or f"Sandbox-{secrets.token_hex(8)}-A1"
         self.process: subprocess.Popen | None = None
+        self._lock = None
 
     @property
     def conf(self) -> Path:
@@ -78,7 +82,15 @@ class SambaDC:
         write_tls(self.dir / "private" / "tls", ["localhost", f"{HOST}.{REALM.lower()}"], ["127.0.0.1"])
         return self
 
-    def start(self, timeout: float = 60.0) -> SambaDC:
+    def start(self, timeout: float = 60.0, wait_for_turn: float = 1800.0) -> SambaDC:
+        self._take_turn(wait_for_turn)
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> SambaDC:
         if _port_open(PORT):
             raise RuntimeError(f"127.0.0.1:{PORT} is already in use: is another sandbox DC running?")
         with open(self.log_file, "ab") as log:
@@ -94,12 +106,24 @@ class SambaDC:
                 return self
             except ldap3.core.exceptions.LDAPException:
                 if time.monotonic() > deadline:
-                    self.stop()
                     raise RuntimeError(f"samba did not answer LDAPS within {timeout:.0f} s; see {self.log_file}") from None
                 time.sleep(0.2)
 
+    def _take_turn(self, wait: float) -> None:
+        self._lock = open(LOCK_FILE, "a")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"another sandbox DC held {LOCK_FILE} for {wait:.0f} s") from None
+                time.sleep(0.5)
+
     def stop(self) -> None:
         if self.process is None:
+            self._release_turn()
             return
         self.process.stdin.close()      # samba -i exits when its stdin closes
         try:
@@ -108,6 +132,12 @@ class SambaDC:
             self.process.kill()
             self.process.wait()
         self.process = None
+        self._release_turn()
+
+    def _release_turn(self) -> None:
+        if self._lock is not None:
+            self._lock.close()          # closing the file drops the flock
+            self._lock = None
 
     def connect(self, user: str | None = None, password: str | None = None) -> ldap3.Connection:
         """A bound LDAPS connection, as the administrator unless a user and password are given."""

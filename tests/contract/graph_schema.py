@@ -12,10 +12,11 @@ import functools
 import json
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-SPEC = Path(__file__).resolve().parents[3] / "shared" / "specs" / "graph-v1.0-metadata.xml"
+from .specs import open_spec
+
+SPEC = "graph-v1.0-metadata.xml"
 EDM = "{http://docs.oasis-open.org/odata/ns/edm}"
 ANNOTATIONS = {"@odata.type", "@odata.id", "@odata.bind"}
 
@@ -25,8 +26,9 @@ class SchemaViolation(AssertionError):
 
 
 class GraphSchema:
-    def __init__(self, path: Path = SPEC):
-        root = ET.parse(path).getroot()
+    def __init__(self, name: str = SPEC):
+        with open_spec(name) as fh:
+            root = ET.parse(fh).getroot()
         self.types: dict[str, ET.Element] = {}
         self.derived: dict[str, set[str]] = {}
         self.operations: dict[str, dict[str, list[ET.Element]]] = {}   # binding type -> name -> overloads

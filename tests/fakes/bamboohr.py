@@ -1,7 +1,7 @@
 """A stateful BambooHR for `responses`: employees with an employment-status history.
 
 Every request is first checked against the published OpenAPI description
-(`../shared/specs/bamboohr-openapi.yaml`): a wrong path, a missing or malformed
+(the repo's copy, `tests/specs/bamboohr-openapi.yaml.gz`): a wrong path, a missing or malformed
 parameter or body raises `SpecViolation` inside the caller and is recorded in
 `violations`, so it fails the test instead of getting an answer the real service
 would never give. Like BambooHR, the fake hides future-dated status rows unless
@@ -16,7 +16,6 @@ import functools
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import responses
@@ -24,7 +23,9 @@ from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest
 from openapi_core.exceptions import OpenAPIError
 
-SPEC = Path(__file__).resolve().parents[2].parent / "shared" / "specs" / "bamboohr-openapi.yaml"
+from tests.contract.specs import openapi_dict
+
+SPEC = "bamboohr-openapi.yaml"
 BASE_URL = "https://contoso.bamboohr.com"
 API_KEY = "bamboo-test-key-4f1c"
 START = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.timezone.utc)
@@ -37,7 +38,7 @@ class SpecViolation(AssertionError):
 
 @functools.cache
 def spec() -> OpenAPI:
-    return OpenAPI.from_file_path(str(SPEC))
+    return OpenAPI.from_dict(openapi_dict(SPEC))
 
 
 @dataclass
