@@ -249,9 +249,7 @@ def cmd_decide(args, cfg: Config) -> int:
     row = resolve_id(store, args.id, args.tenant)
     tid, state = row["id"], row["state"]
     if decision == "approve":
-        if state not in ("held", "needs_human"):
-            raise ConfigError(f"is {state}; only held or needs_human terminations are approved", tid)
-        store.reopen(tid, override_at=iso(utcnow()))
+        approve(store, row, args.action)
     elif decision == "hold":
         if state in ("done", "cancelled"):
             raise ConfigError(f"is {state}; nothing to hold", tid)
@@ -269,6 +267,35 @@ def cmd_decide(args, cfg: Config) -> int:
     return 0
 
 
+def approve(store: Store, row: dict, scope: str | None) -> None:
+    """Approve what `status` shows now: a safety hold (only that), or the needs_human reasons recorded.
+
+    The reasons are kept word for word: the engine goes ahead only where the reason it finds
+    next pass is one a person approved, so a reason found later needs a new approval.
+    """
+    tid, state = row["id"], row["state"]
+    if state == "held":
+        due = row["due_at"] <= iso(utcnow())
+        store.set_state(tid, "due" if due else "scheduled", "", expect=("held",), approved_at=iso(utcnow()))
+        return
+    if state != "needs_human":
+        raise ConfigError(f"is {state}; only held or needs_human terminations are approved", tid)
+    waiting = [a for a in store.actions(tid) if a["status"] == "needs_human"
+               and (scope is None or f"{a['provider']}/{a['action']}" == scope)]
+    if scope and not waiting:
+        raise ConfigError(f"{scope} does not need a person (see `offboard status`)", tid)
+    approvals = json.loads(row.get("approvals") or "[]")
+    for a in waiting:
+        entry = {"scope": scope or "*", "reason": a["reason"]}
+        if entry not in approvals:
+            approvals.append(entry)
+    statuses = ("needs_human",) if scope is None else ()
+    with store.transaction():
+        for a in waiting if scope else []:
+            store.reopen_action(a["id"])
+        store.reopen(tid, statuses, approvals=json.dumps(approvals))
+
+
 def cmd_audit(args, cfg: Config) -> int:
     store = open_store(cfg, scratch=True)
     ok, problem, count = store.verify_audit()
@@ -284,9 +311,17 @@ def cmd_demo(args) -> int:
     return demo_main(args)
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors are config errors too: one line on stderr and exit 1 (DESIGN.md), not argparse's 2."""
+
+    def error(self, message: str):
+        print(f"offboard: error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(1)
+
+
 def _common(suppress: bool) -> argparse.ArgumentParser:
     """The options every command takes, before or after its name (suppressed defaults below the top level)."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     default = {"default": argparse.SUPPRESS} if suppress else {}
     common.add_argument("--json", action="store_true", help="one JSON object per line", **default)
     common.add_argument("--debug", action="store_true", help="tracebacks and debug logs", **default)
@@ -297,10 +332,10 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
 
 def parser() -> argparse.ArgumentParser:
     common = _common(suppress=True)
-    p = argparse.ArgumentParser(prog="offboard", parents=[_common(suppress=False)],
+    p = Parser(prog="offboard", parents=[_common(suppress=False)],
                                 description="Offboard leavers from every system an MSP manages: revoke first.")
     p.add_argument("--version", action="version", version=f"offboard-connector {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     c = sub.add_parser("check", parents=[common], help="validate the config")
     c.add_argument("--online", action="store_true", help="also prove each credential with one read-only call")
     c = sub.add_parser("plan", parents=[common], help="what would be done; writes nothing")
@@ -320,6 +355,8 @@ def parser() -> argparse.ArgumentParser:
                        ("retry", "retry failed actions now")):
         c = sub.add_parser(name, parents=[common], help=text)
         c.add_argument("id", nargs="?" if name == "approve" else None); c.add_argument("--tenant")
+        if name == "approve":
+            c.add_argument("--action", metavar="PROVIDER/ACTION", help="approve only this action's reason")
     c = sub.add_parser("audit", parents=[common], help="audit log tools")
     c.add_argument("verb", choices=["verify"])
     c = sub.add_parser("demo", parents=[common], help="the whole pipeline against a throwaway sandbox")

@@ -52,3 +52,7 @@ class InputRejected(OffboardError):
 
 class NotYet(RetryableError):
     """A precondition is still settling (a mailbox conversion in progress): wait, this is not a failure."""
+
+
+class Stopped(OffboardError):
+    """Not started: a person cancelled or held the termination while the pass ran."""

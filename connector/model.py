@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 PHASES = ("revoke", "preserve", "reclaim", "bill", "retain")
 OUTCOMES = ("changed", "unchanged", "planned", "skipped", "failed", "needs_human")
@@ -29,6 +29,7 @@ class Termination:
     kind: str = "voluntary"
     source: str = ""
     ticket: str = ""
+    successor: str = ""   # who inherits mail, calls and numbers: resolved by the engine from the directories, never the feed
     active: bool = False  # the feed says this person is (again) active: a cancellation or a rehire
 
     @property
@@ -46,6 +47,8 @@ class Subject:
     state: dict[str, Any] = field(default_factory=dict)
     is_admin: bool = False
     admin_reason: str = ""
+    anchor: str = ""                      # the on-premises identity: AD's objectGUID (base64), Entra's onPremisesImmutableId
+    manager: dict | None = None           # the directory's manager: {"address", "enabled", "leaving"} or None
 
 
 @dataclass
@@ -89,3 +92,5 @@ class ActionContext:
     since: dt.datetime | None = None      # first intent for this action: a resumed run checks for its own earlier write
     ticket: str = ""
     local_date: dt.date | None = None     # the tenant-local date to stamp in descriptions
+    approved: frozenset[str] = frozenset()   # needs_human reasons a person approved for this action
+    proceed: Callable[[], bool] = lambda: True   # False once a person cancelled or held the termination mid-pass

@@ -76,7 +76,12 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["seen_webhooks"].create({"digest": str, "expires_at": str}, pk="digest")
 
 
-MIGRATIONS = [_v1]
+def _approvals(db: sqlite_utils.Database) -> None:
+    """What a person approved: [{scope: "*" | "PROVIDER/ACTION", reason}] per termination (DESIGN.md, `approve`)."""
+    db["terminations"].add_column("approvals", str)
+
+
+MIGRATIONS = [_v1, _approvals]
 
 
 class Store:
@@ -137,6 +142,10 @@ class Store:
         rows = list(self.db["terminations"].rows_where("id = ?", [termination_id]))
         return rows[0] if rows else None
 
+    def state_of(self, termination_id: str) -> str | None:
+        row = self.conn.execute("select state from terminations where id = ?", [termination_id]).fetchone()
+        return row[0] if row else None
+
     def terminations(self, tenant: str | None = None, states: Iterable[str] | None = None) -> list[dict]:
         where, args = [], []
         if tenant:
@@ -150,10 +159,18 @@ class Store:
         with self.lock:
             self.db["terminations"].upsert_all(rows, pk="id")
 
-    def set_state(self, termination_id: str, state: str, reason: str = "", **extra: Any) -> None:
+    def set_state(self, termination_id: str, state: str, reason: str = "", *, expect: Iterable[str] | None = None,
+                  **extra: Any) -> bool:
+        values = {"state": state, "reason": reason, "updated_at": iso(now()), **extra}
+        sets = ", ".join(f"[{k}] = ?" for k in values)
+        where, args = "id = ?", [termination_id]
+        if expect is not None:
+            expect = list(expect)
+            where += f" and state in ({','.join('?' * len(expect))})"
+            args += expect
         with self.lock:
-            self.db["terminations"].update(termination_id, {"state": state, "reason": reason,
-                                                            "updated_at": iso(now()), **extra})
+            cur = self.conn.execute(f"update terminations set {sets} where {where}", [*values.values(), *args])
+            return cur.rowcount == 1
 
     def count_first_seen_since(self, tenant: str, since: dt.datetime) -> int:
         return self.conn.execute(
@@ -203,12 +220,17 @@ class Store:
             order_by="first_seen_at desc", limit=1)
         return next(iter(rows), None)
 
-    def reopen(self, termination_id: str, **extra: Any) -> int:
+    def reopen_action(self, action_id: str) -> None:
+        with self.lock:
+            self.conn.execute("update actions set status = 'pending', next_attempt_at = null where id = ?", [action_id])
+
+    def reopen(self, termination_id: str, statuses: Iterable[str] = ("failed", "needs_human"), **extra: Any) -> int:
         """A person's go-ahead: failed and needs_human actions run again, at the next pass if already due."""
+        statuses = list(statuses) or [""]
         with self.lock, self.transaction():
             cur = self.conn.execute(
                 "update actions set status = 'pending', next_attempt_at = null where termination_id = ? "
-                "and status in ('failed', 'needs_human')", [termination_id])
+                f"and status in ({','.join('?' * len(statuses))})", [termination_id, *statuses])
             due = self.termination(termination_id)["due_at"] <= iso(now())
             self.set_state(termination_id, "due" if due else "scheduled", "", **extra)
             return cur.rowcount
@@ -237,6 +259,9 @@ class Store:
             self.db["cursors"].upsert({"id": key, "cursor": cursor, "updated_at": iso(now())}, pk="id")
 
     # -- safety holds ------------------------------------------------------------
+    def open_holds(self, tenant: str) -> list[dict]:
+        return list(self.db["holds"].rows_where("tenant = ? and released_at is null", [tenant]))
+
     def open_hold(self, tenant: str) -> dict | None:
         rows = list(self.db["holds"].rows_where("tenant = ? and released_at is null", [tenant]))
         return rows[0] if rows else None

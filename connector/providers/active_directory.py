@@ -241,8 +241,8 @@ class ActiveDirectoryProvider(Provider):
         if "certificate" in reason or isinstance(e, lx.LDAPStartTLSError):
             return ConfigError(f"TLS failed: {reason} (is ca_file the CA that signed the DC's certificate, "
                                f"and does the certificate name {self.url.hostname}?)", where)
-        if not self._bound_once:
-            return ConfigError(f"cannot reach the DC: {reason}", where)
+        if not self._bound_once:      # an outage or a wrong host: retried, and `check --online` names it
+            return RetryableError(f"cannot reach the DC: {reason}", where, delay=60)
         return RetryableError(f"connection lost while trying to {doing}: {reason}", where, delay=30)
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ..errors import OffboardError
+from ..errors import OffboardError, Stopped
 from ..model import ActionContext, Match, PlannedAction, Result, Subject, Termination
 from ..plugins import Plugin
 
@@ -52,6 +52,9 @@ class Provider(Plugin):
         """
         out: list[Result | OffboardError] = []
         for action, ctx in items:
+            if not ctx.proceed():
+                out.append(Stopped("the termination was cancelled or held while the pass ran", self.where))
+                continue
             try:
                 out.append(self.apply(action, ctx))
             except OffboardError as e:

@@ -4,12 +4,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import plugins
 from ..config import Config, Secret, Tenant
-from ..errors import ConfigError, InputRejected, OffboardError
+from ..errors import ConfigError, InputRejected, OffboardError, PermanentError
 from ..model import Termination
 from ..providers.base import Provider
 from ..store import Store, iso, now as utcnow
@@ -19,6 +20,8 @@ from .intake import Intake, cancel_missing, pull_sources, record
 log = logging.getLogger(__name__)
 
 WORKABLE = ("scheduled", "due", "in_progress")
+# nothing left for this pass to do (a dry run's `due` is what it would do)
+CONVERGED = ("done", "scheduled", "cancelled", "held", "deleted", "restored")
 
 
 @dataclass
@@ -33,6 +36,11 @@ class Report:
     rows: list[dict] = field(default_factory=list)
     needs_human: list[str] = field(default_factory=list)   # every open termination still waiting for a person
 
+    def absorb(self, part: "Report") -> None:
+        for name in ("terminations", "config_errors", "source_errors", "rejected"):
+            getattr(self, name).extend(getattr(part, name))
+        self.holds.update(part.holds)
+
     @property
     def exit_code(self) -> int:
         if self.config_errors:
@@ -40,7 +48,7 @@ class Report:
         if self.holds:
             return 3
         if self.source_errors or self.rejected or self.needs_human or \
-                any(a["outcome"] == "failed" for r in self.rows for a in r["actions"]):
+                any(r["state"] not in CONVERGED + (("due",) if self.dry_run else ()) for r in self.rows):
             return 2
         return 0
 
@@ -55,14 +63,31 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
               on_demand: list[Termination] | None = None,
               providers: Callable[[Tenant], list[Provider]] = build_providers,
               run_id: str | None = None) -> Report:
-    """Run one pass. `on_demand` skips the feeds and works on just those terminations."""
+    """Run one pass. `on_demand` skips the feeds and works on just those terminations.
+
+    Tenants run side by side in a bounded pool, so one tenant's slow or throttled system
+    never delays another tenant's revoke, and one tenant's failure is reported, not spread.
+    """
     now = now or utcnow()
     report = Report(run_id=run_id or uuid.uuid4().hex[:12], dry_run=dry_run)
     tenants = [config.tenant(tenant)] if tenant else config.tenants
     store.start_run(report.run_id, trigger, tenant, dry_run)
-    for t in tenants:
-        _reconcile_tenant(t, store, report, employee=employee, dry_run=dry_run, full=full, now=now,
-                          on_demand=on_demand, providers=providers)
+    parts = [Report(run_id=report.run_id, dry_run=dry_run) for _ in tenants]
+
+    def one(t: Tenant, part: Report) -> None:
+        try:
+            _reconcile_tenant(t, store, part, employee=employee, dry_run=dry_run, full=full, now=now,
+                              on_demand=on_demand, providers=providers)
+        except Exception as e:  # a bug or a hostile input in one tenant must not stop the others
+            log.exception("tenant %s: the pass failed", t.id)
+            part.source_errors.append(OffboardError(f"internal error, this tenant's pass stopped: "
+                                                    f"{type(e).__name__}: {e}", t.id))
+
+    workers = max(1, min(len(tenants), config.connector.get("workers", 4)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenant") as pool:
+        list(pool.map(one, tenants, parts))
+    for part in parts:
+        report.absorb(part)
     report.rows = status_rows(store, report.terminations)
     report.needs_human = [r["id"] for t in tenants for r in store.terminations(t.id, ["needs_human"])
                           if employee is None or employee in (r["employee_id"], r["email"], r["id"])]
@@ -83,33 +108,34 @@ def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, *, employee,
     except ConfigError as e:
         report.config_errors.append(e)
         return
-    usable = _online(built, report)
-    if built and not usable:
-        return                       # nothing this tenant could act on: record nothing either
     try:
-        _intake_and_execute(tenant, store, report, usable, employee=employee, dry_run=dry_run, full=full,
+        down = _online(built, report)
+        _intake_and_execute(tenant, store, report, built, down, employee=employee, dry_run=dry_run, full=full,
                             now=now, on_demand=on_demand)
     finally:
         for p in built:
             p.close()
 
 
-def _online(built: list[Provider], report: Report) -> list[Provider]:
-    """Prove each provider's credential with one read; a refused or unreachable one sits this pass out."""
-    usable = []
+def _online(built: list[Provider], report: Report) -> dict[str, OffboardError]:
+    """Prove each provider's credential with one read. One that fails is not dropped: it is `down`,
+    and its due leavers' actions are journaled failed, so none of them ends `done` without it."""
+    down = {}
     for p in built:
         try:
             p.check_online()
-            usable.append(p)
-        except ConfigError as e:
-            report.config_errors.append(e.at(p.where))
         except OffboardError as e:
-            report.source_errors.append(e.at(p.where))
-    return usable
+            down[p.name] = e.at(p.where)
+            (report.config_errors if isinstance(e, ConfigError) else report.source_errors).append(e)
+        except Exception as e:  # a provider bug: that system is down for this pass
+            log.exception("%s: check_online crashed", p.where)
+            down[p.name] = PermanentError(f"internal error: {type(e).__name__}: {e}", p.where)
+            report.source_errors.append(down[p.name])
+    return down
 
 
-def _intake_and_execute(tenant: Tenant, store: Store, report: Report, providers: list[Provider], *,
-                        employee, dry_run, full, now, on_demand) -> None:
+def _intake_and_execute(tenant: Tenant, store: Store, report: Report, providers: list[Provider],
+                        down: dict[str, OffboardError], *, employee, dry_run, full, now, on_demand) -> None:
     intake = Intake()
     if on_demand is not None:
         with store.transaction():
@@ -127,27 +153,28 @@ def _intake_and_execute(tenant: Tenant, store: Store, report: Report, providers:
         (report.config_errors if isinstance(e, ConfigError) else report.source_errors).append(e)
     report.rejected.extend(intake.rejected)
     report.terminations.extend(i for i in intake.new if i not in report.terminations)
-    hold = store.open_hold(tenant.id)
-    if hold:
+    for hold in store.open_holds(tenant.id):
         report.holds[tenant.id] = hold["reason"]
+    if store.open_hold(tenant.id):
         return
     wanted = {t.id for t in on_demand} if on_demand is not None else None
     rows = [r for r in store.terminations(tenant.id, WORKABLE)
             if r["due_at"] <= iso(now) and (wanted is None or r["id"] in wanted)
             and (employee is None or employee in (r["employee_id"], r["email"], r["id"]))]
-    if not rows:
+    leavers = [Leaver(row=r, termination=termination_from_row(r)) for r in rows
+               if store.set_state(r["id"], "in_progress", expect=WORKABLE)]
+    if not leavers:
         return
-    leavers = [Leaver(row=r, termination=termination_from_row(r)) for r in rows]
     for lv in leavers:
-        store.set_state(lv.id, "in_progress")
         if lv.id not in report.terminations:
             report.terminations.append(lv.id)
     executor = Executor(tenant, store, providers, report.run_id, dry_run, now)
-    executor.prepare(leavers)
+    executor.prepare(leavers, down)
     executor.execute(leavers)
-    report.config_errors.extend(executor.config_errors)
+    report.config_errors.extend(e for e in executor.config_errors if e not in report.config_errors)
+    names = [p.name for p in providers]
     for lv in leavers:
-        settle(store, lv.id, report.run_id)
+        settle(store, lv.id, report.run_id, names)
 
 
 def unresolvable_secrets(tenant: Tenant) -> list[ConfigError]:
@@ -163,23 +190,30 @@ def unresolvable_secrets(tenant: Tenant) -> list[ConfigError]:
     return errors
 
 
-def settle(store: Store, termination_id: str, run_id: str) -> str:
-    """Derive the termination's state from its journal after a pass."""
+def settle(store: Store, termination_id: str, run_id: str, providers: list[str]) -> str:
+    """Derive the termination's state from its journal after a pass.
+
+    `done` only when every configured provider has journaled its part and every action
+    ended changed, unchanged or skipped. Compare-and-set: a person's `cancel` or `hold`
+    made while the pass ran wins, and is not overwritten.
+    """
     actions = store.actions(termination_id)
     statuses = [a["status"] for a in actions]
+    silent = [p for p in providers if not any(a["provider"] == p for a in actions)]
     if "needs_human" in statuses:
         state = "needs_human"
-    elif any(s in ("failed", "pending", "in_flight") for s in statuses):
+    elif silent or any(s in ("failed", "pending", "in_flight") for s in statuses):
         state = "in_progress"
     elif "planned" in statuses:       # a dry run: it would be worked on now
         state = "due"
     else:
         state = "done"
-    row = store.termination(termination_id)
     reason = "; ".join(sorted({a["reason"] for a in actions
                                if a["status"] in ("needs_human", "failed") and a["reason"]}))
-    store.set_state(termination_id, state, reason, finished_at=iso(utcnow()) if state == "done" else None)
-    if row["state"] != state:
+    if silent:
+        reason = "; ".join(filter(None, [reason, "no word yet from " + ", ".join(silent)]))
+    if store.set_state(termination_id, state, reason, expect=("in_progress",),
+                       finished_at=iso(utcnow()) if state == "done" else None) and state != "in_progress":
         store.audit(f"termination_{state}", termination_id, run_id, reason=reason)
     return state
 

@@ -9,15 +9,17 @@ writes (intent, then outcome), so a crash between them is resumed by re-reading.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..config import Tenant
-from ..errors import ConfigError, NeedsHuman, NotYet, OffboardError, PermanentError, RetryableError
-from ..model import PHASES, ActionContext, PlannedAction, Result, Subject, Termination
+from ..errors import ConfigError, NeedsHuman, NotYet, OffboardError, PermanentError, RetryableError, Stopped
+from ..model import PHASES, ActionContext, Match, PlannedAction, Result, Subject, Termination
 from ..providers.base import Provider
 from ..store import Store, parse_iso
+from .guard import Observation, person_hold
 from .schedule import local_date
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,8 @@ class Leaver:
     termination: Termination
     subjects: dict[str, Subject] = field(default_factory=dict)
     actions: list[PlannedAction] = field(default_factory=list)
-    outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)   # action id -> (phase, status) this pass
+    outcomes: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # action id -> (provider, phase, status)
+    approved: dict[str, frozenset[str]] = field(default_factory=dict)    # action id -> reasons a person approved
 
     @property
     def id(self) -> str:
@@ -51,6 +54,15 @@ def termination_from_row(row: dict) -> Termination:
                        kind=row["kind"], source=row["source"] or "", ticket=row["ticket"] or "")
 
 
+def _loads(text: str | None):
+    return json.loads(text) if text else None
+
+
+def approved(approvals: list[dict], provider: str, action: str, reason: str) -> bool:
+    """Did a person approve exactly this reason, for every provider or for this action?"""
+    return any(a["reason"] == reason and a["scope"] in ("*", f"{provider}/{action}") for a in approvals)
+
+
 class Executor:
     def __init__(self, tenant: Tenant, store: Store, providers: list[Provider], run_id: str,
                  dry_run: bool, now: dt.datetime):
@@ -64,37 +76,55 @@ class Executor:
         self.stopped: set[str] = set()     # providers whose credential was refused this pass
 
     # -- matching and planning --------------------------------------------------
-    def prepare(self, leavers: list[Leaver]) -> None:
+    def prepare(self, leavers: list[Leaver], down: dict[str, OffboardError] | None = None) -> None:
+        """Match every leaver in every provider, decide about each person once, then plan.
+
+        `down` names the providers that failed their start-of-pass check: they are not
+        dropped, their leavers' `match_account` is journaled failed (retried) so no
+        termination can end `done` while a system has not done its part.
+        """
+        down = dict(down or {})
         terminations = [lv.termination for lv in leavers]
         for name, provider in self.providers.items():
+            if name in down:
+                continue
             try:
                 provider.prepare(terminations)
             except OffboardError as e:
-                self._provider_down(name, e, leavers)
+                down[name] = e
+            except Exception as e:  # a provider bug fails its leavers there, not the pass
+                log.exception("%s: reading crashed", provider.where)
+                down[name] = PermanentError(f"internal error: {type(e).__name__}: {e}")
+        for name, error in down.items():
+            self._stop(name, error.at(self.providers[name].where))
         for lv in leavers:
-            journal = {row["id"]: row for row in self.store.actions(lv.id)}
-            for name, provider in self.providers.items():
-                if name in self.stopped:
-                    continue
-                try:
-                    self._match_and_plan(lv, name, provider, journal)
-                except OffboardError as e:
-                    self._journal_decision(lv, name, "match_account", "revoke", "failed", str(e),
-                                           error_class=type(e).__name__)
-                except Exception as e:  # a provider bug fails this leaver there, not the pass
-                    log.exception("%s: matching %s crashed", provider.where, lv.id)
-                    self._journal_decision(lv, name, "match_account", "revoke", "failed",
-                                           f"internal error: {type(e).__name__}: {e}", error_class="PermanentError")
+            self._prepare_leaver(lv, down)
 
-    def _provider_down(self, name: str, error: OffboardError, leavers: list[Leaver]) -> None:
-        """A provider that cannot even read: its leavers' actions fail (retry) or, on a refused credential, stop."""
-        self._stop(name, error.at(self.providers[name].where))
-        for lv in leavers:
-            self._journal_decision(lv, name, "match_account", "revoke", "failed", str(error),
-                                   error_class=type(error).__name__)
+    def _prepare_leaver(self, lv: Leaver, down: dict[str, OffboardError]) -> None:
+        journal = {row["id"]: row for row in self.store.actions(lv.id)}
+        matches: dict[str, Match] = {}
+        unread = dict(down)
+        for name, provider in self.providers.items():
+            if name in unread:
+                continue
+            try:
+                matches[name] = provider.match(lv.termination)
+            except OffboardError as e:
+                unread[name] = e.at(provider.where)
+            except Exception as e:  # a provider bug fails this leaver there, not the pass
+                log.exception("%s: matching %s crashed", provider.where, lv.id)
+                unread[name] = PermanentError(f"internal error: {type(e).__name__}: {e}", provider.where)
+        for name, error in unread.items():
+            self._journal_error(lv, name, "match_account", "revoke", error)
+        remembered = {name: o for name in unread
+                      if (o := Observation.load(_loads(journal.get(f"{lv.id}/{name}/match_account", {}).get("after"))))}
+        found = person_hold(self.tenant, matches, remembered)
+        hold = f"held for the whole person: {found}" if found else ""
+        approvals = _loads(lv.row.get("approvals")) or []
+        for name, match in matches.items():
+            self._plan(lv, name, match, journal, hold, approvals)
 
-    def _match_and_plan(self, lv: Leaver, name: str, provider: Provider, journal: dict) -> None:
-        match = provider.match(lv.termination)
+    def _plan(self, lv: Leaver, name: str, match: Match, journal: dict, hold: str, approvals: list[dict]) -> None:
         if match.status == "not_found":
             self._journal_decision(lv, name, "match_account", "revoke", "skipped",
                                    match.reason or "no account for this person")
@@ -105,8 +135,12 @@ class Executor:
             return
         subject = match.subject
         lv.subjects[name] = subject
-        planned = provider.plan(subject, lv.termination)
-        guard = "" if lv.row.get("override_at") else self._guard(subject)
+        match_id = f"{lv.id}/{name}/match_account"
+        self.store.upsert_action_status(match_id, lv.id, name, "match_account", "revoke", "unchanged",
+                                        f"matched {subject.native_id}")
+        self.store.record_outcome(match_id, "unchanged", after=Observation.of(subject).dump(),
+                                  reason=f"matched {subject.native_id}")
+        planned = self.providers[name].plan(subject, lv.termination)
         wanted = set()
         for action in planned:
             aid = lv.action_id(action)
@@ -114,52 +148,52 @@ class Executor:
             previous = journal.get(aid)
             if previous and previous["status"] in FINISHED:
                 continue
-            if guard:
-                self._journal_decision(lv, name, action.action, action.phase, "needs_human", guard)
+            if hold and not approved(approvals, name, action.action, hold):
+                self._journal_decision(lv, name, action.action, action.phase, "needs_human", hold)
                 continue
             if previous and previous["status"] == "needs_human":
-                lv.outcomes[aid] = (action.phase, "needs_human")
+                lv.outcomes[aid] = (name, action.phase, "needs_human")
                 continue
             if previous and previous["status"] in ("failed", "pending") and previous["next_attempt_at"] \
                     and parse_iso(previous["next_attempt_at"]) > self.now:
-                lv.outcomes[aid] = (action.phase, previous["status"])
+                lv.outcomes[aid] = (name, action.phase, previous["status"])
                 continue
             lv.actions.append(action)
+            lv.approved[aid] = frozenset(a["reason"] for a in approvals
+                                         if a["scope"] in ("*", f"{name}/{action.action}"))
         for aid, previous in journal.items():
             # read back as already done: a step that failed or crashed mid-way but is no longer needed
             if previous["provider"] == name and aid not in wanted and previous["action"] != "match_account" \
                     and previous["status"] in ("failed", "in_flight", "pending"):
                 self.store.record_outcome(aid, "unchanged", reason="already in the wanted state on re-read")
-        match_id = f"{lv.id}/{name}/match_account"
-        if match_id in journal and journal[match_id]["status"] != "skipped":
-            self.store.upsert_action_status(match_id, lv.id, name, "match_account", "revoke", "unchanged",
-                                            f"matched {subject.native_id}")
 
-    def _guard(self, subject: Subject) -> str:
-        pattern = self.tenant.is_protected(subject.names)
-        if pattern:
-            return f"protected account (matches {pattern!r}): a person must offboard it or `offboard approve` it"
-        if subject.is_admin:
-            return f"holds admin rights ({subject.admin_reason or 'privileged group'}): a person must decide"
-        return ""
-
-    def _journal_decision(self, lv: Leaver, provider: str, action: str, phase: str, status: str, reason: str,
-                          error_class: str = "") -> None:
+    def _journal_decision(self, lv: Leaver, provider: str, action: str, phase: str, status: str, reason: str) -> None:
+        """Record a decision that involved no call to the provider."""
         aid = f"{lv.id}/{provider}/{action}"
-        lv.outcomes[aid] = (phase, status)
+        lv.outcomes[aid] = (provider, phase, status)
         self.store.upsert_action_status(aid, lv.id, provider, action, phase, status, reason)
-        if error_class:
-            self.store.record_outcome(aid, status, reason=reason, error_class=error_class)
+        self.store.audit(f"action_{status}", lv.id, self.run_id, provider=provider, action=action, reason=reason)
+
+    def _journal_error(self, lv: Leaver, provider: str, action: str, phase: str, error: OffboardError) -> None:
+        """A provider that could not be read for this leaver: failed and retried, never silently dropped."""
+        aid = f"{lv.id}/{provider}/{action}"
+        status, reason, cls = self._classify(provider, error)
+        next_at = self.now + dt.timedelta(seconds=error.delay) if isinstance(error, RetryableError) else None
+        lv.outcomes[aid] = (provider, phase, status)
+        self.store.upsert_action_status(aid, lv.id, provider, action, phase, status, reason)
+        self.store.record_outcome(aid, status, reason=reason, error_class=cls, next_attempt_at=next_at)
         self.store.audit(f"action_{status}", lv.id, self.run_id, provider=provider, action=action, reason=reason)
 
     # -- executing ------------------------------------------------------------
     def execute(self, leavers: list[Leaver]) -> None:
         for phase in PHASES:
-            eligible = [lv for lv in leavers if self._earlier_phases_succeeded(lv, phase)]
             work: dict[str, list[tuple[Leaver, PlannedAction]]] = {}
-            for lv in eligible:
+            for lv in leavers:
+                if not self.still_ours(lv):
+                    continue
                 for action in lv.actions:
-                    if action.phase == phase and action.provider not in self.stopped:
+                    if action.phase == phase and action.provider not in self.stopped \
+                            and self._may_start(lv, action):
                         work.setdefault(action.provider, []).append((lv, action))
             if not work:
                 continue
@@ -167,17 +201,36 @@ class Executor:
                 for future in [pool.submit(self._run_provider, name, items) for name, items in work.items()]:
                     future.result()
 
+    def still_ours(self, lv: Leaver) -> bool:
+        """False once a person cancelled or held the termination (or another worker took it) mid-pass."""
+        return self.store.state_of(lv.id) == "in_progress"
+
     @staticmethod
-    def _earlier_phases_succeeded(lv: Leaver, phase: str) -> bool:
-        earlier = PHASES[:PHASES.index(phase)]
-        if any(p in earlier and status not in SUCCESS for p, status in lv.outcomes.values()):
-            return False
-        return all(lv.action_id(a) in lv.outcomes for a in lv.actions if a.phase in earlier)
+    def _may_start(lv: Leaver, action: PlannedAction) -> bool:
+        """DESIGN.md's ordering: revoke everywhere first; then each provider in its own order; bill after all reclaim.
+
+        An action of a phase starts only when every action planned for an earlier phase that
+        gates it (revoke: every provider's; preserve and reclaim: its own provider's; bill:
+        every provider's) has succeeded this pass or earlier.
+        """
+        phase = PHASES.index(action.phase)
+        gated_by_all = action.phase == "bill"
+
+        def gates(provider: str, other_phase: str) -> bool:
+            earlier = PHASES.index(other_phase) < phase
+            return earlier and (other_phase == "revoke" or gated_by_all or provider == action.provider)
+
+        for provider, other_phase, status in lv.outcomes.values():
+            if gates(provider, other_phase) and status not in SUCCESS:
+                return False
+        return all(lv.action_id(a) in lv.outcomes for a in lv.actions if gates(a.provider, a.phase))
 
     def _run_provider(self, name: str, items: list[tuple[Leaver, PlannedAction]]) -> None:
         provider = self.providers[name]
-        batch = []
+        batch, started = [], []
         for lv, action in items:
+            if not self.still_ours(lv):
+                continue
             aid = lv.action_id(action)
             previous = self.store.action(aid)
             since = parse_iso(previous["first_intent_at"]) if previous and previous.get("first_intent_at") else None
@@ -185,8 +238,13 @@ class Executor:
             since = since or parse_iso(row["first_intent_at"])
             ctx = ActionContext(termination=lv.termination, subject=lv.subjects[name], dry_run=self.dry_run,
                                 since=since, ticket=lv.termination.ticket,
-                                local_date=local_date(self.now, self.tenant))
+                                local_date=local_date(self.now, self.tenant),
+                                approved=lv.approved.get(aid, frozenset()),
+                                proceed=lambda lv=lv: self.still_ours(lv))
             batch.append((action, ctx))
+            started.append((lv, action))
+        if not batch:
+            return
         try:
             results = provider.apply_many(batch)
         except OffboardError as e:
@@ -194,33 +252,35 @@ class Executor:
         except Exception as e:  # a provider bug must not take the other providers down
             log.exception("%s crashed", provider.where)
             results = [PermanentError(f"internal error: {type(e).__name__}: {e}", provider.where)] * len(batch)
-        for (lv, action), result in zip(items, results):
+        for (lv, action), result in zip(started, results):
             self._record(lv, action, result)
 
     def _record(self, lv: Leaver, action: PlannedAction, result: Result | OffboardError) -> None:
         aid = lv.action_id(action)
         if isinstance(result, OffboardError):
-            status, reason, cls = self._classify(action, result)
+            status, reason, cls = self._classify(action.provider, result)
             next_at = self.now + dt.timedelta(seconds=result.delay) if isinstance(result, RetryableError) else None
             before = after = None
         else:
             status, reason, cls, next_at = result.outcome, result.reason, "", None
             before, after = result.before, result.after
-        lv.outcomes[aid] = (action.phase, status)
+        lv.outcomes[aid] = (action.provider, action.phase, status)
         self.store.record_outcome(aid, status, before=before, after=after, reason=reason, error_class=cls,
                                   next_attempt_at=next_at)
         self.store.audit(f"action_{status}", lv.id, self.run_id, provider=action.provider, action=action.action,
                          phase=action.phase, before=before, after=after, reason=reason)
 
-    def _classify(self, action: PlannedAction, error: OffboardError) -> tuple[str, str, str]:
-        error.at(self.providers[action.provider].where)
+    def _classify(self, provider: str, error: OffboardError) -> tuple[str, str, str]:
+        error.at(self.providers[provider].where)
         cls = type(error).__name__
+        if isinstance(error, Stopped):
+            return "pending", f"not started: {error.message}", cls
         if isinstance(error, NotYet):
             return "pending", f"waiting: {error}", cls
         if isinstance(error, NeedsHuman):
             return "needs_human", str(error), cls
         if isinstance(error, ConfigError):
-            self._stop(action.provider, error)
+            self._stop(provider, error)
         return "failed", str(error), cls
 
     def _stop(self, provider: str, error: OffboardError) -> None:

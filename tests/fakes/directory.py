@@ -45,14 +45,21 @@ class FakeDirectory(Provider):
             raise error
 
     def match(self, t):
+        """DESIGN.md "Matching": the id is authoritative; an id and an address on different accounts is ambiguous."""
         by_id = [a for a in self.accounts.values() if t.employee_id and a["employee_id"] == t.employee_id]
-        found = by_id or [a for a in self.accounts.values() if t.email and t.email in a["names"]]
+        by_address = [a for a in self.accounts.values() if t.email and t.email in a["names"]]
+        found = by_id or by_address
         if not found:
             return Match("not_found")
         if len(found) > 1:
             return Match("ambiguous", candidates=[a["id"] for a in found], reason="two accounts")
+        if any(a["id"] != found[0]["id"] for a in by_address):
+            return Match("ambiguous", candidates=sorted({a["id"] for a in by_id + by_address}),
+                         reason="the employee id and the address point at different accounts")
         a = found[0]
-        return Match("matched", Subject(self.name, a["id"], a["names"], dict(a), is_admin=a["admin"]))
+        return Match("matched", Subject(self.name, a["id"], a["names"], dict(a), is_admin=a["admin"],
+                                        admin_reason="Global Administrator" if a["admin"] else "",
+                                        anchor=a.get("anchor", "")))
 
     def plan(self, subject, t):
         s = subject.state

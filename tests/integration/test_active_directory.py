@@ -9,7 +9,7 @@ import ldap3
 import pytest
 from ldap3.core.exceptions import LDAPInvalidCredentialsResult
 
-from connector.errors import ConfigError
+from connector.errors import ConfigError, RetryableError
 from connector.model import ActionContext
 from connector.providers import active_directory
 from connector.sandbox import company
@@ -222,17 +222,17 @@ def test_plain_ldap_without_start_tls_is_refused(make_ad_provider):
         make_ad_provider(url="ldap://127.0.0.1")
 
 
-@pytest.mark.parametrize("options, expected", [
-    ({"bind_password": "Wrong-Password-1"}, "invalid credentials"),
-    ({"url": "ldaps://127.0.0.1:1"}, "cannot reach the DC"),
-    ({"ca_file": None}, "TLS failed"),                   # the system CAs do not know the sandbox CA
-    ({"disabled_ou": f"OU=Gone,{company.BASE_DN}"}, "does not exist"),
+@pytest.mark.parametrize("options, expected, error", [
+    ({"bind_password": "Wrong-Password-1"}, "invalid credentials", ConfigError),
+    ({"url": "ldaps://127.0.0.1:1"}, "cannot reach the DC", RetryableError),   # an outage is retried
+    ({"ca_file": None}, "TLS failed", ConfigError),                   # the system CAs do not know the sandbox CA
+    ({"disabled_ou": f"OU=Gone,{company.BASE_DN}"}, "does not exist", ConfigError),
 ], ids=["wrong-password", "unreachable", "untrusted-certificate", "missing-disabled-ou"])
-def test_check_online_errors_are_one_line_config_errors(make_ad_provider, tmp_path, samba_dc, options, expected):
+def test_check_online_errors_are_one_line_typed_errors(make_ad_provider, tmp_path, samba_dc, options, expected, error):
     if "bind_password" in options:
         options = {"bind_password": secret_file(tmp_path, "pw", options["bind_password"])}
     provider = make_ad_provider(**options)
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(error) as caught:
         provider.check_online()
     message = str(caught.value)
     assert expected in message and "\n" not in message

@@ -182,9 +182,13 @@ BAD_INPUTS = {
     "unknown key": (lambda text: text + 'colour = "red"\n', "tenant[0].provider[0].colour: unknown key"),
     "missing secret": (lambda text: text.replace('bind_password = "file:', 'bind_password = "env:NO_SUCH_VAR" #'),
                        "tenant[0].provider[0].bind_password: environment variable NO_SUCH_VAR is not set"),
-    "unreachable DC": (lambda text: text.replace("ldaps://127.0.0.1:636", "ldaps://127.0.0.1:1"),
-                       "tenant[0].provider[0]"),
-    "wrong bind password": (None, "tenant[0].provider[0]"),
+}
+# Refused or unreachable at run time: the feed is still read and every due leaver stays open,
+# with the directory's part journaled failed, so nobody is reported done who can still sign in.
+RUN_TIME_FAULTS = {
+    "unreachable DC": (lambda text: text.replace("ldaps://127.0.0.1:636", "ldaps://127.0.0.1:1"), 2,
+                       "tenant[0].provider[0] (ldaps://127.0.0.1:1): cannot reach the DC"),
+    "wrong bind password": (None, 1, "tenant[0].provider[0] (ldaps://127.0.0.1:636): bind as"),
 }
 
 
@@ -206,6 +210,30 @@ def test_bad_input_is_one_line_exit_1_and_changes_nothing(samba_dc, ad_admin, tm
     if (tmp_path / "state.db").exists():
         store = Store.open(str(tmp_path / "state.db"))
         assert store.terminations() == [] and list(store.db["actions"].rows) == []
+
+
+@pytest.mark.parametrize("case", list(RUN_TIME_FAULTS))
+def test_a_directory_refused_or_down_at_run_time_leaves_every_due_leaver_open(samba_dc, ad_admin, tmp_path, capsys,
+                                                                                case):
+    config = demo.write_sandbox(tmp_path, samba_dc, TODAY)
+    edit, exit_code, expected = RUN_TIME_FAULTS[case]
+    if edit:
+        config.write_text(edit(config.read_text()))
+    else:
+        (tmp_path / "ad-bind-password").write_text("Wrong-Password-1")
+    before = ad_state(ad_admin, CASES)
+    code, out, err = offboard(capsys, "--config", str(config), "reconcile", "--once")
+    assert code == exit_code
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("offboard: error: ") and expected in lines[0], err
+    assert "Traceback" not in err and samba_dc.admin_password not in err + out
+    assert ad_state(ad_admin, CASES) == before
+    store = Store.open(str(tmp_path / "state.db"))
+    due = [t for t in store.terminations() if t["state"] not in ("scheduled", "cancelled")]
+    assert due and all(t["state"] == "in_progress" for t in due)
+    for t in due:
+        assert {(a["provider"], a["action"], a["status"]) for a in store.actions(t["id"])} == \
+            {("active_directory", "match_account", "failed")}
 
 
 def test_check_online_proves_the_bind(samba_dc, tmp_path, capsys):

@@ -8,51 +8,10 @@ import pytest
 
 from connector.errors import ConfigError, NotYet, RetryableError
 from connector.reconcile import reconcile
-from connector.reconcile.engine import WORKABLE
 from connector.store import Store
 from tests.fakes.directory import Crash, FakeDirectory
-from tests.helpers import load, utc, write_config, write_csv
-
-NOW = utc(2026, 11, 23, 23, 30)          # 17:30 in Chicago: past the default revoke_at of 17:00
-TODAY = "2026-11-23"
-
-
-@pytest.fixture
-def env(tmp_path):
-    accounts = {
-        "u1": FakeDirectory.account("u1", "E1", "ann@contoso.com"),
-        "u2": FakeDirectory.account("u2", "E2", "bob@contoso.com"),
-        "u3": FakeDirectory.account("u3", "E3", "cat@contoso.com"),
-        "svc": FakeDirectory.account("svc", "E9", "svc-backup@contoso.com", names=("svc-backup",)),
-        "adm": FakeDirectory.account("adm", "E8", "root@contoso.com", admin=True),
-        "d1": FakeDirectory.account("d1", "", "dup@contoso.com"),
-        "d2": FakeDirectory.account("d2", "", "dup@contoso.com"),
-    }
-
-    class Env:
-        hr = tmp_path / "hr"
-        config_path = write_config(tmp_path)
-        config = load(config_path)
-        store = Store.open(str(tmp_path / "state.db"))
-        order: list = []
-        directory = FakeDirectory("ad", {}, config.tenants[0], accounts=accounts, log=order)
-
-        def csv(self, *rows, name="feed.csv"):
-            write_csv(self.hr, name, list(rows))
-
-        def run(self, now=NOW, **kw):
-            return reconcile(self.config, self.store, now=now, providers=lambda t: [self.directory], **kw)
-
-    return Env()
-
-
-def leaver(eid, email, date=TODAY, time="", kind=""):
-    return f"{eid},{email},First{eid},Last,boss@contoso.com,{date},{time},{kind}"
-
-
-def states(env):
-    return {r["id"]: r["state"] for r in env.store.terminations()}
-
+from tests.helpers import utc
+from tests.unit.conftest import NOW, leaver, states
 
 def test_due_leaver_goes_through_the_phases_in_order_and_a_second_pass_changes_nothing(env):
     env.csv(leaver("E1", "ann@contoso.com"))
@@ -97,13 +56,16 @@ def test_failed_revoke_blocks_later_phases_and_is_retried_after_its_delay(env):
     assert [a for _, _, a in env.order] == ["reset_password", "disable_account", "convert_mailbox", "remove_groups"]
 
 
-def test_not_yet_is_a_wait_not_a_failure(env):
+def test_not_yet_is_a_wait_not_a_failure_and_the_pass_has_not_converged(env):
     env.csv(leaver("E1", "ann@contoso.com"))
     env.directory.fail["remove_groups"] = NotYet("mailbox conversion still running", delay=300)
     report = env.run()
-    assert report.exit_code == 0
-    assert states(env)["contoso/E1"] == "in_progress"
-    env.run(now=NOW + dt.timedelta(minutes=6))
+    assert report.exit_code == 2                 # not converged yet: exit 0 means everything is done
+    [row] = report.rows
+    assert row["state"] == "in_progress"
+    [waiting] = [a for a in row["actions"] if a["action"] == "remove_groups"]
+    assert (waiting["outcome"], waiting["reason"]) == ("planned", "waiting: contoso/ad: mailbox conversion still running")
+    assert env.run(now=NOW + dt.timedelta(minutes=6)).exit_code == 0
     assert states(env)["contoso/E1"] == "done"
 
 
@@ -233,10 +195,6 @@ def test_audit_chain_records_every_action_and_verifies(env):
     events = [a["event"] for a in env.store.audit_trail("contoso/E1")]
     assert events[0] == "termination_seen" and events[-1] == "termination_done"
     assert events.count("action_changed") == 4
-
-
-def test_workable_states_are_the_open_ones():
-    assert set(WORKABLE) == {"scheduled", "due", "in_progress"}
 
 
 def test_a_provider_that_crashes_while_matching_fails_that_leaver_only(env):

@@ -4,7 +4,7 @@ import sqlite3
 import pytest
 
 from connector.config import Secret
-from connector.store import Store
+from connector.store import MIGRATIONS, Store
 
 
 def test_audit_log_refuses_edits_and_the_chain_catches_them_anyway(tmp_path):
@@ -81,7 +81,7 @@ def test_scratch_copy_never_touches_the_file(tmp_path):
 
 def test_migrations_are_recorded(tmp_path):
     store = Store.open(str(tmp_path / "s.db"))
-    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
