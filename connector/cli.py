@@ -241,10 +241,15 @@ def cmd_decide(args, cfg: Config) -> int:
         if not args.tenant:
             raise ConfigError("give a termination id, or --tenant T to release a tenant's safety hold", "approve")
         cfg.tenant(args.tenant)
-        ids = store.release_hold(args.tenant)
-        store.audit("tenant_approved", None, None, tenant=args.tenant, released=ids)
-        emit(args, [{"tenant": args.tenant, "released": ids}],
-             f"{args.tenant}: released {len(ids)} held termination(s)" if ids else f"{args.tenant}: no safety hold")
+        hold, ids = store.release_hold(args.tenant)
+        left = len(store.open_holds(args.tenant))
+        store.audit("tenant_approved", None, None, tenant=args.tenant, released=ids,
+                    hold=hold and hold["id"], kind=hold and hold["kind"])
+        verb = "cancelled" if hold and hold["kind"] == "cancel" else "released"
+        human = (f"{args.tenant}: {verb} {len(ids)} termination(s) of the hold made {hold['held_at']}"
+                 + (f"; {left} later hold(s) still wait for approval" if left else "")) if hold \
+            else f"{args.tenant}: no safety hold"
+        emit(args, [{"tenant": args.tenant, verb: ids, "holds_left": left}], human)
         return 0
     row = resolve_id(store, args.id, args.tenant)
     tid, state = row["id"], row["state"]

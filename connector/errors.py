@@ -47,7 +47,15 @@ class SourceError(OffboardError):
 
 
 class InputRejected(OffboardError):
-    """One record of a feed is malformed: reported, and the rest of the feed still counts."""
+    """One record of a feed is malformed: reported, and the rest of the feed still counts.
+
+    `ids` names the terminations the record was about (when its employee id could be read):
+    they still count as present, so a re-typed date never cancels its leaver.
+    """
+
+    def __init__(self, message: str, where: str = "", ids: tuple[str, ...] = ()):
+        super().__init__(message, where)
+        self.ids = ids
 
 
 class NotYet(RetryableError):

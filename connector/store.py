@@ -76,12 +76,14 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["seen_webhooks"].create({"digest": str, "expires_at": str}, pk="digest")
 
 
-def _approvals(db: sqlite_utils.Database) -> None:
-    """What a person approved: [{scope: "*" | "PROVIDER/ACTION", reason}] per termination (DESIGN.md, `approve`)."""
+def _approvals_and_hold_kinds(db: sqlite_utils.Database) -> None:
+    """What a person approved: [{scope: "*" | "PROVIDER/ACTION", reason}] per termination (DESIGN.md, `approve`);
+    and holds of new arrivals (which stop the tenant's work) apart from held cancellations (which do not)."""
     db["terminations"].add_column("approvals", str)
+    db["holds"].add_column("kind", str, not_null_default="new")
 
 
-MIGRATIONS = [_v1, _approvals]
+MIGRATIONS = [_v1, _approvals_and_hold_kinds]
 
 
 class Store:
@@ -259,30 +261,39 @@ class Store:
             self.db["cursors"].upsert({"id": key, "cursor": cursor, "updated_at": iso(now())}, pk="id")
 
     # -- safety holds ------------------------------------------------------------
-    def open_holds(self, tenant: str) -> list[dict]:
-        return list(self.db["holds"].rows_where("tenant = ? and released_at is null", [tenant]))
+    def open_holds(self, tenant: str, kind: str | None = None) -> list[dict]:
+        where, args = "tenant = ? and released_at is null", [tenant]
+        if kind:
+            where += " and kind = ?"; args.append(kind)
+        return list(self.db["holds"].rows_where(where, args, order_by="id"))
 
     def open_hold(self, tenant: str) -> dict | None:
-        rows = list(self.db["holds"].rows_where("tenant = ? and released_at is null", [tenant]))
-        return rows[0] if rows else None
+        """The oldest hold of new arrivals: while there is one, the tenant's work waits."""
+        return next(iter(self.open_holds(tenant, "new")), None)
 
-    def add_hold(self, tenant: str, reason: str, termination_ids: list[str]) -> None:
+    def add_hold(self, tenant: str, reason: str, termination_ids: list[str], kind: str = "new") -> None:
         with self.lock:
-            self.db["holds"].insert({"tenant": tenant, "held_at": iso(now()), "reason": reason,
+            self.db["holds"].insert({"tenant": tenant, "held_at": iso(now()), "reason": reason, "kind": kind,
                                      "terminations": dumps(termination_ids)})
 
-    def release_hold(self, tenant: str) -> list[str]:
-        """Release the tenant's open hold; the terminations held at that moment are approved."""
+    def release_hold(self, tenant: str) -> tuple[dict | None, list[str]]:
+        """Release the tenant's oldest open hold, exactly the terminations it listed (arrivals after it
+        form holds of their own): held ones are approved, held cancellations are carried out."""
         with self.lock, self.transaction():
-            if not self.open_hold(tenant):
-                return []
+            hold = next(iter(self.open_holds(tenant)), None)
+            if not hold:
+                return None, []
             stamp = iso(now())
-            self.conn.execute("update holds set released_at = ? where tenant = ? and released_at is null",
-                              [stamp, tenant])
-            ids = [r["id"] for r in self.terminations(tenant, ["held"]) if r["reason"] != PERSON_HOLD]
-            for tid in ids:
-                self.db["terminations"].update(tid, {"state": "scheduled", "approved_at": stamp, "reason": ""})
-            return ids
+            self.conn.execute("update holds set released_at = ? where id = ?", [stamp, hold["id"]])
+            listed = json.loads(hold["terminations"])
+            if hold["kind"] == "cancel":
+                done = [tid for tid in listed if self.set_state(
+                    tid, "cancelled", "no longer in the HR feed before it was due (approved by a person)",
+                    expect=("scheduled", "held"))]
+            else:
+                done = [tid for tid in listed if self.set_state(tid, "scheduled", "", expect=("held",),
+                                                                approved_at=stamp)]
+            return hold, done
 
     # -- the audit log -----------------------------------------------------------
     def audit(self, event: str, termination_id: str | None = None, run_id: str | None = None, **data: Any) -> None:

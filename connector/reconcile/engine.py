@@ -153,8 +153,9 @@ def _intake_and_execute(tenant: Tenant, store: Store, report: Report, providers:
         (report.config_errors if isinstance(e, ConfigError) else report.source_errors).append(e)
     report.rejected.extend(intake.rejected)
     report.terminations.extend(i for i in intake.new if i not in report.terminations)
-    for hold in store.open_holds(tenant.id):
-        report.holds[tenant.id] = hold["reason"]
+    holds = store.open_holds(tenant.id)
+    if holds:
+        report.holds[tenant.id] = "; ".join(h["reason"] for h in holds)
     if store.open_hold(tenant.id):
         return
     wanted = {t.id for t in on_demand} if on_demand is not None else None

@@ -23,6 +23,7 @@ OPEN_BEFORE_DUE = ("scheduled", "held")
 BEFORE_LOOKBACK = ("left more than lookback_days before the connector first saw it: not acted on "
                    "(offboard it with `offboard run` if it still needs doing)")
 FINISHED = ("done", "cancelled")
+REVIVING = {"termination_date", "termination_time", "kind", "due_at", "email"}
 
 
 @dataclass
@@ -94,8 +95,13 @@ def record(tenant: Tenant, store: Store, terminations: list[Termination], now: d
             if on_demand and old["state"] in FINISHED:
                 writes.append({**row, "state": "scheduled", "reason": ""})
                 events.append(("termination_reopened", t.id, run_id, {"previous_state": old["state"]}))
-            elif changed and old["state"] in OPEN_BEFORE_DUE + ("due",):
-                writes.append({**row, "state": old["state"]})
+            elif changed and (old["state"] in OPEN_BEFORE_DUE + ("due",) or revived(old, changed)):
+                if old["state"] == "cancelled" or counts_as_new(old, row, now):
+                    # re-dated, re-addressed or revived: new to the limits, so a mass re-dating is held
+                    row.update(state="scheduled", first_seen_at=stamp, approved_at=None, reason="")
+                    seen_new.append(row)
+                else:
+                    writes.append({**row, "state": old["state"]})
                 events.append(("termination_changed", t.id, run_id, {"changes": changed}))
         if old is None:
             existing[t.id] = row          # a person listed twice in one pull is new only once
@@ -108,9 +114,21 @@ def record(tenant: Tenant, store: Store, terminations: list[Termination], now: d
         intake.new.append(row["id"])
     store.upsert_terminations(writes + seen_new)
     store.audit_many(events)
-    if limit and seen_new and not store.open_hold(tenant.id):
+    if limit and seen_new:
         store.add_hold(tenant.id, limit, [r["id"] for r in seen_new])
         store.audit("tenant_held", None, run_id, tenant=tenant.id, reason=limit, count=len(seen_new))
+
+
+def revived(old: dict, changed: dict) -> bool:
+    """A cancelled termination whose date or address the feed changes is a leaver again (not one
+    cancelled for leaving before the connector's lookback: editing an old record revives nothing)."""
+    return old["state"] == "cancelled" and old["reason"] != BEFORE_LOOKBACK and bool(changed.keys() & REVIVING)
+
+
+def counts_as_new(old: dict, row: dict, now: dt.datetime) -> bool:
+    """DESIGN.md: a date that moves to now or earlier, or a changed email, counts as first seen."""
+    was_future = old["due_at"] > iso(now)
+    return (was_future and row["due_at"] <= iso(now)) or row["email"] != old["email"]
 
 
 def _active_again(store: Store, old: dict | None, run_id: str) -> None:
@@ -129,11 +147,16 @@ def _active_again(store: Store, old: dict | None, run_id: str) -> None:
 
 def cancel_missing(tenant: Tenant, store: Store, pulls: list[tuple[str, Pull]], run_id: str,
                    intake: Intake) -> None:
-    """A whole read that no longer names a scheduled leaver cancels them; one that names nobody is not believed."""
+    """A whole read that no longer names a scheduled leaver cancels them, within limits.
+
+    One that names nobody is not believed. One that would cancel more than
+    `max_terminations_per_run` is a suspect feed: the cancellations are held for a person
+    (exit 3) and nothing changes. A rejected row still counts as present for the ids it names.
+    """
     for name, pull in pulls:
         if not pull.complete:
             continue
-        present = {t.id for t in pull.terminations}
+        present = {t.id for t in pull.terminations} | {i for r in pull.rejected for i in r.ids}
         waiting = [r for r in store.terminations(tenant.id, OPEN_BEFORE_DUE) if r["source"] == name]
         missing = [r for r in waiting if r["id"] not in present]
         if not missing:
@@ -141,6 +164,15 @@ def cancel_missing(tenant: Tenant, store: Store, pulls: list[tuple[str, Pull]], 
         if not pull.terminations:
             intake.errors.append(SourceError(f"a whole read returned nobody while {len(waiting)} termination(s) "
                                              "are scheduled: not believed, nothing cancelled", f"{tenant.id}/{name}"))
+            continue
+        if len(missing) > tenant.max_terminations_per_run:
+            ids = [r["id"] for r in missing]
+            if not any(set(json.loads(h["terminations"])) == set(ids) for h in store.open_holds(tenant.id, "cancel")):
+                reason = (f"a read of {name} would cancel {len(ids)} scheduled terminations, more than "
+                          f"max_terminations_per_run = {tenant.max_terminations_per_run}: suspect feed, nothing "
+                          f"cancelled (`offboard approve --tenant {tenant.id}` cancels them)")
+                store.add_hold(tenant.id, reason, ids, kind="cancel")
+                store.audit("cancellations_held", None, run_id, tenant=tenant.id, source=name, terminations=ids)
             continue
         for r in missing:
             store.set_state(r["id"], "cancelled", "no longer in the HR feed before it was due")

@@ -68,7 +68,8 @@ def to_termination(record: Mapping[str, Any], *, tenant: str, source: str, where
         if kind not in KINDS:
             raise ValueError(f"{names['kind']} must be voluntary or immediate, got {kind!r}")
     except ValueError as e:
-        raise InputRejected(str(e), where) from None
+        employee = get("employee_id")
+        raise InputRejected(str(e), where, ids=(f"{tenant}/{employee}",) if employee else ()) from None
     return Termination(tenant=tenant, employee_id=get("employee_id"), email=email,
                        first_name=get("first_name"), last_name=get("last_name"), manager_email=manager,
                        termination_date=date, termination_time=time, kind=kind, source=source,
