@@ -218,19 +218,17 @@ def cmd_history(args, cfg: Config) -> int:
     trail = store.audit_trail(row["id"])
     objects = [{"seq": a["seq"], "at": a["at"], "run_id": a["run_id"], "termination": a["termination_id"],
                 "event": a["event"], **json.loads(a["data"])} for a in trail]
-    human_rows = [[o["at"], o["event"], o.get("provider", ""), o.get("action", ""),
-                   _short(o.get("before")), _short(o.get("after")), o.get("reason", "")] for o in objects]
+    human_rows = [[o["at"], o["event"], o.get("provider", ""), o.get("action", ""), o.get("reason", "")]
+                  for o in objects]
     human = f"{row['id']}  {row['email']}  {row['state']}\n" + table(
-        ["at", "event", "provider", "action", "before", "after", "reason"], human_rows)
+        ["at", "event", "provider", "action", "reason"], human_rows)
+    changed = [o for o in objects if o["event"] == "action_changed" and o.get("before") not in (None, "", [], {})]
+    if changed:          # in full: this is what a person needs to give the access back
+        human += "\n\nBefore-state of every change (to restore access):\n" + "\n".join(
+            f"  {o['provider']}/{o['action']} ({o['at']}): {json.dumps(o['before'], default=str, sort_keys=True)}"
+            for o in changed)
     emit(args, objects, human)
     return 0
-
-
-def _short(value) -> str:
-    if value in (None, "", [], {}):
-        return ""
-    text = json.dumps(value, default=str, sort_keys=True)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def cmd_decide(args, cfg: Config) -> int:
@@ -375,7 +373,10 @@ COMMANDS = {"check": cmd_check, "plan": cmd_plan, "reconcile": cmd_reconcile, "r
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:           # --help, --version, or a usage error already printed on one line
+        return e.code if isinstance(e.code, int) else 1
     try:
         if args.command == "demo":
             return cmd_demo(args)

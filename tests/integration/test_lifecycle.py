@@ -106,18 +106,31 @@ def test_a_rehire_after_offboarding_needs_a_human_with_what_to_restore(world, ca
     assert world.directory.accounts["k"]["enabled"] is False  # nothing is undone automatically
 
 
-def test_full_and_cursor_reads_agree_and_a_failing_feed_changes_nothing(world):
+def test_full_and_cursor_reads_agree_and_a_failing_feed_changes_nothing(world, tmp_path):
     world.hr.now = chicago(2026, 3, 2, 9)
     world.hr.terminate(world.kenji, on=dt.date(2026, 3, 5))
     world.at(chicago(2026, 3, 2, 10))
-    world.hr.queue(503, "upstream down")
-    world.hr.queue(503, "upstream down")
-    world.hr.queue(503, "upstream down")
-    world.hr.queue(503, "upstream down")
-    report = world.at(chicago(2026, 3, 2, 11), full=True)
+    assert world.store.cursor("contoso/bamboohr")           # later passes read from the cursor
+    priya = next(e.id for e in world.hr.employees.values() if e.number == "1001")
+    world.hr.now = chicago(2026, 3, 2, 10, 30)
+    world.hr.terminate(priya, on=dt.date(2026, 3, 6))
+    world.hr.terminate(world.kenji, on=dt.date(2026, 3, 9))     # a changed date
+    cursor_pass = world.at(chicago(2026, 3, 2, 11))            # from the cursor
+    assert cursor_pass.exit_code == 0
+    by_cursor = {r["id"]: (r["state"], r["due_at"]) for r in world.store.terminations()}
+    fresh = World.__new__(World)
+    fresh.hr, fresh.config, fresh.directory = world.hr, world.config, world.directory
+    fresh.store = Store.open(str(tmp_path / "full.db"))
+    fresh.at(chicago(2026, 3, 2, 11), full=True)                # the same day read whole into an empty store
+    assert {r["id"]: (r["state"], r["due_at"]) for r in fresh.store.terminations()} == by_cursor
+    assert by_cursor == {"contoso/1042": ("scheduled", "2026-03-09T22:00:00+00:00"),   # after the DST change
+                         "contoso/1001": ("scheduled", "2026-03-06T23:00:00+00:00")}
+    for _ in range(4):
+        world.hr.queue(503, "upstream down")
+    report = world.at(chicago(2026, 3, 2, 12), full=True)
     assert report.exit_code == 2 and report.source_errors
-    assert world.state() == "scheduled"
-    full = world.at(chicago(2026, 3, 2, 12), full=True)
+    assert {r["id"]: (r["state"], r["due_at"]) for r in world.store.terminations()} == by_cursor
+    full = world.at(chicago(2026, 3, 2, 13), full=True)
     assert full.exit_code == 0 and world.state() == "scheduled"
 
 

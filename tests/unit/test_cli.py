@@ -81,6 +81,16 @@ def test_run_on_demand_then_history_by_employee(cli):
     assert events[0]["event"] == "termination_seen" and any(e.get("action") == "disable_account" for e in events)
     code, out, _ = cli("history", "contoso/ann@contoso.com")
     assert code == 0 and "disable_account" in out
+    # the before-state a person needs to give the access back, in full (no cut-off group names)
+    assert 'ad/remove_groups' in out and '["staff"]' in out and "..." not in out
+
+
+def test_usage_errors_are_one_line_and_exit_1(cli):
+    code, out, err = cli("reconcile", "--once", "--bogus")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("offboard: error: ") and "--bogus" in err
+    code, _, err = cli("frobnicate")
+    assert code == 1 and len(err.strip().splitlines()) == 1
 
 
 def test_plan_and_dry_runs_write_nothing(cli):
