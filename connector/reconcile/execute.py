@@ -19,7 +19,7 @@ from ..errors import ConfigError, NeedsHuman, NotYet, OffboardError, PermanentEr
 from ..model import PHASES, ActionContext, Match, PlannedAction, Result, Subject, Termination
 from ..providers.base import Provider
 from ..store import Store, parse_iso
-from .guard import Observation, person_hold
+from .person import Observation, person_hold
 from .schedule import local_date
 
 log = logging.getLogger(__name__)
