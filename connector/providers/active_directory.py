@@ -7,11 +7,10 @@ group) of the privileged groups, looked up by well-known SID because Samba never
 adminCount and localised DCs rename the groups. What that cannot see (memberships the
 bind account may not read, other domains, SID history) the DC's own `tokenGroups`
 does: it is read for each matched account the cheap checks call ordinary, one BASE
-search each (AD computes it for no other scope), and an account whose tokenGroups
-come back empty was hidden from us, so the match fails instead of calling it
-ordinary. Every action re-reads its account
-by objectGUID (it may have moved since the pass began), writes only on a
-difference, and turns LDAP result codes into the engine's typed errors.
+search each (AD computes it for no other scope), and empty tokenGroups mean they were
+hidden from us, so the match fails rather than call the account ordinary. Every
+action re-reads its account by objectGUID (it may have moved since the pass began),
+writes only on a difference, and turns LDAP result codes into the engine's typed errors.
 """
 from __future__ import annotations
 
@@ -178,7 +177,7 @@ class Account:
                 "pwd_last_set": self.pwd_last_set.isoformat() if self.pwd_last_set else None,
                 "immutable_id": self.immutable_id}
 
-    def contact(self) -> dict[str, Any]:
+    def successor_facts(self) -> dict[str, Any]:
         """What the engine needs to judge this account as someone's successor."""
         return {"dn": self.dn, "mail": self.mail, "userPrincipalName": self.upn, "sAMAccountName": self.sam,
                 "enabled": self.enabled}
@@ -233,7 +232,7 @@ class ActiveDirectoryProvider(Provider):
         self._by_id: dict[str, list[Account]] = {}
         self._by_address: dict[str, list[Account]] = {}
         self._by_dn: dict[str, Account] = {}                  # lowercased DN -> account
-        self._outside: dict[str, Account | None] = {}         # lowercased DN -> what a read outside them found
+        self._outside: dict[str, Account | None] = {}         # lowercased DN -> a manager the paged read missed
         self._admins: dict[str, str] = {}                     # guid -> why, from the paged read
         self._token_reasons: dict[str, str] = {}              # guid -> why, from its tokenGroups
         self._privileged_names: dict[str, str] = {}           # SID of a privileged group -> its name here
@@ -418,7 +417,7 @@ class ActiveDirectoryProvider(Provider):
             if key not in self._outside:
                 self._outside[key] = self._read_dn(account.manager)
             manager = self._outside[key]
-        return manager.contact() if manager else None
+        return manager.successor_facts() if manager else None
 
     def _read_dn(self, dn: str) -> Account | None:
         with self._ldap(f"read {dn}") as conn:
