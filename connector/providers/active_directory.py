@@ -174,13 +174,12 @@ class Account:
     def state(self) -> dict[str, Any]:
         return {"dn": self.dn, "sam": self.sam, "employee_id": self.employee_id, "uac": self.uac,
                 "groups": list(self.groups), "description": self.description,
-                "pwd_last_set": self.pwd_last_set.isoformat() if self.pwd_last_set else None,
-                "immutable_id": self.immutable_id}
+                "pwd_last_set": self.pwd_last_set.isoformat() if self.pwd_last_set else None}
 
     def successor_facts(self) -> dict[str, Any]:
-        """What the engine needs to judge this account as someone's successor."""
-        return {"dn": self.dn, "mail": self.mail, "userPrincipalName": self.upn, "sAMAccountName": self.sam,
-                "enabled": self.enabled}
+        """What the engine needs to judge this account as someone's successor (it knows who is leaving)."""
+        return {"address": self.mail or self.upn, "enabled": self.enabled, "dn": self.dn, "mail": self.mail,
+                "userPrincipalName": self.upn, "sAMAccountName": self.sam}
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,8 +378,8 @@ class ActiveDirectoryProvider(Provider):
 
     def _matched(self, account: Account, how: str) -> Match:
         reason = self._admins.get(account.guid) or self._token_groups_reason(account)
-        state = {**account.state(), "manager": self._manager(account)}
-        subject = Subject(self.name, account.guid, account.names, state, bool(reason), reason)
+        subject = Subject(self.name, account.guid, account.names, account.state(), bool(reason), reason,
+                          anchor=account.immutable_id, manager=self._manager(account))
         return Match("matched", subject, reason=f"matched by {how}")
 
     def _token_groups_reason(self, account: Account) -> str:

@@ -233,7 +233,7 @@ def test_immutable_id_is_base64_of_the_object_guid_bytes(matched, ad_admin):
     ad_admin.search(company.BOB.dn, "(objectClass=*)", ldap3.BASE, attributes=["objectGUID"])
     guid = ad_admin.response[0]["raw_attributes"]["objectGUID"][0]
     assert len(guid) == 16
-    assert matched(termination(company.BOB)).subject.state["immutable_id"] == base64.b64encode(guid).decode()
+    assert matched(termination(company.BOB)).subject.anchor == base64.b64encode(guid).decode()
 
 
 # -- admins ------------------------------------------------------------------
@@ -355,17 +355,17 @@ def test_without_dns_admins_the_other_groups_still_count(provider, ad_admin):
 
 # -- the manager (the engine's successor) --------------------------------------
 
-def contact(person: company.Person, enabled: bool = True) -> dict:
-    return {"dn": person.dn, "mail": person.mail, "userPrincipalName": person.upn, "sAMAccountName": person.sam,
-            "enabled": enabled}
+def successor(person: company.Person, enabled: bool = True) -> dict:
+    return {"address": person.mail, "enabled": enabled, "dn": person.dn, "mail": person.mail,
+            "userPrincipalName": person.upn, "sAMAccountName": person.sam}
 
 
 def test_manager_set_and_enabled(matched):
-    assert matched(termination(company.BOB)).subject.state["manager"] == contact(company.ALICE)
+    assert matched(termination(company.BOB)).subject.manager == successor(company.ALICE)
 
 
 def test_manager_unset(matched):
-    assert matched(termination(company.ALICE)).subject.state["manager"] is None
+    assert matched(termination(company.ALICE)).subject.manager is None
 
 
 def test_manager_disabled(provider, leaver_pool, ad_admin):
@@ -374,7 +374,7 @@ def test_manager_disabled(provider, leaver_pool, ad_admin):
     ad_admin.modify(report.dn, {"manager": [(ldap3.MODIFY_REPLACE, [boss.dn])]})
     ad_admin.modify(boss.dn, {"userAccountControl": [(ldap3.MODIFY_REPLACE, [512 | 2])]})
     provider.prepare([])
-    assert provider.match(termination(report)).subject.state["manager"] == contact(boss, enabled=False)
+    assert provider.match(termination(report)).subject.manager == successor(boss, enabled=False)
 
 
 def test_manager_outside_base_dn_is_read_once(make_ad_provider, leaver_pool, ad_admin, monkeypatch):
@@ -387,7 +387,7 @@ def test_manager_outside_base_dn_is_read_once(make_ad_provider, leaver_pool, ad_
     reads = []
     real = provider._read_dn
     monkeypatch.setattr(provider, "_read_dn", lambda dn: reads.append(dn) or real(dn))
-    assert [provider.match(termination(r)).subject.state["manager"] for r in reports] == [contact(boss)] * 2
+    assert [provider.match(termination(r)).subject.manager for r in reports] == [successor(boss)] * 2
     assert reads == [boss.dn]
 
 
