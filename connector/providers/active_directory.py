@@ -1,14 +1,20 @@
 """On-prem Active Directory over LDAPS (or StartTLS): revoke a leaver's access, then park the account.
 
 Matching reads every user once per pass (one paged search into in-memory indexes),
-so 100,000 leavers cost no extra round trips. Admins are found by in-chain
-membership of the privileged groups, looked up by well-known SID: Samba never sets
-adminCount, and localised DCs rename the groups. Every action re-reads its account
-by objectGUID (it may have moved since the pass began), writes only on a
-difference, and turns LDAP result codes into the engine's typed errors.
+so 100,000 leavers cost no extra round trips; the managers come from the same read.
+Admins are found first from that read: membership (in-chain, and through the primary
+group) of the privileged groups, looked up by well-known SID because Samba never sets
+adminCount and localised DCs rename the groups. What that cannot see (memberships the
+bind account may not read, other domains, SID history) the DC's own `tokenGroups`
+does: it is read for each matched account the cheap checks call ordinary, one BASE
+search each (AD computes it for no other scope), and empty tokenGroups mean they were
+hidden from us, so the match fails rather than call the account ordinary. Every
+action re-reads its account by objectGUID (it may have moved since the pass began),
+writes only on a difference, and turns LDAP result codes into the engine's typed errors.
 """
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 import re
@@ -38,11 +44,16 @@ log = logging.getLogger(__name__)
 USER_FILTER = "(&(objectCategory=person)(objectClass=user))"
 USER_ATTRIBUTES = ["objectGUID", "sAMAccountName", "userPrincipalName", "mail", "proxyAddresses", "employeeID",
                    "userAccountControl", "memberOf", "distinguishedName", "description", "pwdLastSet",
-                   "adminCount", "primaryGroupID", "displayName"]
+                   "adminCount", "primaryGroupID", "displayName", "manager"]
 IN_CHAIN = "1.2.840.113556.1.4.1941"
-# groups whose members, however deeply nested, hold admin rights
-PRIVILEGED_RIDS = (512, 519, 518)                  # Domain, Enterprise, Schema Admins
-PRIVILEGED_BUILTIN = ("S-1-5-32-544", "S-1-5-32-548")  # Administrators, Account Operators
+# groups whose members, however deeply nested, hold admin rights (English names for reasons,
+# where the DC does not know the group: the forest-root ones seen from a child domain)
+PRIVILEGED_RIDS = {512: "Domain Admins", 518: "Schema Admins", 519: "Enterprise Admins",
+                   520: "Group Policy Creator Owners", 526: "Key Admins", 527: "Enterprise Key Admins"}
+PRIVILEGED_BUILTIN = {"S-1-5-32-544": "Administrators", "S-1-5-32-548": "Account Operators",
+                      "S-1-5-32-549": "Server Operators", "S-1-5-32-550": "Print Operators",
+                      "S-1-5-32-551": "Backup Operators"}
+DNS_ADMINS = "DnsAdmins"       # domain-local, made with the DNS role, with no fixed RID: found by name
 ACCOUNTDISABLE = 0x2
 STAMP = "Offboarded"
 PASSWORD_LENGTH = 32
@@ -102,6 +113,7 @@ class Account:
     upn: str
     mail: str
     smtp: list[str]                    # proxyAddresses of type smtp, without the prefix
+    proxies: list[str]                 # every proxyAddresses entry, without its type prefix
     employee_id: str
     uac: int
     groups: list[str]
@@ -110,6 +122,8 @@ class Account:
     pwd_last_set: dt.datetime | None
     admin_count: int
     primary_group: int
+    manager: str                       # DN
+    immutable_id: str                  # base64 of the objectGUID bytes: what Entra's onPremisesImmutableId holds
 
     @classmethod
     def from_entry(cls, entry: dict) -> Account:
@@ -123,13 +137,15 @@ class Account:
             return [v.decode() for v in raw.get(name) or []]
 
         pwd = raw.get("pwdLastSet")
+        proxies = texts("proxyAddresses")
         return cls(
             guid=str(uuid.UUID(bytes_le=raw["objectGUID"][0])),
             dn=entry["dn"],
             sam=text("sAMAccountName"),
             upn=text("userPrincipalName"),
             mail=text("mail"),
-            smtp=[p[5:] for p in texts("proxyAddresses") if p[:5].lower() == "smtp:"],
+            smtp=[p[5:] for p in proxies if p[:5].lower() == "smtp:"],
+            proxies=[p.split(":", 1)[-1] for p in proxies],
             employee_id=text("employeeID"),
             uac=int(text("userAccountControl") or 0),
             groups=texts("memberOf"),
@@ -138,20 +154,47 @@ class Account:
             pwd_last_set=format_ad_timestamp(pwd[0]) if pwd and pwd[0] != b"0" else None,
             admin_count=int(text("adminCount") or 0),
             primary_group=int(text("primaryGroupID") or 0),
+            manager=text("manager"),
+            immutable_id=base64.b64encode(raw["objectGUID"][0]).decode(),
         )
 
     @property
     def names(self) -> list[str]:
-        return list(dict.fromkeys(n for n in (self.sam, self.upn, self.mail, *self.smtp) if n))
+        return list(dict.fromkeys(n for n in (self.sam, self.upn, self.mail, *self.proxies) if n))
 
     @property
     def addresses(self) -> set[str]:
         return {n.lower() for n in (self.upn, self.mail, *self.smtp) if n}
 
+    @property
+    def enabled(self) -> bool:
+        """An account that can sign in (a contact, which has no userAccountControl, cannot)."""
+        return bool(self.uac) and not self.uac & ACCOUNTDISABLE
+
     def state(self) -> dict[str, Any]:
         return {"dn": self.dn, "sam": self.sam, "employee_id": self.employee_id, "uac": self.uac,
                 "groups": list(self.groups), "description": self.description,
                 "pwd_last_set": self.pwd_last_set.isoformat() if self.pwd_last_set else None}
+
+    def successor_facts(self) -> dict[str, Any]:
+        """What the engine needs to judge this account as someone's successor (it knows who is leaving)."""
+        return {"address": self.mail or self.upn, "enabled": self.enabled, "dn": self.dn, "mail": self.mail,
+                "userPrincipalName": self.upn, "sAMAccountName": self.sam}
+
+
+@dataclass(frozen=True, slots=True)
+class PrivilegedGroup:
+    """A group whose members are admins: a privileged group itself, or one nested in it (`via`)."""
+
+    dn: str
+    sid: str
+    name: str                          # the privileged group it makes its members part of
+    via: str = ""                      # the nested group's name
+
+    def reason(self, primary: bool = False) -> str:
+        if not self.via:
+            return f"member of {self.name}" + (" (its primary group)" if primary else "")
+        return f"member of {self.name} through {'its primary group ' if primary else ''}{self.via}"
 
 
 class ActiveDirectoryProvider(Provider):
@@ -187,7 +230,11 @@ class ActiveDirectoryProvider(Provider):
         self._bound_once = False
         self._by_id: dict[str, list[Account]] = {}
         self._by_address: dict[str, list[Account]] = {}
-        self._admins: dict[str, str] = {}
+        self._by_dn: dict[str, Account] = {}                  # lowercased DN -> account
+        self._outside: dict[str, Account | None] = {}         # lowercased DN -> a manager the paged read missed
+        self._admins: dict[str, str] = {}                     # guid -> why, from the paged read
+        self._token_reasons: dict[str, str] = {}              # guid -> why, from its tokenGroups
+        self._privileged_names: dict[str, str] = {}           # SID of a privileged group -> its name here
 
     # -- connection ----------------------------------------------------------
     def _connection(self) -> ldap3.Connection:
@@ -268,38 +315,48 @@ class ActiveDirectoryProvider(Provider):
     def prepare(self, terminations: list[Termination]) -> None:
         with self._ldap("read the user accounts") as conn:
             accounts = [Account.from_entry(e) for e in self._paged(conn, self.base_dn, USER_FILTER, USER_ATTRIBUTES)]
-            privileged = self._privileged_groups(conn)
-        self._by_id, self._by_address, self._admins = {}, {}, {}
+            domain_sid, privileged = self._privileged_groups(conn)
+        by_dn: dict[str, PrivilegedGroup] = {}
+        by_sid: dict[str, PrivilegedGroup] = {}
+        for group in privileged:                   # the first (most privileged) chain names a group
+            by_dn.setdefault(group.dn.lower(), group)
+            by_sid.setdefault(group.sid, group)
+        self._privileged_names = {g.sid: g.name for g in privileged if not g.via}
+        self._by_id, self._by_address, self._by_dn, self._admins = {}, {}, {}, {}
+        self._token_reasons, self._outside = {}, {}
         for account in accounts:
             if account.employee_id:
                 self._by_id.setdefault(account.employee_id, []).append(account)
             for address in account.addresses:
                 self._by_address.setdefault(address, []).append(account)
-            reasons = [privileged[g.lower()] for g in account.groups if g.lower() in privileged]
-            if account.primary_group in PRIVILEGED_RIDS:
-                reasons.append(f"its primary group (RID {account.primary_group}) is an admin group")
+            self._by_dn[account.dn.lower()] = account
+            reasons = [by_dn[g.lower()].reason() for g in account.groups if g.lower() in by_dn]
+            primary = by_sid.get(f"{domain_sid}-{account.primary_group}")
+            if primary:
+                reasons.append(primary.reason(primary=True))
             if account.admin_count == 1:
                 reasons.append("adminCount is 1")
             if reasons:
                 self._admins[account.guid] = "; ".join(reasons)
         log.debug("%s: read %d accounts, %d with admin rights", self.where, len(accounts), len(self._admins))
 
-    def _privileged_groups(self, conn: ldap3.Connection) -> dict[str, str]:
-        """Lowercased DN of every group whose members are admins -> why, from one in-chain search per
-        privileged group. Searching groups, not users, keeps this cheap however many users there are."""
+    def _privileged_groups(self, conn: ldap3.Connection) -> tuple[str, list[PrivilegedGroup]]:
+        """The domain SID, and every group whose members are admins: the privileged groups (by well-known
+        SID, DnsAdmins by name), most privileged first, then the groups nested in each (one in-chain
+        search per privileged group). Searching groups, not users, keeps this cheap however many users."""
         conn.search(self.domain_dn, "(objectClass=*)", ldap3.BASE, attributes=["objectSid"])
         domain_sid = format_sid(conn.response[0]["raw_attributes"]["objectSid"][0])
         sids = [f"{domain_sid}-{rid}" for rid in PRIVILEGED_RIDS] + list(PRIVILEGED_BUILTIN)
-        wanted = "".join(f"(objectSid={sid})" for sid in sids)
-        found = {format_sid(e["raw_attributes"]["objectSid"][0]): (e["dn"], _cn(e))
-                 for e in self._paged(conn, self.domain_dn, f"(&(objectClass=group)(|{wanted}))", ["objectSid", "cn"])}
-        reasons: dict[str, str] = {}
-        for dn, cn in (found[sid] for sid in sids if sid in found):
-            reasons.setdefault(dn.lower(), f"member of {cn}")
-            chain = f"(&(objectClass=group)(memberOf:{IN_CHAIN}:={escape_filter_chars(dn)}))"
-            for nested in self._paged(conn, self.domain_dn, chain, ["cn"]):
-                reasons.setdefault(nested["dn"].lower(), f"member of {cn} through {_cn(nested)}")
-        return reasons
+        wanted = "".join(f"(objectSid={sid})" for sid in sids) + f"(sAMAccountName={DNS_ADMINS})"
+        found = [PrivilegedGroup(e["dn"], _sid(e), _cn(e))
+                 for e in self._paged(conn, self.domain_dn, f"(&(objectClass=group)(|{wanted}))", ["objectSid", "cn"])]
+        found.sort(key=lambda g: sids.index(g.sid) if g.sid in sids else len(sids))
+        groups = list(found)
+        for top in found:
+            chain = f"(&(objectClass=group)(memberOf:{IN_CHAIN}:={escape_filter_chars(top.dn)}))"
+            groups += [PrivilegedGroup(e["dn"], _sid(e), top.name, _cn(e))
+                       for e in self._paged(conn, self.domain_dn, chain, ["objectSid", "cn"])]
+        return domain_sid, groups
 
     def match(self, termination: Termination) -> Match:
         employee_id, email = termination.employee_id, termination.email.lower()
@@ -320,9 +377,54 @@ class ActiveDirectoryProvider(Provider):
         return Match("not_found", reason=f"no account with employeeID {employee_id} or address {email}")
 
     def _matched(self, account: Account, how: str) -> Match:
-        reason = self._admins.get(account.guid, "")
-        subject = Subject(self.name, account.guid, account.names, account.state(), bool(reason), reason)
+        reason = self._admins.get(account.guid) or self._token_groups_reason(account)
+        subject = Subject(self.name, account.guid, account.names, account.state(), bool(reason), reason,
+                          anchor=account.immutable_id, manager=self._manager(account))
         return Match("matched", subject, reason=f"matched by {how}")
+
+    def _token_groups_reason(self, account: Account) -> str:
+        """Why the DC's own expansion of the account's groups makes it an admin, or ''; read once a pass."""
+        if account.guid not in self._token_reasons:
+            entry = self._entry(account.guid, ["tokenGroups"], f"read tokenGroups of {account.dn}")
+            sids = [format_sid(v) for v in entry["raw_attributes"].get("tokenGroups") or []]
+            if not sids:                          # it always holds the primary group: empty means hidden from us
+                raise ConfigError(f"missing right to read tokenGroups of {account.dn} (grant it to the bind "
+                                  "account, e.g. through the Windows Authorization Access Group): cannot tell "
+                                  "whether it holds admin rights", self.host_where)
+            names = dict.fromkeys(filter(None, map(self._privileged_name, sids)))
+            self._token_reasons[account.guid] = "; ".join(f"member of {name} (tokenGroups)" for name in names)
+        return self._token_reasons[account.guid]
+
+    def _privileged_name(self, sid: str) -> str:
+        """The privileged group a SID stands for, or ''. A well-known RID counts in any domain: the
+        forest-root groups carry the root domain's SID, which a child domain's DC cannot look up."""
+        domain, _, rid = sid.rpartition("-")
+        if sid in self._privileged_names or sid in PRIVILEGED_BUILTIN:
+            return self._privileged_names.get(sid) or PRIVILEGED_BUILTIN[sid]
+        if domain.startswith("S-1-5-21-") and domain.count("-") == 6 and rid.isdigit():
+            return PRIVILEGED_RIDS.get(int(rid), "")
+        return ""
+
+    def _manager(self, account: Account) -> dict[str, Any] | None:
+        """The account's manager, as the engine judges a successor; None when unset or gone. From the
+        pass's read, else (outside base_dn, or a contact) one read per manager per pass."""
+        if not account.manager:
+            return None
+        key = account.manager.lower()
+        manager = self._by_dn.get(key)
+        if manager is None:
+            if key not in self._outside:
+                self._outside[key] = self._read_dn(account.manager)
+            manager = self._outside[key]
+        return manager.successor_facts() if manager else None
+
+    def _read_dn(self, dn: str) -> Account | None:
+        with self._ldap(f"read {dn}") as conn:
+            try:
+                conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=USER_ATTRIBUTES)
+            except lx.LDAPNoSuchObjectResult:
+                return None
+            return Account.from_entry(conn.response[0])
 
     # -- deciding ------------------------------------------------------------
     def plan(self, subject: Subject, termination: Termination) -> list[PlannedAction]:
@@ -341,12 +443,15 @@ class ActiveDirectoryProvider(Provider):
 
     # -- acting --------------------------------------------------------------
     def _read(self, guid: str) -> Account:
-        with self._ldap(f"read account {guid}") as conn:
+        return Account.from_entry(self._entry(guid, USER_ATTRIBUTES, f"read account {guid}"))
+
+    def _entry(self, guid: str, attributes: list[str], doing: str) -> dict:
+        with self._ldap(doing) as conn:
             try:
-                conn.search(f"<GUID={guid}>", "(objectClass=user)", ldap3.BASE, attributes=USER_ATTRIBUTES)
+                conn.search(f"<GUID={guid}>", "(objectClass=user)", ldap3.BASE, attributes=attributes)
             except lx.LDAPNoSuchObjectResult:
                 raise PermanentError(f"account {guid} no longer exists", self.host_where) from None
-            return Account.from_entry(conn.response[0])
+            return conn.response[0]
 
     def _converge(self, ctx: ActionContext, before: Any, after: Any, writes: list[tuple[str, dict, str]]) -> Result:
         """Compare; on a difference (and not a dry run) send each `(dn, changes, what it does)` modify."""
@@ -421,6 +526,10 @@ def _ambiguous(accounts: list[Account], reason: str) -> Match:
 
 def _cn(entry: dict) -> str:
     return entry["raw_attributes"]["cn"][0].decode()
+
+
+def _sid(entry: dict) -> str:
+    return format_sid(entry["raw_attributes"]["objectSid"][0])
 
 
 def _unbind_quietly(conn: ldap3.Connection) -> None:

@@ -2,18 +2,26 @@
 
 It carries every case the AD provider must get right: ordinary staff with
 managers, aliases and nested groups; someone matched only by address (no employeeID);
-an admin whose rights come through a nested group (Samba never sets adminCount);
+an admin whose rights come through a nested group (Samba never sets adminCount), and
+one whose only admin group is its primary group (memberOf never shows that);
 a protected service account; and two accounts sharing one email. The end-to-end
 tests and the demo's HR CSV name people through the constants below.
+
+Samba 4.17 lacks groups a Windows DC has: Key Admins and Enterprise Key Admins (2016
+and later; their RIDs are fixed, and an LDAP add may not choose a SID, so they are
+written into the DC's database directly) and DnsAdmins (made with the DNS role).
 
 The sandbox binds as the domain Administrator (`SambaDC.admin_user`): delegating
 just the rights the connector needs is a task for a real client's DC, not a demo.
 """
 from __future__ import annotations
 
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 import ldap3
+from ldap3.protocol.formatters.formatters import format_sid
 
 from ..providers.active_directory import unicode_pwd
 from .samba import REALM, SambaDC
@@ -27,6 +35,11 @@ LEAVERS_OU = f"OU=Leavers,{BASE_DN}"  # the provider's disabled_ou
 SERVICE_OU = f"OU=Service,{BASE_DN}"
 GROUPS_OU = f"OU=Groups,{BASE_DN}"
 DOMAIN_ADMINS = f"CN=Domain Admins,CN=Users,{BASE_DN}"
+USERS_CONTAINER = f"CN=Users,{BASE_DN}"
+GROUP_GLOBAL, GROUP_DOMAIN_LOCAL, GROUP_UNIVERSAL = -2147483646, -2147483644, -2147483640   # security groups
+# what a Windows DC with the DNS role has and Samba's provisioning leaves out: name -> (RID or None, groupType)
+NEWER_DC_GROUPS = {"Key Admins": (526, GROUP_GLOBAL), "Enterprise Key Admins": (527, GROUP_UNIVERSAL),
+                   "DnsAdmins": (None, GROUP_DOMAIN_LOCAL)}
 
 
 def group_dn(name: str) -> str:
@@ -57,6 +70,7 @@ class Person:
     groups: tuple[str, ...] = ()
     ou: str = STAFF_OU
     description: str = ""
+    primary_group: str = ""           # one of `groups`, made the primaryGroupID (default: Domain Users)
 
     @property
     def cn(self) -> str:
@@ -102,6 +116,9 @@ ORDINARY = (ALICE, BOB, CAROL, DAN, ERIN, FRANK, GRACE, HENRY)
 
 # an admin: Domain Admins through IT-Admins, so only a nested (in-chain) lookup sees it
 ADMIN = Person("iito", "Ivan", "Ito", "E1009", _mail("ivan.ito"), manager="aarcher", groups=("IT-Admins", "All-Staff"))
+# an admin only through its primary group (IT-Admins): AD lists no primary group in member or memberOf
+PRIMARY_GROUP_ADMIN = Person("kkhan", "Kim", "Khan", "E1011", _mail("kim.khan"), manager="aarcher",
+                             groups=("IT-Admins",), primary_group="IT-Admins")
 # a service account every tenant lists in `protected` (e.g. "svc-*")
 PROTECTED = Person("svc-backup", "svc-backup", "", "", _mail("svc-backup"), ou=SERVICE_OU,
                    description="Nightly backup job")
@@ -113,7 +130,7 @@ AMBIGUOUS = (
     Person("jsmith-ext", "Joanna", "Smith", "", "", aliases=(AMBIGUOUS_EMAIL,), groups=("Sales",),
            description="Contractor account"),
 )
-PEOPLE = ORDINARY + (ADMIN, PROTECTED) + AMBIGUOUS
+PEOPLE = ORDINARY + (ADMIN, PRIMARY_GROUP_ADMIN, PROTECTED) + AMBIGUOUS
 
 
 def add_person(conn: ldap3.Connection, person: Person, password: str = PASSWORD) -> None:
@@ -136,6 +153,10 @@ def add_person(conn: ldap3.Connection, person: Person, password: str = PASSWORD)
              {k: v for k, v in attrs.items() if v is not None})
     for name in person.groups:
         add_member(conn, group_dn(name), person.dn)
+    if person.primary_group:                  # the account must be a member first
+        conn.search(group_dn(person.primary_group), "(objectClass=group)", ldap3.BASE, attributes=["objectSid"])
+        rid = format_sid(conn.response[0]["raw_attributes"]["objectSid"][0]).rsplit("-", 1)[1]
+        conn.modify(person.dn, {"primaryGroupID": [(ldap3.MODIFY_REPLACE, [rid])]})
 
 
 def add_member(conn: ldap3.Connection, group: str, member: str) -> None:
@@ -148,9 +169,47 @@ def provider_block(dc: SambaDC, bind_password: str) -> dict:
             "disabled_ou": LEAVERS_OU, "ca_file": dc.ca_file}
 
 
+# Run by Samba's own Python (samba-tool's interpreter) on the DC's database: only a local, system
+# write may set objectSid. argv: smb.conf, sam.ldb, then name, RID, groupType for each group.
+_ADD_WITH_SID = """
+import sys
+from samba.auth import system_session
+from samba.dcerpc import security
+from samba.ndr import ndr_pack
+from samba.param import LoadParm
+from samba.samdb import SamDB
+lp = LoadParm()
+lp.load(sys.argv[1])
+db = SamDB(url=sys.argv[2], lp=lp, session_info=system_session())
+users = "CN=Users," + str(db.get_default_basedn())
+for name, rid, kind in zip(*[iter(sys.argv[3:])] * 3):
+    db.add({"dn": "CN=%s,%s" % (name, users), "objectClass": "group", "sAMAccountName": name, "groupType": kind,
+            "objectSid": ndr_pack(security.dom_sid("%s-%s" % (db.get_domain_sid(), rid)))})
+"""
+
+
+def add_newer_dc_groups(dc: SambaDC, conn: ldap3.Connection) -> None:
+    """Give the sandbox DC the privileged groups of a current Windows DC (see NEWER_DC_GROUPS)."""
+    conn.search(USERS_CONTAINER, "(objectClass=group)", ldap3.LEVEL, attributes=["sAMAccountName"])
+    present = {e["raw_attributes"]["sAMAccountName"][0].decode() for e in conn.response if e["type"] == "searchResEntry"}
+    missing = {name: spec for name, spec in NEWER_DC_GROUPS.items() if name not in present}
+    with_sid = [str(v) for name, (rid, kind) in missing.items() if rid for v in (name, rid, kind)]
+    if with_sid:
+        with open(shutil.which("samba-tool")) as tool:
+            python = tool.readline()[2:].split()    # "#! /usr/bin/python3"
+        subprocess.run([*python, "-c", _ADD_WITH_SID, str(dc.conf), str(dc.dir / "private" / "sam.ldb"), *with_sid],
+                       check=True, capture_output=True, timeout=60)
+    for name, (rid, kind) in missing.items():
+        if rid is None:
+            conn.add(f"CN={name},{USERS_CONTAINER}", "group", {"sAMAccountName": name, "groupType": kind})
+
+
 def seed(target: ldap3.Connection | SambaDC) -> None:
-    """Create Example Ltd in an empty sandbox domain (a bound admin connection, or the DC itself)."""
+    """Create Example Ltd in an empty sandbox domain (a bound admin connection, or the DC itself, which
+    also gets the groups of a newer DC)."""
     conn = target.connect() if isinstance(target, SambaDC) else target
+    if isinstance(target, SambaDC):
+        add_newer_dc_groups(target, conn)
     for ou in (STAFF_OU, LEAVERS_OU, SERVICE_OU, GROUPS_OU):
         conn.add(ou, "organizationalUnit")
     for name in GROUPS:

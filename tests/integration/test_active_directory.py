@@ -1,14 +1,18 @@
 """The AD provider against a real Samba DC: what it plans, what AD shows afterwards, how it fails."""
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
+import subprocess
 
 import ldap3
 import pytest
 from ldap3.core.exceptions import LDAPInvalidCredentialsResult
+from ldap3.protocol.formatters.formatters import format_sid
 
+from connector import config
 from connector.errors import ConfigError, RetryableError
 from connector.model import ActionContext
 from connector.providers import active_directory
@@ -19,6 +23,9 @@ from .conftest import secret_file, termination
 
 pytestmark = pytest.mark.samba
 ACTIONS = ["disable_account", "reset_password", "remove_groups", "stamp_description", "move_to_disabled_ou"]
+# schemaIDGUIDs, for ACEs that hide an attribute from the bind account
+TOKEN_GROUPS = "b7c69e6d-2cc7-11d2-854e-00a0c983f608"
+MEMBER_OF = "bf967991-0de6-11d0-a285-00aa003049e2"
 
 
 def read_user(conn: ldap3.Connection, employee_id: str) -> dict:
@@ -208,6 +215,180 @@ def test_subject_names_cover_every_name_protected_globs_check(matched):
     subject = matched(termination(company.BOB)).subject
     assert subject.names == ["bbaker", company.BOB.upn, company.BOB.mail, *company.BOB.aliases]
     assert "svc-backup" in matched(termination(company.PROTECTED, employee_id="")).subject.names
+
+
+def test_protected_glob_matching_only_a_proxy_address_protects(provider, leaver_pool, ad_admin):
+    person = leaver_pool.create(aliases=("Help.Desk@example.test",))
+    ad_admin.modify(person.dn, {"proxyAddresses": [(ldap3.MODIFY_ADD, ["SIP:Lee.Phone@example.test"])]})
+    provider.prepare([])
+    subject = provider.match(termination(person)).subject
+    assert subject.names == [person.sam, person.upn, person.mail, "Help.Desk@example.test", "Lee.Phone@example.test"]
+    tenant = config.parse({"tenant": [{"id": "example", "protected": ["help.desk@*", "lee.phone@*"]}]}).tenants[0]
+    assert tenant.is_protected([person.sam, person.upn, person.mail]) == ""
+    assert tenant.is_protected(subject.names) == "help.desk@*"
+    assert tenant.is_protected([n for n in subject.names if n != "Help.Desk@example.test"]) == "lee.phone@*"
+
+
+def test_immutable_id_is_base64_of_the_object_guid_bytes(matched, ad_admin):
+    ad_admin.search(company.BOB.dn, "(objectClass=*)", ldap3.BASE, attributes=["objectGUID"])
+    guid = ad_admin.response[0]["raw_attributes"]["objectGUID"][0]
+    assert len(guid) == 16
+    assert matched(termination(company.BOB)).subject.anchor == base64.b64encode(guid).decode()
+
+
+# -- admins ------------------------------------------------------------------
+
+def sid_of(conn: ldap3.Connection, dn: str) -> str:
+    conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=["objectSid"])
+    return format_sid(conn.response[0]["raw_attributes"]["objectSid"][0])
+
+
+def deny_read(samba_dc, dn: str, attribute: str, trustee: str) -> None:
+    """An ACE on `dn` that hides one attribute from the account with SID `trustee` (written locally:
+    Samba takes no SDDL over LDAP)."""
+    subprocess.run(["samba-tool", "dsacl", "set", "-H", str(samba_dc.dir / "private" / "sam.ldb"),
+                    f"--objectdn={dn}", f"--sddl=(OD;;RP;{attribute};;{trustee})"],
+                   check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def as_alice(make_ad_provider, tmp_path):
+    """The provider bound as an ordinary user: it may read the directory, and only what ACEs let it."""
+    return make_ad_provider(bind_user=company.ALICE.upn, bind_password=secret_file(tmp_path, "alice", company.PASSWORD))
+
+
+def nested_member_of(conn, leaver_pool, privileged_dn: str) -> company.Person:
+    """A fresh account in a new global group nested in `privileged_dn`."""
+    n = next(leaver_pool.serial)
+    nested = f"Nested-{n}"
+    conn.add(company.group_dn(nested), "group", {"sAMAccountName": nested})
+    company.add_member(conn, privileged_dn, company.group_dn(nested))
+    return leaver_pool.create(groups=(nested,))
+
+
+def privileged_dn(conn, group: str) -> str:
+    """The DN of a privileged group named by builtin SID, domain RID (`-520`) or name."""
+    search = (f"(objectSid={sid_of(conn, company.BASE_DN)}{group})" if group.startswith("-")
+              else f"(objectSid={group})" if group.startswith("S-") else f"(sAMAccountName={group})")
+    conn.search(company.BASE_DN, f"(&(objectClass=group){search})", attributes=["cn"])
+    (entry,) = conn.entries
+    return entry.entry_dn
+
+
+def test_admin_only_through_a_primary_group_nested_in_domain_admins(matched, ad_admin):
+    person = company.PRIMARY_GROUP_ADMIN
+    user = read_user(ad_admin, person.employee_id)
+    assert user["primaryGroupID"] == [sid_of(ad_admin, company.group_dn("IT-Admins")).rsplit("-", 1)[1]]
+    assert company.group_dn("IT-Admins") not in user["memberOf"]        # AD lists no primary group there
+    admin = matched(termination(person)).subject
+    assert admin.is_admin
+    assert admin.admin_reason == "member of Domain Admins through its primary group IT-Admins"
+
+
+@pytest.mark.parametrize("group, name", [
+    ("S-1-5-32-548", "Account Operators"), ("S-1-5-32-549", "Server Operators"),
+    ("S-1-5-32-550", "Print Operators"), ("S-1-5-32-551", "Backup Operators"),
+    ("S-1-5-32-544", "Administrators"), ("-520", "Group Policy Creator Owners"), ("-526", "Key Admins"),
+    ("-527", "Enterprise Key Admins"), ("-518", "Schema Admins"), ("-519", "Enterprise Admins"),
+    ("DnsAdmins", "DnsAdmins"),
+])
+def test_nested_members_of_each_privileged_group_are_admins(provider, ad_admin, leaver_pool, group, name):
+    person = nested_member_of(ad_admin, leaver_pool, privileged_dn(ad_admin, group))
+    provider.prepare([])
+    subject = provider.match(termination(person)).subject
+    assert subject.is_admin
+    assert subject.admin_reason.startswith(f"member of {name} through Nested-")
+    assert not provider.match(termination(company.BOB)).subject.is_admin
+
+
+def test_admin_whose_memberships_are_hidden_is_found_by_token_groups(as_alice, ad_admin, leaver_pool, samba_dc):
+    person = nested_member_of(ad_admin, leaver_pool, privileged_dn(ad_admin, "S-1-5-32-551"))
+    deny_read(samba_dc, person.dn, MEMBER_OF, sid_of(ad_admin, company.ALICE.dn))
+    as_alice.prepare([])
+    subject = as_alice.match(termination(person)).subject
+    assert subject.state["groups"] == []                      # the bind account sees no membership at all
+    assert subject.is_admin and subject.admin_reason == "member of Backup Operators (tokenGroups)"
+    bob = as_alice.match(termination(company.BOB)).subject
+    assert not bob.is_admin and bob.admin_reason == ""
+
+
+def test_unreadable_token_groups_fail_the_match_instead_of_meaning_ordinary(as_alice, ad_admin, leaver_pool,
+                                                                            samba_dc):
+    person = leaver_pool.create()
+    deny_read(samba_dc, person.dn, TOKEN_GROUPS, sid_of(ad_admin, company.ALICE.dn))
+    as_alice.prepare([])
+    with pytest.raises(ConfigError, match=f"missing right to read tokenGroups of {person.dn}"):
+        as_alice.match(termination(person))
+    assert not as_alice.match(termination(company.BOB)).subject.is_admin   # the others still match
+
+
+def test_token_groups_are_read_only_for_matched_ordinary_accounts_once_a_pass(provider, monkeypatch):
+    reads = []
+    real = provider._entry
+
+    def counting(guid, attributes, doing):
+        reads.append(attributes)
+        return real(guid, attributes, doing)
+
+    monkeypatch.setattr(provider, "_entry", counting)
+    provider.prepare([termination(company.BOB), termination(company.ADMIN)])
+    assert reads == []
+    for t in (company.BOB, company.BOB, company.ADMIN, company.CAROL):
+        provider.match(termination(t))
+    provider.match(termination(company.BOB, employee_id="E9999", email="nobody@example.test"))
+    assert reads == [["tokenGroups"], ["tokenGroups"]]        # Bob and Carol; Ivan's groups already said admin
+    provider.prepare([])
+    provider.match(termination(company.BOB))
+    assert len(reads) == 3                                    # a new pass reads afresh
+
+
+def test_without_dns_admins_the_other_groups_still_count(provider, ad_admin):
+    dns_admins = privileged_dn(ad_admin, "DnsAdmins")          # a DC provisioned without DNS has none
+    ad_admin.modify(dns_admins, {"sAMAccountName": [(ldap3.MODIFY_REPLACE, ["Renamed-DnsAdmins"])]})
+    try:
+        provider.prepare([])
+        assert provider.match(termination(company.ADMIN)).subject.is_admin
+        assert not provider.match(termination(company.BOB)).subject.is_admin
+    finally:
+        ad_admin.modify(dns_admins, {"sAMAccountName": [(ldap3.MODIFY_REPLACE, ["DnsAdmins"])]})
+
+
+# -- the manager (the engine's successor) --------------------------------------
+
+def successor(person: company.Person, enabled: bool = True) -> dict:
+    return {"address": person.mail, "enabled": enabled, "dn": person.dn, "mail": person.mail,
+            "userPrincipalName": person.upn, "sAMAccountName": person.sam}
+
+
+def test_manager_set_and_enabled(matched):
+    assert matched(termination(company.BOB)).subject.manager == successor(company.ALICE)
+
+
+def test_manager_unset(matched):
+    assert matched(termination(company.ALICE)).subject.manager is None
+
+
+def test_manager_disabled(provider, leaver_pool, ad_admin):
+    boss = leaver_pool.create(given="Boss")
+    report = leaver_pool.create()
+    ad_admin.modify(report.dn, {"manager": [(ldap3.MODIFY_REPLACE, [boss.dn])]})
+    ad_admin.modify(boss.dn, {"userAccountControl": [(ldap3.MODIFY_REPLACE, [512 | 2])]})
+    provider.prepare([])
+    assert provider.match(termination(report)).subject.manager == successor(boss, enabled=False)
+
+
+def test_manager_outside_base_dn_is_read_once(make_ad_provider, leaver_pool, ad_admin, monkeypatch):
+    boss = leaver_pool.create(given="Remote", ou=company.SERVICE_OU)
+    reports = [leaver_pool.create(), leaver_pool.create()]
+    for report in reports:
+        ad_admin.modify(report.dn, {"manager": [(ldap3.MODIFY_REPLACE, [boss.dn])]})
+    provider = make_ad_provider(base_dn=company.STAFF_OU)
+    provider.prepare([])
+    reads = []
+    real = provider._read_dn
+    monkeypatch.setattr(provider, "_read_dn", lambda dn: reads.append(dn) or real(dn))
+    assert [provider.match(termination(r)).subject.manager for r in reports] == [successor(boss)] * 2
+    assert reads == [boss.dn]
 
 
 # -- check_online --------------------------------------------------------------
