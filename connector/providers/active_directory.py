@@ -217,6 +217,7 @@ class ActiveDirectoryProvider(Provider):
         "stamp_description": "reclaim",
         "move_to_disabled_ou": "reclaim",
     }
+    manager_authority = 2          # synced users come from here: its `manager` names the successor
 
     def __init__(self, name: str, options: dict[str, Any], tenant, where: str = ""):
         super().__init__(name, options, tenant, where)

@@ -18,6 +18,9 @@ from ..plugins import Plugin
 class Provider(Plugin):
     #: action name -> phase, in the order the actions run within their phase
     actions: ClassVar[dict[str, str]] = {}
+    #: whose `Subject.manager` names the successor when several systems know the person (higher wins):
+    #: on-premises AD, where synced users come from, outranks Entra ID
+    manager_authority: ClassVar[int] = 0
 
     # -- reading -----------------------------------------------------------
     def check_online(self) -> None:

@@ -10,6 +10,7 @@ reason is derived from all of them before any action is planned.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 from ..config import Tenant
 from ..model import Match, Subject
@@ -75,3 +76,19 @@ def disagreements(seen: list[Observation]) -> list[str]:
                 out.append(f"the accounts matched in {a.provider} and {b.provider} share no name or address: "
                            "they may be different people")
     return out
+
+
+def choose_successor(subjects: list[Subject], authority: dict[str, int], fallback: str,
+                     is_leaving: Callable[[str], bool]) -> str:
+    """DESIGN.md: the directory's manager (the most authoritative system's: AD for a synced user,
+    else Entra), when set, enabled and not leaving too; else the policy's `successor`; else ''.
+
+    Never the HR feed's manager field: a feed cannot choose who gets a leaver's mail.
+    """
+    ranked = sorted((s for s in subjects if s.manager), key=lambda s: -authority.get(s.provider, 0))
+    if ranked:
+        manager = ranked[0].manager
+        address = (manager.get("address") or "").lower()
+        if address and manager.get("enabled", False) and not is_leaving(address):
+            return address
+    return fallback.lower()
