@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import plugins
-from ..config import Config, Secret, Tenant
+from ..config import Config, Tenant
 from ..errors import ConfigError, InputRejected, OffboardError, PermanentError
 from ..model import Termination
 from ..providers.base import Provider
@@ -182,12 +182,11 @@ def unresolvable_secrets(tenant: Tenant) -> list[ConfigError]:
     """A secret that cannot be read is a config error known before anything is pulled or written."""
     errors = []
     for pc in tenant.sources + tenant.providers:
-        for value in pc.options.values():
-            if isinstance(value, Secret):
-                try:
-                    value.reveal()
-                except ConfigError as e:
-                    errors.append(e)
+        for secret in pc.options.secrets():
+            try:
+                secret.reveal()
+            except ConfigError as e:
+                errors.append(e)
     return errors
 
 
