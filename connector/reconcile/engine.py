@@ -83,7 +83,7 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
             part.source_errors.append(OffboardError(f"internal error, this tenant's pass stopped: "
                                                     f"{type(e).__name__}: {e}", t.id))
 
-    workers = max(1, min(len(tenants), config.connector.get("workers", 4)))
+    workers = max(1, min(len(tenants), config.connector.workers))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenant") as pool:
         list(pool.map(one, tenants, parts))
     for part in parts:
