@@ -417,7 +417,7 @@ def test_check_online_errors_are_one_line_typed_errors(make_ad_provider, tmp_pat
         provider.check_online()
     message = str(caught.value)
     assert expected in message and "\n" not in message
-    assert message.startswith(f"{provider.where} ({provider.options['url']}): ")
+    assert message.startswith(f"{provider.where} ({provider.options.url}): ")
     assert samba_dc.admin_password not in message and "Wrong-Password-1" not in message
 
 
