@@ -223,7 +223,8 @@ def test_protected_glob_matching_only_a_proxy_address_protects(provider, leaver_
     provider.prepare([])
     subject = provider.match(termination(person)).subject
     assert subject.names == [person.sam, person.upn, person.mail, "Help.Desk@example.test", "Lee.Phone@example.test"]
-    tenant = config.parse({"tenant": [{"id": "example", "protected": ["help.desk@*", "lee.phone@*"]}]}).tenants[0]
+    tenant = config.parse({"tenant": [{"id": "example", "protected": ["help.desk@*", "lee.phone@*"],
+                                      "provider": [{"type": "fake"}]}]}).tenants[0]
     assert tenant.is_protected([person.sam, person.upn, person.mail]) == ""
     assert tenant.is_protected(subject.names) == "help.desk@*"
     assert tenant.is_protected([n for n in subject.names if n != "Help.Desk@example.test"]) == "lee.phone@*"

@@ -217,6 +217,9 @@ def two_tenants(tmp_path):
             [[tenant.source]]
             type = "csv"
             path = "{tmp_path / tid}/*.csv"
+            [[tenant.provider]]
+            type = "fake"
+            name = "ad"
             """)
         (tmp_path / tid).mkdir()
         (tmp_path / tid / "feed.csv").write_text(
