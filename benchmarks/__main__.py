@@ -46,17 +46,20 @@ def raw_entry(i: int) -> dict:
         "memberOf": [b"CN=Staff,OU=Groups,DC=bench,DC=test"], "pwdLastSet": [b"0"]}}
 
 
+AD_BLOCK = {"type": "active_directory", "url": "ldaps://bench", "bind_user": "x", "bind_password": "env:UNUSED",
+            "disabled_ou": "OU=Leavers,DC=bench,DC=test", "page_size": 1000, "base_dn": "DC=bench,DC=test",
+            "timeout": 10}
+
+
 def tenant(**extra) -> config.Tenant:
-    return config.parse({"tenant": [{"id": "bench", **extra}]}).tenants[0]
+    return config.parse({"tenant": [{"id": "bench", "provider": [AD_BLOCK], **extra}]}).tenants[0]
 
 
 def in_memory_provider(entries: list[dict]) -> ActiveDirectoryProvider:
     """The real provider, its LDAP reads answered from a list: what is measured is its index."""
     t = tenant()
-    provider = ActiveDirectoryProvider("ad", {"url": "ldaps://bench", "bind_user": "x", "bind_password": None,
-                                              "disabled_ou": "OU=Leavers,DC=bench,DC=test", "page_size": 1000,
-                                              "base_dn": "DC=bench,DC=test", "ca_file": None, "start_tls": False,
-                                              "timeout": 10}, t)
+    pc = t.providers[0]
+    provider = ActiveDirectoryProvider(pc.name, pc.options, t, pc.where)
     provider._ldap = lambda doing: contextlib.nullcontext(None)
     provider._paged = lambda conn, base, flt, attrs: iter(entries)
     provider._privileged_groups = lambda conn: {}

@@ -100,7 +100,7 @@ def report_objects(report: Report) -> list[dict]:
 
 # -- commands ---------------------------------------------------------------------
 def open_store(cfg: Config, scratch: bool = False) -> Store:
-    path = cfg.connector["state"]
+    path = cfg.connector.state
     return Store.scratch_copy(path) if scratch else Store.open(path)
 
 
@@ -305,7 +305,7 @@ def cmd_audit(args, cfg: Config) -> int:
     emit(args, [{"ok": ok, "rows": count, "problem": problem}],
          f"audit log OK: {count} rows, hash chain intact" if ok else "")
     if not ok:
-        print(f"offboard: error: {cfg.connector['state']}: audit log: {problem}", file=sys.stderr)
+        print(f"offboard: error: {cfg.connector.state}: audit log: {problem}", file=sys.stderr)
     return 0 if ok else 1
 
 
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return cmd_demo(args)
         cfg = configmod.load(args.config)
-        setup_logging("DEBUG" if args.debug else cfg.connector["log_level"])
+        setup_logging("DEBUG" if args.debug else cfg.connector.log_level)
         return COMMANDS[args.command](args, cfg)
     except OffboardError as e:
         if args.debug:

@@ -1,27 +1,35 @@
 """Load and validate the TOML config before anything touches a real system.
 
-Every error names the file and the key path (`tenant[0].provider[1].disabled_ou`),
-because the person reading it is a technician with the file open in an editor.
-Plugins (providers, sources) declare their own keys with `Field`, so a third-party
-plugin gets the same validation for free.
+The schema is a set of pydantic models: one per plugin (declared by the plugin as
+`options_model`, so a third-party plugin gets the same validation for free), plus
+the tenant, its policy, `[connector]`, `[webhook]` and `[psa]`. A well-kept library
+does the type checking; this module keeps only what is ours: secret references that
+stay lazy and masked, and errors that name the file and the key path
+(`tenant[0].provider[1].disabled_ou`), because the person reading them is a
+technician with the file open in an editor. Values reach plugins typed, as
+attributes (`tenant.policy.remove_groups`), so no reader can guess a default.
 """
 from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import ipaddress
 import os
 import re
 import tomllib
 import zoneinfo
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError, \
+    model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/offboard-connector/config.toml"
 SECRET_RE = re.compile(r"^(env|file|credential):(.+)$")
-_MISSING = object()
 
 
 class Secret:
@@ -88,122 +96,82 @@ def parse_hhmm(text: str) -> dt.time:
     return dt.time(int(m.group(1)), int(m.group(2)))
 
 
-@dataclass
-class Field:
-    """One config key: its type, whether it is required, its default, and an optional check."""
-
-    kind: str                  # str int bool float list secret url time duration table dict
-    required: bool = False
-    default: Any = None
-    choices: tuple = ()
-    check: Callable[[Any], Any] | None = None   # returns the converted value or raises ValueError
-    schema: dict | None = None                  # for kind "table"/"tables": nested fields
-    help: str = ""
+def invalid(loc: str | tuple, message: str) -> ValidationError:
+    """An error at `loc` (a key, or a path of keys and indexes) below the model being validated."""
+    detail = InitErrorDetails(type=PydanticCustomError("config", "{message}", {"message": message}),
+                              loc=(loc,) if isinstance(loc, str) else loc, input=None)
+    return ValidationError.from_exception_data("config", [detail])
 
 
-def _convert(value: Any, f: Field, where: str) -> Any:
-    def bad(msg: str) -> ConfigError:
-        return ConfigError(msg, where)
+# -- value types ------------------------------------------------------------------
+def _secret_ref(value: Any) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    if not isinstance(value, str) or not SECRET_RE.match(value):
+        raise PydanticCustomError("secret_ref", "expected a secret reference: env:NAME, file:/path or "
+                                                "credential:NAME (never the secret itself)")
+    return Secret(value)
 
-    kind = f.kind
-    if kind in ("str", "url", "path"):
-        if not isinstance(value, str):
-            raise bad(f"expected a string, got {type(value).__name__}")
-        if kind == "url" and not re.match(r"^[a-z][a-z0-9+.-]*://[^/\s]+", value):
-            raise bad(f"not a URL: {value!r}")
-    elif kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad(f"expected an integer, got {type(value).__name__}")
-    elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad(f"expected a number, got {type(value).__name__}")
-        value = float(value)
-    elif kind == "bool":
-        if not isinstance(value, bool):
-            raise bad(f"expected true or false, got {value!r}")
-    elif kind == "list":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad("expected a list of strings")
-    elif kind == "secret":
-        if not isinstance(value, str) or not SECRET_RE.match(value):
-            raise bad("expected a secret reference: env:NAME, file:/path or credential:NAME (never the secret itself)")
-        value = Secret(value, where)
-    elif kind == "time":
-        try:
-            value = parse_hhmm(value)
-        except ValueError as e:
-            raise bad(str(e)) from None
-    elif kind == "duration":
-        try:
-            value = parse_duration(value)
-        except ValueError as e:
-            raise bad(str(e)) from None
-    elif kind == "dict_int":
-        if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
-            raise bad("expected a table of name = integer")
-    elif kind == "table_raw":
-        if not isinstance(value, dict):
-            raise bad("expected a table")
-    elif kind == "table":
-        if not isinstance(value, dict):
-            raise bad("expected a table")
-        value = validate(value, f.schema or {}, where)
-    else:  # pragma: no cover - a programming error in a schema
-        raise AssertionError(kind)
-    if f.choices and value not in f.choices:
-        raise bad(f"must be one of {', '.join(map(str, f.choices))}; got {value!r}")
-    if f.check:
-        try:
-            value = f.check(value)
-        except ValueError as e:
-            raise bad(str(e)) from None
+
+def _https_url(value: str) -> str:
+    parts = urlsplit(value)
+    if not re.match(r"^[a-z][a-z0-9+.-]*://[^/\s]+", value) or not parts.hostname:
+        raise ValueError("not a URL")
+    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname)):
+        return value
+    raise ValueError(f"must be https:// (http:// only for a loopback host), got {parts.scheme}://{parts.hostname}")
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _local_time(value: Any) -> dt.time:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a local time HH:MM, got {type(value).__name__}")
+    return parse_hhmm(value)
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"not a duration like '5m': {value!r}")
+    return parse_duration(value)
+
+
+def _timezone(name: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as America/Chicago)") from None
+    return name
+
+
+def _address(value: str) -> str:
+    if value and not re.fullmatch(r"[^@\s]+@[^@\s]+", value):
+        raise ValueError(f"must be an email address; got {value!r}")
     return value
 
 
-def validate(raw: dict, schema: dict[str, Field], where: str) -> dict:
-    """Check `raw` against `schema`; return a new dict with defaults filled and values converted."""
-    out: dict[str, Any] = {}
-    for key in raw:
-        if key not in schema:
-            known = ", ".join(sorted(schema)) or "none"
-            raise ConfigError(f"unknown key (known keys: {known})", _join(where, key))
-    for key, f in schema.items():
-        path = _join(where, key)
-        if key in raw:
-            out[key] = _convert(raw[key], f, path)
-        elif f.required:
-            raise ConfigError("required key is missing", path)
-        else:
-            out[key] = f.default() if callable(f.default) else f.default
-    return out
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _timezone(name: str) -> zoneinfo.ZoneInfo:
-    try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as America/Chicago)") from None
-
-
-def _delegate(value: str) -> str:
+def _recipient(value: str) -> str:
     if value in ("manager", "none") or re.fullmatch(r"[^@\s]+@[^@\s]+", value):
         return value
     raise ValueError(f"must be manager, none or an email address; got {value!r}")
 
 
+def _domain(value: str) -> str:
+    if not re.fullmatch(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}", value.lower()):
+        raise ValueError(f"not a mail domain: {value!r}")
+    return value.lower()
+
+
 def _listen(value: str) -> str:
     if not re.fullmatch(r"[\w.:\[\]-]+:\d{1,5}", value):
         raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return value
-
-
-def _at_least(value: int, least: int) -> int:
-    if value < least:
-        raise ValueError(f"must be {least} or more")
     return value
 
 
@@ -213,90 +181,138 @@ def _tenant_id(value: str) -> str:
     return value
 
 
-POLICY = {
-    "revoke_at": Field("time", default=dt.time(17, 0)),
-    "mailbox": Field("str", default="shared", choices=("shared", "keep")),
-    "mailbox_delegate": Field("str", default="manager", check=_delegate),
-    "forward_to": Field("str", default="none", check=_delegate),
-    "hide_from_gal": Field("bool", default=True),
-    "auto_reply": Field("str", default=""),
-    "remove_licenses": Field("bool", default=True),
-    "remove_groups": Field("bool", default=True),
-    "delete_after_days": Field("int", default=0, check=lambda v: _at_least(v, 0)),
-}
-
-CONNECTOR = {
-    "state": Field("path", default="/var/lib/offboard-connector/state.db"),
-    "poll_interval": Field("duration", default=300.0),
-    "log_level": Field("str", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
-}
-
-WEBHOOK = {
-    "listen": Field("str", default="127.0.0.1:8086", check=_listen),
-    "secret": Field("secret", required=True),
-}
-
-PSA = {
-    "type": Field("str", required=True, choices=("connectwise",)),
-    "url": Field("url", required=True),
-    "company": Field("str", required=True),
-    "public_key": Field("secret", required=True),
-    "private_key": Field("secret", required=True),
-    "client_id": Field("secret", required=True),
-    "callback_token": Field("secret"),
-    "ticket_board": Field("str", default=""),
-    "leaver_field": Field("str", default=""),
-    "date_field": Field("str", default=""),
-    "allow_increase": Field("bool", default=False),
-}
+#: `env:NAME`, `file:/path` or `credential:NAME` -> a `Secret` (its `where` is the key path, once loaded)
+SecretRef = Annotated[Secret, PlainValidator(_secret_ref)]
+#: `https://host...`; `http://` only for loopback (tests, the sandbox): tokens and keys never travel in clear
+HttpsUrl = Annotated[str, AfterValidator(_https_url)]
+LocalTime = Annotated[dt.time, BeforeValidator(_local_time)]
+Duration = Annotated[float, BeforeValidator(_duration)]
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Recipient = Annotated[str, AfterValidator(_recipient)]
 
 
+# -- models -----------------------------------------------------------------------
+class Section(BaseModel):
+    """One TOML table: typed, strict (TOML has types, so `"5"` is not 5), and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, arbitrary_types_allowed=True)
+    #: keys of the table that the loader reads itself (a plugin block's `type` and `name`)
+    loader_keys: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        known = {f.alias or name for name, f in cls.model_fields.items() if not f.exclude} | set(cls.loader_keys)
+        for key in raw:
+            if key not in known:
+                raise invalid(key, f"unknown key (known keys: {', '.join(sorted(known)) or 'none'})")
+        return {k: v for k, v in raw.items() if k not in cls.loader_keys}
 
 
-TENANT = {
-    "id": Field("str", required=True, check=_tenant_id),
-    "name": Field("str", default=""),
-    "timezone": Field("str", default="UTC", check=lambda v: (_timezone(v), v)[1]),
-    "protected": Field("list", default=list),
-    "max_terminations_per_run": Field("int", default=10, check=lambda v: _at_least(v, 1)),
-    "max_terminations_per_day": Field("int", default=25, check=lambda v: _at_least(v, 1)),
-    "lookback_days": Field("int", default=30, check=lambda v: _at_least(v, 0)),
-    "psa_company_id": Field("int"),
-    "psa_agreement_id": Field("int"),
-    "billing": Field("dict_int", default=dict),
-    "policy": Field("table", default=lambda: validate({}, POLICY, ""), schema=POLICY),
-}
+class PluginOptions(Section):
+    """The keys of one `[[tenant.source]]` or `[[tenant.provider]]` block; each plugin subclasses it.
+
+    Rules across keys (one credential or the other) are `model_validator`s, so `check` finds them offline.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    loader_keys = ("type", "name")
+
+    def secrets(self) -> list[Secret]:
+        return [v for v in (getattr(self, name) for name in type(self).model_fields) if isinstance(v, Secret)]
 
 
-@dataclass
-class PluginConfig:
-    """One `[[tenant.source]]` or `[[tenant.provider]]` block, validated by its plugin's schema."""
+class PluginConfig(BaseModel):
+    """One plugin block: its type, its name (default: the type), its validated options, its key path."""
 
+    model_config = ConfigDict(arbitrary_types_allowed=True)
     type: str
     name: str
-    options: dict[str, Any]
-    where: str
+    options: PluginOptions
+    where: str = ""
 
 
-@dataclass
-class Tenant:
-    id: str
-    name: str
-    timezone: str
-    protected: list[str]
-    max_terminations_per_run: int
-    max_terminations_per_day: int
-    lookback_days: int
-    psa_company_id: int | None
-    psa_agreement_id: int | None
-    billing: dict[str, int]
-    policy: dict[str, Any]
-    sources: list[PluginConfig] = field(default_factory=list)
-    providers: list[PluginConfig] = field(default_factory=list)
+def _plugin_block(group: str) -> BeforeValidator:
+    def build(raw: Any) -> Any:
+        from . import plugins
+
+        if not isinstance(raw, dict):
+            raise invalid((), "expected a table")
+        kind = raw.get("type")
+        if not isinstance(kind, str):
+            raise invalid("type", "required key is missing" if kind is None else "expected a string")
+        try:
+            cls = plugins.load(group, kind)
+        except ConfigError as e:
+            raise invalid("type", e.message) from None
+        name = raw.get("name", kind)
+        if not isinstance(name, str):
+            raise invalid("name", f"expected a string, got {type(name).__name__}")
+        return PluginConfig(type=kind, name=name, options=cls.options_model.model_validate(raw))
+    return BeforeValidator(build)
+
+
+class Policy(Section):
+    """`[tenant.policy]`: what offboarding does to a leaver's accounts (DESIGN.md, "Config")."""
+
+    revoke_at: LocalTime = dt.time(17, 0)              # local time on the termination date
+    mailbox: Literal["shared", "keep"] = "shared"
+    mailbox_delegate: Recipient = "manager"
+    successor: Annotated[str, AfterValidator(_address)] = ""   # when the directory names no manager
+    forward_to: Recipient = "none"
+    forward_domains: list[Annotated[str, AfterValidator(_domain)]] = []   # outside domains forwarding may reach
+    hide_from_gal: bool = True
+    auto_reply: str = ""
+    remove_licenses: bool = True
+    remove_groups: bool = True
+    delete_after_days: NonNegative = 0                  # 0: never delete
+    hard_delete: bool = False                           # Entra: purge from deleted items too
+    block_group: str = ""   # cloud-only group a Conditional Access policy blocks: synced users join it on revoke
+
+
+class Tenant(Section):
+    model_config = ConfigDict(frozen=False)
+    id: Annotated[str, AfterValidator(_tenant_id)]
+    name: str = ""
+    timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
+    protected: list[str] = []
+    max_terminations_per_run: Positive = 10
+    max_terminations_per_day: Positive = 25
+    lookback_days: NonNegative = 30
+    psa_company_id: int | None = None
+    psa_agreement_id: int | None = None
+    billing: dict[str, int] = {}
+    billing_basis: Literal["assigned", "subscribed"] = "assigned"
+    webhook_secret: SecretRef | None = None
+    policy: Policy = Field(default_factory=Policy)
+    sources: list[Annotated[PluginConfig, _plugin_block("sources")]] = Field([], alias="source")
+    providers: list[Annotated[PluginConfig, _plugin_block("providers")]] = Field([], alias="provider")
+
+    @model_validator(mode="after")
+    def _whole(self) -> Tenant:
+        self.name = self.name or self.id
+        for key, blocks in (("source", self.sources), ("provider", self.providers)):
+            names: set[str] = set()
+            for i, pc in enumerate(blocks):
+                if pc.name in names:
+                    raise invalid((key, i, "name"), f"two {key}s are named {pc.name!r}; give one a distinct `name`")
+                names.add(pc.name)
+        if not self.providers:
+            raise invalid("provider", "a tenant needs at least one [[tenant.provider]]")
+        if self.billing and self.psa_agreement_id is None:
+            raise invalid("psa_agreement_id", "[tenant.billing] needs psa_agreement_id")
+        return self
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def takes_webhooks(self) -> bool:
+        return any(pc.type == "webhook" for pc in self.sources)
 
     def is_protected(self, names: list[str]) -> str:
         """The first `protected` glob that matches any of `names` (case-insensitive), or ''."""
@@ -307,13 +323,69 @@ class Tenant:
         return ""
 
 
-@dataclass
-class Config:
-    path: str
-    connector: dict[str, Any]
-    webhook: dict[str, Any] | None
-    psa: dict[str, Any] | None
-    tenants: list[Tenant]
+class ConnectorSettings(Section):
+    state: str = "/var/lib/offboard-connector/state.db"   # a path, or (later) a postgresql:// URL
+    poll_interval: Duration = 300.0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    audit_key: SecretRef | None = None                    # keys the audit chain (HMAC)
+    lease_seconds: Positive = 60                          # a dead holder's lease is taken over after this
+    workers: Positive = 4                                 # tenants worked on at once
+
+
+class WebhookSettings(Section):
+    listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:8086"
+    secret: SecretRef | None = None       # only where one tenant alone takes webhooks
+
+
+class PsaSettings(Section):
+    type: Literal["connectwise"]
+    url: HttpsUrl
+    company: str
+    public_key: SecretRef
+    private_key: SecretRef
+    client_id: SecretRef
+    callback_token: SecretRef | None = None
+    ticket_board: str = ""
+    leaver_field: str = ""
+    date_field: str = ""
+    allow_increase: bool = False
+
+
+class Config(Section):
+    model_config = ConfigDict(frozen=False)
+    path: str = Field("", exclude=True)
+    connector: ConnectorSettings = Field(default_factory=ConnectorSettings)
+    webhook: WebhookSettings | None = None
+    psa: PsaSettings | None = None
+    tenants: list[Tenant] = Field([], alias="tenant")
+
+    @model_validator(mode="after")
+    def _whole(self) -> Config:
+        if not self.tenants:
+            raise invalid("tenant", "at least one [[tenant]] is required")
+        ids: set[str] = set()
+        for i, t in enumerate(self.tenants):
+            if t.id in ids:
+                raise invalid(("tenant", i, "id"), f"duplicate tenant id {t.id!r}")
+            ids.add(t.id)
+        self._check_webhook_secrets()
+        _locate(self, "")
+        return self
+
+    def _check_webhook_secrets(self) -> None:
+        """One shared `[webhook] secret` cannot tell tenants apart: with two webhook tenants, each has its own."""
+        takers = [(i, t) for i, t in enumerate(self.tenants) if t.takes_webhooks]
+        shared = self.webhook is not None and self.webhook.secret is not None
+        for i, t in takers:
+            if t.webhook_secret is not None:
+                continue
+            if len(takers) > 1:
+                raise invalid(("tenant", i, "webhook_secret"),
+                              f"{len(takers)} tenants take webhooks ({', '.join(t.id for _, t in takers)}): "
+                              "each needs its own webhook_secret")
+            if not shared:
+                raise invalid(("tenant", i, "webhook_secret"),
+                              "this tenant takes webhooks: give it webhook_secret (or [webhook] secret)")
 
     def tenant(self, tenant_id: str) -> Tenant:
         for t in self.tenants:
@@ -322,30 +394,49 @@ class Config:
         raise ConfigError(f"no tenant {tenant_id!r} in the config (tenants: {', '.join(t.id for t in self.tenants)})", self.path)
 
 
-def _plugins(raw: Any, group: str, where: str) -> list[PluginConfig]:
-    from . import plugins
+def _locate(value: Any, where: str) -> None:
+    """Tell every secret and plugin block its key path, for the errors raised when they are used."""
+    if isinstance(value, Secret):
+        value.where = where
+    elif isinstance(value, PluginConfig):
+        value.where = where
+        _locate(value.options, where)
+    elif isinstance(value, BaseModel):
+        for name, f in type(value).model_fields.items():
+            key = f.alias or name
+            _locate(getattr(value, name), f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _locate(item, f"{where}[{i}]")
 
-    if not isinstance(raw, list):
-        raise ConfigError(f"expected [[tenant.{group}]] blocks", where)
-    out: list[PluginConfig] = []
-    names: set[str] = set()
-    for i, block in enumerate(raw):
-        here = f"{where}[{i}]"
-        if not isinstance(block, dict):
-            raise ConfigError("expected a table", here)
-        kind = block.get("type")
-        if not isinstance(kind, str):
-            raise ConfigError("required key is missing", f"{here}.type")
-        cls = plugins.load(group + "s", kind, f"{here}.type")
-        schema = {"type": Field("str"), "name": Field("str", default=kind), **cls.config_schema}
-        options = validate(block, schema, here)
-        name = options.pop("name")
-        options.pop("type")
-        if name in names:
-            raise ConfigError(f"two {group}s are named {name!r}; give one a distinct `name`", f"{here}.name")
-        names.add(name)
-        out.append(PluginConfig(kind, name, options, here))
+
+# -- errors -----------------------------------------------------------------------
+EXPECTED = {"string_type": "a string", "int_type": "an integer", "int_from_float": "an integer",
+            "float_type": "a number", "bool_type": "true or false", "list_type": "a list",
+            "dict_type": "a table", "model_type": "a table", "model_attributes_type": "a table"}
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
     return out
+
+
+def _message(error: dict) -> str:
+    """Say what is wrong in the config's terms; never echo a value that could be a secret."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "missing":
+        return "required key is missing"
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx["error"])
+    if kind == "literal_error":
+        return f"must be {ctx['expected']}; got {error['input']!r}"
+    if kind == "greater_than_equal":
+        return f"must be {ctx['ge']} or more"
+    if kind in EXPECTED:
+        return f"expected {EXPECTED[kind]}, got {type(error['input']).__name__}"
+    return error["msg"]
 
 
 def load(path: str | os.PathLike | None = None) -> Config:
@@ -363,43 +454,12 @@ def load(path: str | os.PathLike | None = None) -> Config:
 
 
 def parse(raw: dict, path: str = "<config>") -> Config:
+    """Validate a parsed TOML document; the first problem is a ConfigError `PATH: KEY.PATH: what`."""
     try:
-        config = _parse(raw)
-        config.path = path
-        return config
-    except ConfigError as e:
-        e.where = f"{path}: {e.where}" if e.where else path
-        raise
-
-
-def _parse(raw: dict) -> Config:
-    top = {"connector": Field("table", default=lambda: validate({}, CONNECTOR, "connector"), schema=CONNECTOR),
-           "webhook": Field("table", schema=WEBHOOK),
-           "psa": Field("table", schema=PSA),
-           "tenant": Field("list_raw", required=True)}
-    for key in raw:
-        if key not in top:
-            raise ConfigError(f"unknown key (known keys: {', '.join(sorted(top))})", key)
-    connector = _convert(raw.get("connector", {}), top["connector"], "connector")
-    webhook = _convert(raw["webhook"], top["webhook"], "webhook") if "webhook" in raw else None
-    psa = _convert(raw["psa"], top["psa"], "psa") if "psa" in raw else None
-    tenants_raw = raw.get("tenant")
-    if not isinstance(tenants_raw, list) or not tenants_raw:
-        raise ConfigError("at least one [[tenant]] is required", "tenant")
-    tenants: list[Tenant] = []
-    for i, t in enumerate(tenants_raw):
-        here = f"tenant[{i}]"
-        if not isinstance(t, dict):
-            raise ConfigError("expected a table", here)
-        plain = {k: v for k, v in t.items() if k not in ("source", "provider")}
-        values = validate(plain, TENANT, here)
-        if any(x.id == values["id"] for x in tenants):
-            raise ConfigError(f"duplicate tenant id {values['id']!r}", f"{here}.id")
-        tenant = Tenant(**values)
-        tenant.name = tenant.name or tenant.id
-        tenant.sources = _plugins(t.get("source", []), "source", f"{here}.source")
-        tenant.providers = _plugins(t.get("provider", []), "provider", f"{here}.provider")
-        if values["billing"] and (values["psa_agreement_id"] is None):
-            raise ConfigError("[tenant.billing] needs psa_agreement_id", f"{here}.psa_agreement_id")
-        tenants.append(tenant)
-    return Config(path="", connector=connector, webhook=webhook, psa=psa, tenants=tenants)
+        config = Config.model_validate(raw)
+    except ValidationError as e:
+        error = e.errors(include_url=False)[0]
+        where = _key_path(error["loc"])
+        raise ConfigError(_message(error), f"{path}: {where}" if where else path) from None
+    config.path = path
+    return config

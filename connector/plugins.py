@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from functools import cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import ClassVar
 
+from .config import PluginOptions, Tenant
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .config import Field, Tenant
 
 GROUPS = {"providers": "offboard_connector.providers", "sources": "offboard_connector.sources"}
 
@@ -27,12 +25,12 @@ def load(kind: str, name: str, where: str = ""):
 
 
 class Plugin:
-    """What providers and sources share: a type name, the keys of their config block, a place in the config."""
+    """What providers and sources share: a type name, the model of their config block, a place in the config."""
 
     type: ClassVar[str] = ""
-    config_schema: ClassVar[dict[str, Field]] = {}
+    options_model: ClassVar[type[PluginOptions]] = PluginOptions
 
-    def __init__(self, name: str, options: dict[str, Any], tenant: Tenant, where: str = ""):
+    def __init__(self, name: str, options: PluginOptions, tenant: Tenant, where: str = ""):
         self.name = name
         self.options = options
         self.tenant = tenant

@@ -17,7 +17,10 @@ def write_csv(folder: Path, name: str, rows: list[str], header: str = CSV_HEADER
     return path
 
 
-def write_config(tmp: Path, tenant_extra: str = "", providers: str = "", top: str = "",
+FAKE_PROVIDER = '[[tenant.provider]]\ntype = "fake"\nname = "ad"\n'   # tests/fakes/directory.py
+
+
+def write_config(tmp: Path, tenant_extra: str = "", providers: str = FAKE_PROVIDER, top: str = "",
                  csv_glob: str | None = None) -> Path:
     csv_glob = csv_glob or str(tmp / "hr" / "*.csv")
     text = textwrap.dedent(f"""\

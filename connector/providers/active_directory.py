@@ -25,7 +25,7 @@ import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
 from urllib.parse import urlsplit
 
 import ldap3
@@ -33,8 +33,9 @@ from ldap3.core import exceptions as lx
 from ldap3.protocol.formatters.formatters import format_ad_timestamp, format_sid
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, safe_dn, to_dn
+from pydantic import AfterValidator, model_validator
 
-from ..config import Field
+from ..config import PluginOptions, Positive, SecretRef, invalid
 from ..errors import ConfigError, OffboardError, PermanentError, RetryableError
 from ..model import ActionContext, Match, PlannedAction, Result, Subject, Termination
 from .base import Provider
@@ -73,10 +74,22 @@ def _ldap_url(value: str) -> str:
     return value
 
 
-def _positive(value: int) -> int:
-    if value < 1:
-        raise ValueError("must be 1 or more")
-    return value
+class ActiveDirectoryOptions(PluginOptions):
+    url: Annotated[str, AfterValidator(_ldap_url)]     # ldaps://dc1.example.com, or ldap:// with start_tls
+    bind_user: str                                     # UPN, DOMAIN\\user or DN of the service account
+    bind_password: SecretRef
+    disabled_ou: str                                   # DN of the OU leavers are moved into
+    ca_file: str | None = None                         # PEM of the CA that signed the DC's certificate (default: system CAs)
+    base_dn: str | None = None                         # where users are searched (default: the domain, from rootDSE)
+    start_tls: bool = False
+    page_size: Positive = 500
+    timeout: Positive = 30                             # seconds per connect and per LDAP answer
+
+    @model_validator(mode="after")
+    def _tls(self) -> ActiveDirectoryOptions:
+        if urlsplit(self.url).scheme == "ldap" and not self.start_tls:
+            raise invalid("url", "ldap:// without start_tls = true would send the bind password in clear")
+        return self
 
 
 def new_password(avoid: list[str]) -> str:
@@ -199,17 +212,7 @@ class PrivilegedGroup:
 
 class ActiveDirectoryProvider(Provider):
     type = "active_directory"
-    config_schema = {
-        "url": Field("url", required=True, check=_ldap_url, help="ldaps://dc1.example.com, or ldap:// with start_tls"),
-        "bind_user": Field("str", required=True, help="UPN, DOMAIN\\user or DN of the service account"),
-        "bind_password": Field("secret", required=True),
-        "disabled_ou": Field("str", required=True, help="DN of the OU leavers are moved into"),
-        "ca_file": Field("path", help="PEM file of the CA that signed the DC's certificate (default: system CAs)"),
-        "base_dn": Field("str", help="where users are searched (default: the domain, from rootDSE)"),
-        "start_tls": Field("bool", default=False),
-        "page_size": Field("int", default=500, check=_positive),
-        "timeout": Field("int", default=30, check=_positive, help="seconds per connect and per LDAP answer"),
-    }
+    options_model = ActiveDirectoryOptions
     actions = {
         "disable_account": "revoke",
         "reset_password": "revoke",
@@ -219,12 +222,10 @@ class ActiveDirectoryProvider(Provider):
     }
     manager_authority = 2          # synced users come from here: its `manager` names the successor
 
-    def __init__(self, name: str, options: dict[str, Any], tenant, where: str = ""):
+    def __init__(self, name: str, options: ActiveDirectoryOptions, tenant, where: str = ""):
         super().__init__(name, options, tenant, where)
-        self.url = urlsplit(options["url"])
-        if self.url.scheme == "ldap" and not options["start_tls"]:
-            raise ConfigError("ldap:// without start_tls = true would send the bind password in clear", f"{self.where}.url")
-        self.host_where = f"{self.where} ({options['url']})"
+        self.url = urlsplit(options.url)
+        self.host_where = f"{self.where} ({options.url})"
         self.domain_dn = self.base_dn = ""          # known once bound (rootDSE)
         self._lock = threading.RLock()
         self._conn: ldap3.Connection | None = None
@@ -242,20 +243,20 @@ class ActiveDirectoryProvider(Provider):
         if self._conn is not None and not self._conn.closed:
             return self._conn
         o = self.options
-        tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=o["ca_file"])
+        tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=o.ca_file)
         ldaps = self.url.scheme == "ldaps"
         server = ldap3.Server(self.url.hostname, port=self.url.port or (636 if ldaps else 389), use_ssl=ldaps,
-                              tls=tls, get_info=ldap3.NONE, connect_timeout=o["timeout"])
-        conn = ldap3.Connection(server, o["bind_user"], o["bind_password"].reveal(), receive_timeout=o["timeout"],
+                              tls=tls, get_info=ldap3.NONE, connect_timeout=o.timeout)
+        conn = ldap3.Connection(server, o.bind_user, o.bind_password.reveal(), receive_timeout=o.timeout,
                                 raise_exceptions=True, auto_referrals=False)
         try:
             conn.open()
-            if o["start_tls"]:
+            if o.start_tls:
                 conn.start_tls()
             conn.bind()
             conn.search("", "(objectClass=*)", ldap3.BASE, attributes=["defaultNamingContext"])
             self.domain_dn = conn.response[0]["raw_attributes"]["defaultNamingContext"][0].decode()
-            self.base_dn = o["base_dn"] or self.domain_dn
+            self.base_dn = o.base_dn or self.domain_dn
         except lx.LDAPException:
             _unbind_quietly(conn)
             raise
@@ -276,7 +277,7 @@ class ActiveDirectoryProvider(Provider):
         if isinstance(e, lx.LDAPOperationResult):
             detail = " ".join(f"{e.description}: {e.message or ''}".split()).rstrip(":")
             if e.result == CODE_REFUSED_BIND:
-                return ConfigError(f"bind as {self.options['bind_user']} refused: invalid credentials", where)
+                return ConfigError(f"bind as {self.options.bind_user} refused: invalid credentials", where)
             if e.result == CODE_NO_RIGHTS:
                 return ConfigError(f"missing right to {doing} ({detail})", where)
             if e.result in CODE_WANTS_TLS:
@@ -301,12 +302,12 @@ class ActiveDirectoryProvider(Provider):
 
     def _paged(self, conn: ldap3.Connection, base: str, search_filter: str, attributes: list[str]) -> Iterator[dict]:
         entries = conn.extend.standard.paged_search(base, search_filter, ldap3.SUBTREE, attributes=attributes,
-                                                    paged_size=self.options["page_size"], generator=True)
+                                                    paged_size=self.options.page_size, generator=True)
         return (e for e in entries if e["type"] == "searchResEntry")
 
     # -- reading -------------------------------------------------------------
     def check_online(self) -> None:
-        ou = self.options["disabled_ou"]
+        ou = self.options.disabled_ou
         with self._ldap(f"read disabled_ou {ou}") as conn:
             try:
                 conn.search(ou, "(objectClass=*)", ldap3.BASE, attributes=["objectClass"])
@@ -434,12 +435,12 @@ class ActiveDirectoryProvider(Provider):
         if not state["uac"] & ACCOUNTDISABLE:
             wanted.append(self.planned("disable_account", "disable the account"))
         wanted.append(self.planned("reset_password", "reset the password to a random one nobody knows"))
-        if self.tenant.policy.get("remove_groups", True) and state["groups"]:
+        if self.tenant.policy.remove_groups and state["groups"]:
             wanted.append(self.planned("remove_groups", f"remove from {len(state['groups'])} groups"))
         if not state["description"].startswith(STAMP):
             wanted.append(self.planned("stamp_description", f"stamp the description '{STAMP} <date>'"))
-        if not same_dn(parent_dn(state["dn"]), self.options["disabled_ou"]):
-            wanted.append(self.planned("move_to_disabled_ou", f"move to {self.options['disabled_ou']}"))
+        if not same_dn(parent_dn(state["dn"]), self.options.disabled_ou):
+            wanted.append(self.planned("move_to_disabled_ou", f"move to {self.options.disabled_ou}"))
         return wanted
 
     # -- acting --------------------------------------------------------------
@@ -485,7 +486,7 @@ class ActiveDirectoryProvider(Provider):
         return Result("changed", before, {"pwdLastSet": self._read(account.guid).state()["pwd_last_set"]})
 
     def remove_groups(self, action: PlannedAction, ctx: ActionContext) -> Result:
-        if not self.tenant.policy.get("remove_groups", True):
+        if not self.tenant.policy.remove_groups:
             return Result("skipped", reason="the tenant policy keeps group memberships (remove_groups = false)")
         account = self._read(ctx.subject.native_id)
         writes = [(group, {"member": [(ldap3.MODIFY_DELETE, [account.dn])]},
@@ -506,7 +507,7 @@ class ActiveDirectoryProvider(Provider):
         return self._converge(ctx, before, {"description": stamp}, [write])
 
     def move_to_disabled_ou(self, action: PlannedAction, ctx: ActionContext) -> Result:
-        ou = self.options["disabled_ou"]
+        ou = self.options.disabled_ou
         account = self._read(ctx.subject.native_id)
         if same_dn(parent_dn(account.dn), ou):
             return Result("unchanged", {"dn": account.dn}, {"dn": account.dn})

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import plugins
-from ..config import Config, Secret, Tenant
+from ..config import Config, Tenant
 from ..errors import ConfigError, InputRejected, OffboardError, PermanentError
 from ..model import Termination
 from ..providers.base import Provider
@@ -83,7 +83,7 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
             part.source_errors.append(OffboardError(f"internal error, this tenant's pass stopped: "
                                                     f"{type(e).__name__}: {e}", t.id))
 
-    workers = max(1, min(len(tenants), config.connector.get("workers", 4)))
+    workers = max(1, min(len(tenants), config.connector.workers))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenant") as pool:
         list(pool.map(one, tenants, parts))
     for part in parts:
@@ -182,12 +182,11 @@ def unresolvable_secrets(tenant: Tenant) -> list[ConfigError]:
     """A secret that cannot be read is a config error known before anything is pulled or written."""
     errors = []
     for pc in tenant.sources + tenant.providers:
-        for value in pc.options.values():
-            if isinstance(value, Secret):
-                try:
-                    value.reveal()
-                except ConfigError as e:
-                    errors.append(e)
+        for secret in pc.options.secrets():
+            try:
+                secret.reveal()
+            except ConfigError as e:
+                errors.append(e)
     return errors
 
 

@@ -18,7 +18,7 @@ def due_at(termination: Termination, tenant: Tenant) -> dt.datetime:
     elif termination.kind == "immediate":
         at = dt.time(0, 0)
     else:
-        at = tenant.policy["revoke_at"]
+        at = tenant.policy.revoke_at
     local = dt.datetime.combine(termination.termination_date, at, tzinfo=tenant.zone)
     return local.astimezone(dt.timezone.utc)
 

@@ -21,11 +21,11 @@ import datetime as dt
 from typing import Any
 
 from .. import http
-from ..config import Field
+from ..config import Duration, HttpsUrl, SecretRef
 from ..errors import InputRejected, SourceError
 from ..model import Termination
 from .base import Pull, Source, fetch_json
-from .records import FIELDS_OPTION, to_termination
+from .records import FeedOptions, to_termination
 
 DEFAULT_FIELDS = {"employee_id": "employeeNumber", "email": "workEmail", "first_name": "firstName",
                   "last_name": "lastName", "manager_email": "supervisorEmail",
@@ -35,18 +35,19 @@ TERMINATED = "Terminated"
 NO_DATE = "0000-00-00"     # how BambooHR's JSON writes a date that is not set
 
 
+class BambooHROptions(FeedOptions):
+    base_url: HttpsUrl         # https://COMPANY.bamboohr.com (the /api/v1/ paths are added)
+    api_key: SecretRef         # HTTP Basic user; the password is 'x'
+    timeout: Duration = 30.0   # read timeout of one request
+
+
 class BambooHRSource(Source):
     type = "bamboohr"
-    config_schema = {
-        "base_url": Field("url", required=True, help="https://COMPANY.bamboohr.com (the /api/v1/ paths are added)"),
-        "api_key": Field("secret", required=True, help="HTTP Basic user; the password is 'x'"),
-        "fields": FIELDS_OPTION,
-        "timeout": Field("duration", default=30.0, help="read timeout of one request"),
-    }
+    options_model = BambooHROptions
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.fields = {**DEFAULT_FIELDS, **self.options["fields"]}
+        self.fields = {**DEFAULT_FIELDS, **self.options.fields}
         self.report_fields = sorted({*self.fields.values(), *STATUS_FIELDS})
         self.session = http.session()
         self.session.headers["Accept"] = "application/json"   # BambooHR answers XML otherwise
@@ -110,9 +111,9 @@ class BambooHRSource(Source):
         return employees
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return fetch_json(self.session, method, self.options["base_url"].rstrip("/") + path, self.where,
-                          auth=(self.options["api_key"].reveal(), "x"),
-                          timeout=(http.TIMEOUT[0], self.options["timeout"]), **kwargs)
+        return fetch_json(self.session, method, self.options.base_url.rstrip("/") + path, self.where,
+                          auth=(self.options.api_key.reveal(), "x"),
+                          timeout=(http.TIMEOUT[0], self.options.timeout), **kwargs)
 
 
 def _changed_ids(body: Any, where: str) -> list[int]:

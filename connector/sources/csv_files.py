@@ -10,22 +10,25 @@ import csv
 import glob
 import io
 
-from ..config import Field
 from ..errors import InputRejected, SourceError
 from .base import Pull, Source
-from .records import FIELDS_OPTION, REQUIRED, to_termination
+from .records import REQUIRED, FeedOptions, to_termination
 
 HEADER = ("employee_id", "email", "first_name", "last_name", "manager_email",
           "termination_date", "termination_time", "kind")
 
 
+class CsvOptions(FeedOptions):
+    path: str          # a glob of CSV files
+
+
 class CsvSource(Source):
     type = "csv"
-    config_schema = {"path": Field("str", required=True, help="a glob of CSV files"), "fields": FIELDS_OPTION}
+    options_model = CsvOptions
 
     def pull(self, since: str | None = None) -> Pull:
         pull = Pull(complete=True)
-        files = sorted(glob.glob(self.options["path"]))
+        files = sorted(glob.glob(self.options.path))
         for path in files:
             try:
                 with open(path, encoding="utf-8-sig", newline="") as fh:
@@ -38,7 +41,7 @@ class CsvSource(Source):
         return pull
 
     def _read(self, path: str, text: str, pull: Pull) -> None:
-        fields = self.options["fields"] or {}
+        fields = self.options.fields
         reader = csv.DictReader(io.StringIO(text))
         header = reader.fieldnames or []
         needed = [fields.get(f, f) for f in REQUIRED + ("first_name", "last_name", "manager_email")]
@@ -60,5 +63,5 @@ class CsvSource(Source):
                 pull.rejected.append(e)
 
     def check_online(self) -> None:
-        if not glob.glob(self.options["path"]):
-            raise SourceError(f"no file matches {self.options['path']}", self.where)
+        if not glob.glob(self.options.path):
+            raise SourceError(f"no file matches {self.options.path}", self.where)

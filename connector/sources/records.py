@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
-from ..config import Field, parse_hhmm
+from pydantic import AfterValidator
+
+from ..config import PluginOptions, parse_hhmm
 from ..errors import InputRejected
 from ..model import KINDS, Termination
 
@@ -24,13 +26,13 @@ def _fields(value: dict) -> dict:
     unknown = set(value) - set(FIELDS)
     if unknown:
         raise ValueError(f"unknown termination field(s): {', '.join(sorted(unknown))} (known: {', '.join(FIELDS)})")
-    if not all(isinstance(v, str) for v in value.values()):
-        raise ValueError("each field maps to the feed's field name, a string")
     return value
 
 
-FIELDS_OPTION = Field("table_raw", default=dict, check=_fields,
-                      help="our field name -> the feed's field name, for exports with other column names")
+class FeedOptions(PluginOptions):
+    """What every HR feed's block has: `fields`, our field name -> the feed's, for exports with other names."""
+
+    fields: Annotated[dict[str, str], AfterValidator(_fields)] = {}
 
 
 def parse_date(text: str) -> dt.date:

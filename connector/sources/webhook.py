@@ -142,7 +142,6 @@ class WebhookSource(Source):
     """
 
     type = "webhook"
-    config_schema = {}
 
     def pull(self, since: str | None = None) -> Pull:
         return Pull(cursor=since, complete=False)

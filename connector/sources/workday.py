@@ -11,14 +11,16 @@ a week without leavers is normal.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from pydantic import AfterValidator
+
 from .. import http
-from ..config import Field
+from ..config import Duration, HttpsUrl, SecretRef
 from ..errors import InputRejected, SourceError
 from .base import Pull, Source, fetch_json
-from .records import FIELDS_OPTION, REQUIRED, to_termination
+from .records import REQUIRED, FeedOptions, to_termination
 
 DEFAULT_FIELDS = {"employee_id": "Employee_ID", "email": "Work_Email", "first_name": "First_Name",
                   "last_name": "Last_Name", "manager_email": "Manager_Email",
@@ -38,20 +40,20 @@ def _report_url(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query if formats else query + [("format", "json")])))
 
 
+class WorkdayOptions(FeedOptions):
+    url: Annotated[HttpsUrl, AfterValidator(_report_url)]   # .../ccx/service/customreport2/TENANT/OWNER/REPORT?format=json
+    username: str                                           # the integration system user
+    password: SecretRef
+    timeout: Duration = 120.0                               # read timeout: RaaS runs the report on request
+
+
 class WorkdaySource(Source):
     type = "workday"
-    config_schema = {
-        "url": Field("url", required=True, check=_report_url,
-                     help=".../ccx/service/customreport2/TENANT/OWNER/REPORT?format=json"),
-        "username": Field("str", required=True, help="the integration system user"),
-        "password": Field("secret", required=True),
-        "fields": FIELDS_OPTION,
-        "timeout": Field("duration", default=120.0, help="read timeout: RaaS runs the report on request"),
-    }
+    options_model = WorkdayOptions
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.fields = {**DEFAULT_FIELDS, **self.options["fields"]}
+        self.fields = {**DEFAULT_FIELDS, **self.options.fields}
         self.session = http.session()
 
     def pull(self, since: str | None = None) -> Pull:
@@ -72,9 +74,9 @@ class WorkdaySource(Source):
         self._entries()
 
     def _entries(self) -> list[dict]:
-        body = fetch_json(self.session, "GET", self.options["url"], self.where,
-                          auth=(self.options["username"], self.options["password"].reveal()),
-                          timeout=(http.TIMEOUT[0], self.options["timeout"]))
+        body = fetch_json(self.session, "GET", self.options.url, self.where,
+                          auth=(self.options.username, self.options.password.reveal()),
+                          timeout=(http.TIMEOUT[0], self.options.timeout))
         entries = body.get("Report_Entry") if isinstance(body, dict) else None
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise SourceError("the report has no Report_Entry list of objects", self.where)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
-from connector.config import Field
+from connector.config import PluginOptions
 from connector.errors import RetryableError
 from connector.model import Match, Subject
 from connector.providers.base import Provider
@@ -18,9 +18,15 @@ class Crash(BaseException):
     """Simulates the process dying mid-action (not an error the engine may catch)."""
 
 
+class FakeOptions(PluginOptions):
+    label: str = ""
+
+
 class FakeDirectory(Provider):
+    """Registered as provider type `fake` for the whole test session (tests/conftest.py)."""
+
     type = "fake"
-    config_schema = {"label": Field("str", default="")}
+    options_model = FakeOptions
     actions = {"disable_account": "revoke", "reset_password": "revoke", "convert_mailbox": "preserve",
                "remove_groups": "reclaim"}
 

@@ -223,7 +223,8 @@ def test_protected_glob_matching_only_a_proxy_address_protects(provider, leaver_
     provider.prepare([])
     subject = provider.match(termination(person)).subject
     assert subject.names == [person.sam, person.upn, person.mail, "Help.Desk@example.test", "Lee.Phone@example.test"]
-    tenant = config.parse({"tenant": [{"id": "example", "protected": ["help.desk@*", "lee.phone@*"]}]}).tenants[0]
+    tenant = config.parse({"tenant": [{"id": "example", "protected": ["help.desk@*", "lee.phone@*"],
+                                      "provider": [{"type": "fake"}]}]}).tenants[0]
     assert tenant.is_protected([person.sam, person.upn, person.mail]) == ""
     assert tenant.is_protected(subject.names) == "help.desk@*"
     assert tenant.is_protected([n for n in subject.names if n != "Help.Desk@example.test"]) == "lee.phone@*"
@@ -417,7 +418,7 @@ def test_check_online_errors_are_one_line_typed_errors(make_ad_provider, tmp_pat
         provider.check_online()
     message = str(caught.value)
     assert expected in message and "\n" not in message
-    assert message.startswith(f"{provider.where} ({provider.options['url']}): ")
+    assert message.startswith(f"{provider.where} ({provider.options.url}): ")
     assert samba_dc.admin_password not in message and "Wrong-Password-1" not in message
 
 

@@ -49,7 +49,7 @@ def make_source(monkeypatch, key: str = API_KEY, **options) -> BambooHRSource:
     """Built through config.parse and the entry point, as the daemon builds it."""
     monkeypatch.setenv("CONTOSO_BAMBOOHR_KEY", key)
     block = {"type": "bamboohr", "base_url": BASE_URL, "api_key": "env:CONTOSO_BAMBOOHR_KEY", **options}
-    tenant = config.parse({"tenant": [{"id": "contoso", "source": [block]}]}).tenants[0]
+    tenant = config.parse({"tenant": [{"id": "contoso", "source": [block], "provider": [{"type": "fake"}]}]}).tenants[0]
     plugin = tenant.sources[0]
     return BambooHRSource(plugin.name, plugin.options, tenant, plugin.where)
 

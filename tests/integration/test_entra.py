@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from connector.config import PluginConfig
+from connector.config import PluginConfig, PluginOptions
 from connector.errors import ConfigError, RetryableError
 from connector.model import ActionContext, Termination
 from tests.contract.provider_contract import ProviderContract
@@ -107,7 +107,8 @@ def test_user_deleted_after_matching_is_not_found(m365, entra):
 # -- revoke: synced users belong to AD -------------------------------------------------------
 
 def test_synced_user_with_ad_provider_only_gets_sessions_revoked(m365, m365_tenant):
-    m365_tenant.providers.append(PluginConfig("active_directory", "ad", {}, "tenant[0].provider[2]"))
+    m365_tenant.providers.append(PluginConfig(type="active_directory", name="ad", options=PluginOptions(),
+                                              where="tenant[0].provider[2]"))
     entra = build(m365_tenant, "entra")
     leaver = add_leaver(m365, 1, synced=True)
     revoke = [a.action for a in entra.plan(matched(entra, leaver), leaver) if a.phase == "revoke"]

@@ -15,7 +15,7 @@ from connector import config
 from connector.reconcile import reconcile
 from connector.store import Store
 from tests.fakes.bamboohr import API_KEY, BASE_URL, BambooHRFake
-from tests.fakes.directory import FakeDirectory
+from tests.fakes.directory import FakeDirectory, FakeOptions
 
 
 class World:
@@ -23,9 +23,10 @@ class World:
         self.hr = fake
         self.config = config.parse({"tenant": [{
             "id": "contoso", "timezone": "America/Chicago",
-            "source": [{"type": "bamboohr", "base_url": BASE_URL, "api_key": "env:CONTOSO_BAMBOOHR_KEY"}]}]})
+            "source": [{"type": "bamboohr", "base_url": BASE_URL, "api_key": "env:CONTOSO_BAMBOOHR_KEY"}],
+            "provider": [{"type": "fake", "name": "ad"}]}]})
         self.store = Store.open(str(tmp_path / "state.db"))
-        self.directory = FakeDirectory("ad", {}, self.config.tenants[0], accounts={
+        self.directory = FakeDirectory("ad", FakeOptions(), self.config.tenants[0], accounts={
             "k": FakeDirectory.account("k", "1042", "kenji.watanabe@contoso.com"),
             "p": FakeDirectory.account("p", "1001", "priya.natarajan@contoso.com")})
         self.kenji = fake.hire("1042", "kenji.watanabe@contoso.com", "Kenji", "Watanabe",

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from connector import config as configmod
+from connector.config import PluginOptions
 from connector.reconcile import reconcile
 from connector.store import Store
 from tests.fakes.http_directory import CountingDirectory, HttpDirectory
@@ -28,7 +29,7 @@ def worker(config_path: str, url: str, barrier, results) -> None:
     cfg = configmod.load(config_path)
     store = Store.open(cfg.connector.state)
     barrier.wait()
-    report = reconcile(cfg, store, now=NOW, providers=lambda t: [HttpDirectory("ad", {}, t, url=url)])
+    report = reconcile(cfg, store, now=NOW, providers=lambda t: [HttpDirectory("ad", PluginOptions(), t, url=url)])
     results.put((os.getpid(), report.exit_code, sorted(report.terminations)))
 
 
@@ -82,11 +83,11 @@ def test_a_process_that_dies_mid_pass_is_taken_over_after_its_lease(world):
     directory.delay = 0.0
     cfg = configmod.load(config)
     store = Store.open(cfg.connector.state)
-    early = reconcile(cfg, store, now=NOW, providers=lambda t: [HttpDirectory("ad", {}, t, url=directory.url)])
+    early = reconcile(cfg, store, now=NOW, providers=lambda t: [HttpDirectory("ad", PluginOptions(), t, url=directory.url)])
     assert {t["state"] for t in store.terminations()} != {"done"}   # the dead holder's leases still count
     assert early.exit_code in (0, 2)
     time.sleep(2.5)                                                  # lease_seconds = 2
-    later = reconcile(cfg, store, now=NOW, providers=lambda t: [HttpDirectory("ad", {}, t, url=directory.url)])
+    later = reconcile(cfg, store, now=NOW, providers=lambda t: [HttpDirectory("ad", PluginOptions(), t, url=directory.url)])
     assert later.exit_code == 0
     assert {t["state"] for t in store.terminations()} == {"done"}
     assert set(directory.writes.values()) == {1}, directory.writes

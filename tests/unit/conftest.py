@@ -5,7 +5,7 @@ import pytest
 
 from connector.reconcile import reconcile
 from connector.store import Store
-from tests.fakes.directory import FakeDirectory
+from tests.fakes.directory import FakeDirectory, FakeOptions
 from tests.helpers import load, utc, write_config, write_csv
 
 NOW = utc(2026, 11, 23, 23, 30)          # 17:30 in Chicago: past the default revoke_at of 17:00
@@ -30,7 +30,7 @@ def env(tmp_path):
         config = load(config_path)
         store = Store.open(str(tmp_path / "state.db"))
         order: list = []
-        directory = FakeDirectory("ad", {}, config.tenants[0], accounts=accounts, log=order)
+        directory = FakeDirectory("ad", FakeOptions(), config.tenants[0], accounts=accounts, log=order)
 
         def csv(self, *rows, name="feed.csv"):
             write_csv(self.hr, name, list(rows))

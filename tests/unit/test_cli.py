@@ -37,7 +37,7 @@ def cli(tmp_path, monkeypatch, capsys):
     ACCOUNTS.update({"u1": FakeDirectory.account("u1", "E1", "ann@contoso.com"),
                      "u2": FakeDirectory.account("u2", "E2", "bob@contoso.com"),
                      "svc": FakeDirectory.account("svc", "E9", "svc-x@contoso.com", names=("svc-x",))})
-    config = write_config(tmp_path, providers='[[tenant.provider]]\ntype = "fake"\nname = "ad"\n')
+    config = write_config(tmp_path)
 
     def run(*argv):
         code = main(["--config", str(config), *argv])

@@ -17,6 +17,29 @@ timezone = "America/Chicago"
 [[tenant.source]]
 type = "csv"
 path = "/srv/hr/*.csv"
+
+[[tenant.provider]]
+type = "fake"
+"""
+
+AD = """
+[[tenant.provider]]
+type = "active_directory"
+url = "ldaps://dc1.contoso.local"
+bind_user = "svc@contoso.local"
+bind_password = "env:AD_PW"
+disabled_ou = "OU=Leavers,DC=contoso,DC=local"
+"""
+
+WEBHOOK_TENANT = """
+[[tenant]]
+id = "{id}"
+{extra}
+[[tenant.source]]
+type = "webhook"
+
+[[tenant.provider]]
+type = "fake"
 """
 
 
@@ -36,13 +59,32 @@ def error_of(tmp_path, text) -> str:
     return str(e.value)
 
 
-def test_defaults_are_filled(tmp_path):
+def webhook_tenant(id, extra=""):
+    return WEBHOOK_TENANT.replace("{id}", id).replace("{extra}", extra)
+
+
+def test_defaults_are_filled_and_typed(tmp_path):
     cfg = load_text(tmp_path, base())
     t = cfg.tenants[0]
-    assert t.policy["revoke_at"] == dt.time(17, 0)
+    assert isinstance(t.policy.revoke_at, dt.time) and t.policy.revoke_at == dt.time(17, 0)
+    assert (t.policy.mailbox, t.policy.remove_groups, t.policy.hard_delete, t.policy.block_group) == \
+        ("shared", True, False, "")
+    assert t.policy.forward_domains == [] and t.billing_basis == "assigned" and t.webhook_secret is None
     assert (t.max_terminations_per_run, t.max_terminations_per_day) == (10, 25)
-    assert cfg.connector["poll_interval"] == 300
-    assert t.sources[0].name == "csv"
+    assert (cfg.connector.poll_interval, cfg.connector.lease_seconds, cfg.connector.workers) == (300.0, 60, 4)
+    assert cfg.connector.audit_key is None and cfg.webhook is None and cfg.psa is None
+    assert t.name == "contoso" and t.sources[0].name == "csv" and t.sources[0].options.path == "/srv/hr/*.csv"
+    assert (t.providers[0].type, t.providers[0].name, t.providers[0].where) == ("fake", "fake", "tenant[0].provider[0]")
+
+
+def test_values_are_converted(tmp_path):
+    cfg = load_text(tmp_path, '[connector]\npoll_interval = "2h"\naudit_key = "file:/etc/k"\nworkers = 8\n' + base(
+        '[tenant.policy]\nrevoke_at = "09:05"\nforward_domains = ["Partner.Example"]\nsuccessor = "a@contoso.com"\n'))
+    t = cfg.tenants[0]
+    assert cfg.connector.poll_interval == 7200.0 and cfg.connector.workers == 8
+    assert cfg.connector.audit_key.ref == "file:/etc/k" and cfg.connector.audit_key.where == "connector.audit_key"
+    assert t.policy.revoke_at == dt.time(9, 5) and t.policy.forward_domains == ["partner.example"]
+    assert t.policy.successor == "a@contoso.com"
 
 
 @pytest.mark.parametrize("text, where", [
@@ -55,12 +97,103 @@ def test_defaults_are_filled(tmp_path):
     (base("max_terminations_per_run = 0"), "tenant[0].max_terminations_per_run"),
     (base() + "[[tenant.source]]\ntype = 'csv'\npath = '/x'\nbogus = 1\n", "tenant[0].source[1].bogus"),
     ("[connector]\npoll = '5m'\n" + base(), "connector.poll"),
+    ("[connector]\nlease_seconds = 0\n" + base(), "connector.lease_seconds"),
     ("[webhook]\nsecret = 'hunter22'\n" + base(), "webhook.secret"),
+    (base("[tenant.policy]\nforward_to = 'someone'\n"), "tenant[0].policy.forward_to"),
+    (base("billing_basis = 'invoiced'\n"), "tenant[0].billing_basis"),
+    (base("[tenant.billing]\nSPE_E3 = 9101\n"), "tenant[0].psa_agreement_id"),
+    (base() + "[[tenant.provider]]\ntype = 'fake'\n", "tenant[0].provider[1].name"),
     ("", "tenant"),
 ])
 def test_bad_values_name_the_key_path_and_file(tmp_path, text, where):
     message = error_of(tmp_path, text)
     assert message.startswith(str(tmp_path / "c.toml") + ": " + where + ":"), message
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace('disabled_ou = "OU=Leavers,DC=contoso,DC=local"', "disabled_ou = 7"),
+     "tenant[0].provider[1].disabled_ou: expected a string, got int"),
+    (lambda t: t + "colour = 'red'\n", "tenant[0].provider[1].colour: unknown key (known keys: base_dn, bind_password, "
+     "bind_user, ca_file, disabled_ou, name, page_size, start_tls, timeout, type, url)"),
+    (lambda t: t.replace('disabled_ou = "OU=Leavers,DC=contoso,DC=local"', ""),
+     "tenant[0].provider[1].disabled_ou: required key is missing"),
+    (lambda t: t.replace('"env:AD_PW"', '"Pa55word-in-the-file"'),
+     "tenant[0].provider[1].bind_password: expected a secret reference: env:NAME, file:/path or credential:NAME"),
+    (lambda t: t + "page_size = 0\n",
+     "tenant[0].provider[1].page_size: must be 1 or more"),
+])
+def test_plugin_errors_read_file_tenant_provider_key_what(tmp_path, edit, message):
+    got = error_of(tmp_path, edit(base() + AD))
+    assert got.startswith(f"{tmp_path / 'c.toml'}: {message}"), got
+    assert "Pa55word-in-the-file" not in got
+
+
+def test_a_secret_never_shows_in_repr_or_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("AD_PW", "S3cret-in-env")
+    cfg = load_text(tmp_path, base() + AD)
+    secret = cfg.tenants[0].providers[1].options.bind_password
+    assert secret.where == "tenant[0].provider[1].bind_password" and secret.reveal() == "S3cret-in-env"
+    assert "S3cret-in-env" not in repr(cfg) + str(cfg) and "env:AD_PW" in repr(cfg)
+    for bad in ('"S3cret-in-env"', '["S3cret-in-env"]'):
+        assert "S3cret-in-env" not in error_of(tmp_path, (base() + AD).replace('"env:AD_PW"', bad))
+
+
+def test_a_tenant_without_a_provider_is_refused(tmp_path):
+    text = base().replace('[[tenant.provider]]\ntype = "fake"\n', "")
+    assert error_of(tmp_path, text) == \
+        f"{tmp_path / 'c.toml'}: tenant[0].provider: a tenant needs at least one [[tenant.provider]]"
+
+
+@pytest.mark.parametrize("url, accepted", [
+    ("https://contoso.bamboohr.com", True), ("http://127.0.0.1:8443", True), ("http://127.9.9.9", True),
+    ("http://localhost:8080/x", True), ("http://[::1]:8443", True),
+    ("http://example.com", False), ("http://127.0.0.1.example.com", False), ("ftp://example.com", False),
+    ("contoso.bamboohr.com", False),
+])
+def test_http_sources_and_providers_need_https_except_on_loopback(tmp_path, url, accepted):
+    text = base() + f"[[tenant.source]]\ntype = 'bamboohr'\nbase_url = '{url}'\napi_key = 'env:K'\n"
+    if accepted:
+        assert load_text(tmp_path, text).tenants[0].sources[1].options.base_url == url
+    else:
+        assert error_of(tmp_path, text).startswith(f"{tmp_path / 'c.toml'}: tenant[0].source[1].base_url: ")
+
+
+def test_graph_urls_and_the_psa_url_are_https_too(tmp_path):
+    entra = base() + ("[[tenant.provider]]\ntype = 'entra'\ntenant_id = 't'\nclient_id = 'c'\n"
+                      "client_secret = 'env:S'\ngraph_url = 'http://graph.example.com'\n")
+    assert "tenant[0].provider[1].graph_url: must be https://" in error_of(tmp_path, entra)
+    psa = ("[psa]\ntype = 'connectwise'\nurl = 'http://cw.example.com'\ncompany = 'msp'\n"
+           "public_key = 'env:A'\nprivate_key = 'env:B'\nclient_id = 'env:C'\n") + base()
+    assert "psa.url: must be https://" in error_of(tmp_path, psa)
+
+
+def test_microsoft365_needs_exactly_one_credential_offline(tmp_path):
+    block = "[[tenant.provider]]\ntype = 'entra'\ntenant_id = 't'\nclient_id = 'c'\n"
+    assert "tenant[0].provider[1]: give client_secret, or certificate_path" in error_of(tmp_path, base() + block)
+    assert "tenant[0].provider[1].thumbprint: certificate_path needs thumbprint" in \
+        error_of(tmp_path, base() + block + "certificate_path = '/etc/k.pem'\n")
+
+
+def test_one_webhook_tenant_may_use_the_shared_secret(tmp_path):
+    cfg = load_text(tmp_path, "[webhook]\nsecret = 'env:HOOK'\n" + webhook_tenant("contoso") + base().replace(
+        'id = "contoso"', 'id = "fabrikam"'))
+    assert cfg.webhook.secret.where == "webhook.secret" and cfg.tenants[0].webhook_secret is None
+
+
+def test_a_webhook_tenant_needs_some_secret(tmp_path):
+    assert error_of(tmp_path, webhook_tenant("contoso")).endswith(
+        "tenant[0].webhook_secret: this tenant takes webhooks: give it webhook_secret (or [webhook] secret)")
+
+
+def test_two_webhook_tenants_each_need_their_own_secret(tmp_path):
+    shared = "[webhook]\nsecret = 'env:HOOK'\n"
+    text = shared + webhook_tenant("contoso", "webhook_secret = 'env:A'") + webhook_tenant("fabrikam")
+    assert error_of(tmp_path, text) == (f"{tmp_path / 'c.toml'}: tenant[1].webhook_secret: 2 tenants take webhooks "
+                                        "(contoso, fabrikam): each needs its own webhook_secret")
+    both = shared + webhook_tenant("contoso", "webhook_secret = 'env:A'") + webhook_tenant(
+        "fabrikam", "webhook_secret = 'env:B'")
+    assert [t.webhook_secret.where for t in load_text(tmp_path, both).tenants] == \
+        ["tenant[0].webhook_secret", "tenant[1].webhook_secret"]
 
 
 def test_broken_toml_names_the_file_and_line(tmp_path):
@@ -101,15 +234,7 @@ def test_check_reports_one_line_and_exit_1(tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("offboard: error: ") and "tenant[0].bogus" in err
 
 
-def test_check_builds_every_plugin_so_rules_across_keys_are_caught(tmp_path, capsys):
-    text = base() + """
-[[tenant.provider]]
-type = "active_directory"
-url = "ldap://dc1.contoso.local"
-bind_user = "svc@contoso.local"
-bind_password = "env:AD_PW"
-disabled_ou = "OU=Leavers,DC=contoso,DC=local"
-"""
-    (tmp_path / "c.toml").write_text(text)
+def test_check_catches_rules_across_keys_offline(tmp_path, capsys):
+    (tmp_path / "c.toml").write_text(base() + AD.replace("ldaps://", "ldap://"))
     assert main(["--config", str(tmp_path / "c.toml"), "check"]) == 1
-    assert "start_tls" in capsys.readouterr().err
+    assert "tenant[0].provider[1].url: ldap:// without start_tls" in capsys.readouterr().err

@@ -7,9 +7,9 @@ from tests.helpers import load, write_config, write_csv
 
 def source(tmp_path, fields=None):
     cfg = load(write_config(tmp_path))
-    options = dict(cfg.tenants[0].sources[0].options)
+    options = cfg.tenants[0].sources[0].options
     if fields:
-        options["fields"] = fields
+        options = options.model_copy(update={"fields": fields})
     return CsvSource("csv", options, cfg.tenants[0])
 
 

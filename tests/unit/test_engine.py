@@ -9,7 +9,7 @@ import pytest
 from connector.errors import ConfigError, NotYet, RetryableError
 from connector.reconcile import reconcile
 from connector.store import Store
-from tests.fakes.directory import Crash, FakeDirectory
+from tests.fakes.directory import Crash, FakeDirectory, FakeOptions
 from tests.helpers import utc
 from tests.unit.conftest import NOW, leaver, states
 
@@ -115,8 +115,8 @@ def test_revoke_actions_of_all_providers_run_concurrently(env):
             return super().disable_account(action, ctx)
 
     tenant = env.config.tenants[0]
-    one = Waiting("ad", {}, tenant, accounts=env.directory.accounts)
-    two = Waiting("cloud", {}, tenant, accounts={"c1": FakeDirectory.account("c1", "E1", "ann@contoso.com")})
+    one = Waiting("ad", FakeOptions(), tenant, accounts=env.directory.accounts)
+    two = Waiting("cloud", FakeOptions(), tenant, accounts={"c1": FakeDirectory.account("c1", "E1", "ann@contoso.com")})
     report = reconcile(env.config, env.store, now=NOW, providers=lambda t: [one, two])
     assert report.exit_code == 0
     assert states(env)["contoso/E1"] == "done"
@@ -125,7 +125,7 @@ def test_revoke_actions_of_all_providers_run_concurrently(env):
 def test_config_error_stops_that_provider_only(env):
     env.csv(leaver("E1", "ann@contoso.com"))
     tenant = env.config.tenants[0]
-    broken = FakeDirectory("cloud", {}, tenant, accounts={"c1": FakeDirectory.account("c1", "E1", "ann@contoso.com")})
+    broken = FakeDirectory("cloud", FakeOptions(), tenant, accounts={"c1": FakeDirectory.account("c1", "E1", "ann@contoso.com")})
     broken.fail["disable_account"] = ConfigError("HTTP 403: needs User.EnableDisableAccount.All")
     report = reconcile(env.config, env.store, now=NOW, providers=lambda t: [env.directory, broken])
     assert report.exit_code == 1

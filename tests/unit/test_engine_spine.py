@@ -10,7 +10,7 @@ from connector import config as configmod
 from connector.cli import main
 from connector.errors import RetryableError
 from connector.reconcile import reconcile
-from tests.fakes.directory import FakeDirectory
+from tests.fakes.directory import FakeDirectory, FakeOptions
 from tests.unit.conftest import NOW, leaver, states
 
 LATER = NOW + dt.timedelta(minutes=5)
@@ -18,7 +18,7 @@ LATER = NOW + dt.timedelta(minutes=5)
 
 def cloud(env, *accounts):
     """A second directory (the cloud) for the same tenant."""
-    return FakeDirectory("cloud", {}, env.config.tenants[0], accounts={a["id"]: a for a in accounts}, log=env.order)
+    return FakeDirectory("cloud", FakeOptions(), env.config.tenants[0], accounts={a["id"]: a for a in accounts}, log=env.order)
 
 
 def run_both(env, other, now=NOW, **kw):
@@ -217,6 +217,9 @@ def two_tenants(tmp_path):
             [[tenant.source]]
             type = "csv"
             path = "{tmp_path / tid}/*.csv"
+            [[tenant.provider]]
+            type = "fake"
+            name = "ad"
             """)
         (tmp_path / tid).mkdir()
         (tmp_path / tid / "feed.csv").write_text(
@@ -236,7 +239,7 @@ def test_tenants_revoke_side_by_side(tmp_path, env):
             barrier.wait()          # passes only if both tenants are revoking at the same time
             return super().disable_account(action, ctx)
 
-    made = {t.id: Waiting("ad", {}, t, accounts={"u": FakeDirectory.account("u", "E1", f"ann@{t.id}.com")})
+    made = {t.id: Waiting("ad", FakeOptions(), t, accounts={"u": FakeDirectory.account("u", "E1", f"ann@{t.id}.com")})
             for t in cfg.tenants}
     report = reconcile(cfg, env.store, now=NOW, providers=lambda t: [made[t.id]])
     assert report.exit_code == 0
@@ -249,7 +252,7 @@ def test_one_tenant_crashing_does_not_stop_the_other(tmp_path, env):
     def providers(t):
         if t.id == "alpha":
             raise OverflowError("date value out of range")
-        return [FakeDirectory("ad", {}, t, accounts={"u": FakeDirectory.account("u", "E1", "ann@beta.com")})]
+        return [FakeDirectory("ad", FakeOptions(), t, accounts={"u": FakeDirectory.account("u", "E1", "ann@beta.com")})]
 
     report = reconcile(cfg, env.store, now=NOW, providers=providers)
     assert report.exit_code == 2 and "alpha: internal error" in str(report.source_errors[0])

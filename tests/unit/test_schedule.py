@@ -8,7 +8,7 @@ from connector.model import Termination
 from connector.reconcile.schedule import due_at
 from tests.helpers import utc
 
-TENANT = config.parse({"tenant": [{"id": "contoso", "timezone": "America/Chicago"}]}).tenants[0]
+TENANT = config.parse({"tenant": [{"id": "contoso", "timezone": "America/Chicago", "provider": [{"type": "fake"}]}]}).tenants[0]
 
 
 def term(date, time=None, kind="voluntary"):

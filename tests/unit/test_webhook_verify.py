@@ -133,7 +133,8 @@ def test_memory_guard_forgets_digests_once_their_window_is_over():
 
 
 def test_webhook_source_pulls_nothing_and_claims_no_completeness():
-    tenant = config.parse({"tenant": [{"id": "contoso", "source": [{"type": "webhook"}]}]}).tenants[0]
+    tenant = config.parse({"tenant": [{"id": "contoso", "source": [{"type": "webhook"}], "provider": [{"type": "fake"}],
+                                          "webhook_secret": "env:CONTOSO_WEBHOOK_SECRET"}]}).tenants[0]
     plugin = tenant.sources[0]
     pull = WebhookSource(plugin.name, plugin.options, tenant, plugin.where).pull("c1")
     assert (pull.terminations, pull.complete, pull.cursor) == ([], False, "c1")

@@ -24,7 +24,7 @@ def make_source(monkeypatch, url: str = URL) -> WorkdaySource:
     monkeypatch.setenv("CONTOSO_WORKDAY_PASSWORD", "wd-secret-91")
     block = {"type": "workday", "url": url, "username": "ISU_Offboard", "password": "env:CONTOSO_WORKDAY_PASSWORD",
              "fields": FIELDS}
-    tenant = config.parse({"tenant": [{"id": "contoso", "source": [block]}]}).tenants[0]
+    tenant = config.parse({"tenant": [{"id": "contoso", "source": [block], "provider": [{"type": "fake"}]}]}).tenants[0]
     plugin = tenant.sources[0]
     return WorkdaySource(plugin.name, plugin.options, tenant, plugin.where)
 
@@ -93,9 +93,9 @@ def test_5xx_is_a_source_error(monkeypatch, serve):
 
 
 def test_url_is_asked_for_json(monkeypatch):
-    assert make_source(monkeypatch).options["url"] == URL + "?format=json"
+    assert make_source(monkeypatch).options.url == URL + "?format=json"
     prompts = "?Organizations%21WID=a1&Organizations%21WID=b2&format=json"
-    assert make_source(monkeypatch, URL + prompts).options["url"] == URL + prompts
+    assert make_source(monkeypatch, URL + prompts).options.url == URL + prompts
 
 
 @pytest.mark.parametrize("url, message", [(URL + "?format=csv", "format must be json"),

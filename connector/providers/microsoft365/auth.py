@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import msal
@@ -18,31 +19,34 @@ from msal.authority import WELL_KNOWN_AUTHORITY_HOSTS
 
 from ...errors import ConfigError, RetryableError
 
+if TYPE_CHECKING:
+    from .provider import Microsoft365Options
+
 applications: dict[tuple[str, str, str, str], msal.ConfidentialClientApplication] = {}
 _lock = threading.Lock()
 
 
-def _credential(options: dict, where: str) -> str | dict:
-    if options.get("client_secret") is not None:
-        return options["client_secret"].reveal()
+def _credential(options: Microsoft365Options, where: str) -> str | dict:
+    if options.client_secret is not None:
+        return options.client_secret.reveal()
     try:
-        key = Path(options["certificate_path"]).read_text()
+        key = Path(options.certificate_path).read_text()
     except OSError as e:
-        raise ConfigError(f"cannot read certificate_path {options['certificate_path']}: {e.strerror}", where) from None
-    return {"private_key": key, "thumbprint": options["thumbprint"]}
+        raise ConfigError(f"cannot read certificate_path {options.certificate_path}: {e.strerror}", where) from None
+    return {"private_key": key, "thumbprint": options.thumbprint}
 
 
-def application(options: dict, where: str) -> msal.ConfidentialClientApplication:
-    authority = options["authority"].rstrip("/")
-    credential_ref = str(options.get("client_secret") or options.get("certificate_path"))
-    key = (authority, options["tenant_id"], options["client_id"], credential_ref)
+def application(options: Microsoft365Options, where: str) -> msal.ConfidentialClientApplication:
+    authority = options.authority.rstrip("/")
+    credential_ref = str(options.client_secret or options.certificate_path)
+    key = (authority, options.tenant_id, options.client_id, credential_ref)
     with _lock:
         if key not in applications:
             known = urlsplit(authority).hostname in WELL_KNOWN_AUTHORITY_HOSTS
             try:
                 applications[key] = msal.ConfidentialClientApplication(
-                    options["client_id"], client_credential=_credential(options, where),
-                    authority=f"{authority}/{options['tenant_id']}", instance_discovery=known,
+                    options.client_id, client_credential=_credential(options, where),
+                    authority=f"{authority}/{options.tenant_id}", instance_discovery=known,
                     token_cache=msal.TokenCache(), timeout=30)
             except ValueError as e:        # msal refuses an authority whose discovery document is bad
                 raise ConfigError(f"authority {authority}: {e}", where) from None
@@ -54,7 +58,7 @@ def application(options: dict, where: str) -> msal.ConfidentialClientApplication
 class Tokens:
     """Bearer tokens for one resource (`https://graph.microsoft.com`, the Exchange endpoint)."""
 
-    def __init__(self, options: dict, resource: str, where: str):
+    def __init__(self, options: Microsoft365Options, resource: str, where: str):
         self.options = options
         self.scope = f"{resource.rstrip('/')}/.default"
         self.where = where

@@ -115,9 +115,9 @@ class EntraProvider(Microsoft365Provider):
         wanted.append(("revoke_sessions", "revoke refresh tokens and sessions"))
         if removable_methods(subject.state["methods"]):
             wanted.append(("remove_auth_methods", "remove MFA / authentication methods"))
-        if policy["remove_groups"] and self.group_removals(user, subject.state["groups"], subject)[0]:
+        if policy.remove_groups and self.group_removals(user, subject.state["groups"], subject)[0]:
             wanted.append(("remove_groups", "remove group memberships"))
-        if policy["remove_licenses"] and (direct_skus(user) or licence_groups(user)):
+        if policy.remove_licenses and (direct_skus(user) or licence_groups(user)):
             wanted.append(("remove_licenses", "remove licences (after the mailbox is shared)"))
         return [self.planned(name, description) for name, description in wanted]
 
@@ -216,10 +216,10 @@ class EntraProvider(Microsoft365Provider):
                 why = "on litigation hold" if mailbox.get("LitigationHoldEnabled") else f"{size / 1024 ** 3:.0f} GB"
                 return Result("needs_human", before, before, f"mailbox is {why}: the licence stays until a person decides")
             kind = mailbox.get("RecipientTypeDetails")
-            if self.tenant.policy["mailbox"] == "keep" and kind != SHARED:
+            if self.tenant.policy.mailbox == "keep" and kind != SHARED:
                 return Result("needs_human", before, before, f"policy mailbox = keep and the mailbox is {kind}: "
                               "its licence stays (without one the mailbox is deleted after 30 days)")
-            if self.tenant.policy["mailbox"] == "shared" and kind != SHARED:
+            if self.tenant.policy.mailbox == "shared" and kind != SHARED:
                 waiting = f"mailbox is {kind}, not yet {SHARED}: licences stay until the conversion reads back"
                 if ctx.dry_run:
                     return Result("planned", before, after, waiting)

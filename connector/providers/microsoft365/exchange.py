@@ -80,13 +80,13 @@ class ExchangeOnlineProvider(Microsoft365Provider):
         return {"unwiped_devices": unwiped}, {"unwiped_devices": []}, wipes
 
     def want_convert_mailbox_to_shared(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
-        if self.tenant.policy["mailbox"] != "shared":
+        if self.tenant.policy.mailbox != "shared":
             return None
         return ({"RecipientTypeDetails": state["mailbox"].get("RecipientTypeDetails")}, {"RecipientTypeDetails": SHARED},
                 [Cmdlet.of("Set-Mailbox", anchor=upn, Identity=upn, Type="Shared")])
 
     def want_grant_mailbox_access(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
-        delegate = self.recipient(self.tenant.policy["mailbox_delegate"], termination)
+        delegate = self.recipient(self.tenant.policy.mailbox_delegate, termination)
         if not delegate:
             return None
         have = sorted({p["User"].lower() for p in state["permissions"] or [] if "@" in p.get("User", "")
@@ -97,7 +97,7 @@ class ExchangeOnlineProvider(Microsoft365Provider):
                            AccessRights=["FullAccess"], InheritanceType="All", AutoMapping=True)])
 
     def want_set_auto_reply(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
-        template = self.tenant.policy["auto_reply"]
+        template = self.tenant.policy.auto_reply
         if not template:
             return None
         message = fill(template, {"first_name": termination.first_name, "last_name": termination.last_name,
@@ -110,7 +110,7 @@ class ExchangeOnlineProvider(Microsoft365Provider):
                            InternalMessage=message, ExternalMessage=message, ExternalAudience="All")])
 
     def want_set_forwarding(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
-        target = self.recipient(self.tenant.policy["forward_to"], termination)
+        target = self.recipient(self.tenant.policy.forward_to, termination)
         if not target:
             return None
         return ({"ForwardingSmtpAddress": smtp(state["mailbox"].get("ForwardingSmtpAddress"))},
@@ -119,7 +119,7 @@ class ExchangeOnlineProvider(Microsoft365Provider):
                            DeliverToMailboxAndForward=True)])
 
     def want_hide_from_gal(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
-        if not self.tenant.policy["hide_from_gal"]:
+        if not self.tenant.policy.hide_from_gal:
             return None
         return ({"HiddenFromAddressListsEnabled": bool(state["mailbox"].get("HiddenFromAddressListsEnabled"))},
                 {"HiddenFromAddressListsEnabled": True},

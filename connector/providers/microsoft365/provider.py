@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any, Callable, ClassVar, Generator
 from urllib.parse import quote
 
+from pydantic import model_validator
+
 from ... import http
-from ...config import Field
+from ...config import HttpsUrl, PluginOptions, SecretRef, invalid
 from ...errors import ConfigError, OffboardError, PermanentError
 from ...model import ActionContext, Match, PlannedAction, Result, Subject, Termination
 from ..base import Provider
@@ -23,16 +25,24 @@ from .graph import GraphCall, GraphClient
 Call = GraphCall | Cmdlet
 Step = Generator[list[Call], list[Any], Any]
 
-CONFIG_SCHEMA = {
-    "tenant_id": Field("str", required=True, help="directory (tenant) id of the client's Microsoft 365"),
-    "client_id": Field("str", required=True, help="application (client) id of the app registration"),
-    "client_secret": Field("secret", help="client secret, or give certificate_path and thumbprint"),
-    "certificate_path": Field("path", help="PEM file with the app's private key"),
-    "thumbprint": Field("str", help="SHA-1 thumbprint of the certificate uploaded to the app registration"),
-    "authority": Field("url", default="https://login.microsoftonline.com"),
-    "graph_url": Field("url", default="https://graph.microsoft.com"),
-    "exchange_url": Field("url", default="https://outlook.office365.com"),
-}
+class Microsoft365Options(PluginOptions):
+    tenant_id: str                          # directory (tenant) id of the client's Microsoft 365
+    client_id: str                          # application (client) id of the app registration
+    client_secret: SecretRef | None = None  # or certificate_path and thumbprint
+    certificate_path: str | None = None     # PEM file with the app's private key
+    thumbprint: str | None = None           # SHA-1 thumbprint of the certificate uploaded to the app registration
+    authority: HttpsUrl = "https://login.microsoftonline.com"
+    graph_url: HttpsUrl = "https://graph.microsoft.com"
+    exchange_url: HttpsUrl = "https://outlook.office365.com"
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> Microsoft365Options:
+        if (self.client_secret is None) == (self.certificate_path is None):
+            raise ValueError("give client_secret, or certificate_path and thumbprint (one of them)")
+        if self.certificate_path and not self.thumbprint:
+            raise invalid("thumbprint", "certificate_path needs thumbprint")
+        return self
+
 
 #: every user property the actions compare; most are outside Graph's default set, so they are named
 USER_FIELDS = ("id,displayName,givenName,surname,userPrincipalName,mail,proxyAddresses,employeeId,accountEnabled,"
@@ -95,21 +105,17 @@ def choose(termination: Termination, users: list[dict]) -> tuple[Match, dict | N
 
 
 class Microsoft365Provider(Provider):
-    config_schema = CONFIG_SCHEMA
+    options_model = Microsoft365Options
     #: action -> the reads ("user", "memberOf", "mailbox", ...) it compares; a pass reads them once, up front
     reads: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, name, options, tenant, where=""):
         super().__init__(name, options, tenant, where)
-        if (options["client_secret"] is None) == (options["certificate_path"] is None):
-            raise ConfigError("give client_secret, or certificate_path and thumbprint (one of them)", self.where)
-        if options["certificate_path"] and not options["thumbprint"]:
-            raise ConfigError("certificate_path needs thumbprint", self.where)
-        tenant_id = options["tenant_id"]
-        self.graph = GraphClient(options["graph_url"], tenant_id, Tokens(options, options["graph_url"], self.where),
+        tenant_id = options.tenant_id
+        self.graph = GraphClient(options.graph_url, tenant_id, Tokens(options, options.graph_url, self.where),
                                  self.where)
-        self.exchange = ExchangeAdmin(options["exchange_url"], tenant_id,
-                                      Tokens(options, options["exchange_url"], self.where), self.where)
+        self.exchange = ExchangeAdmin(options.exchange_url, tenant_id,
+                                      Tokens(options, options.exchange_url, self.where), self.where)
         self.matches: dict[str, Match] = {}
 
     # -- reading -----------------------------------------------------------
