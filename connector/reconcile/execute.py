@@ -8,6 +8,7 @@ writes (intent, then outcome), so a crash between them is resumed by re-reading.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -19,7 +20,7 @@ from ..errors import ConfigError, NeedsHuman, NotYet, OffboardError, PermanentEr
 from ..model import PHASES, ActionContext, Match, PlannedAction, Result, Subject, Termination
 from ..providers.base import Provider
 from ..store import Store, parse_iso
-from .person import Observation, person_hold
+from .person import Observation, choose_successor, person_hold
 from .schedule import local_date
 
 log = logging.getLogger(__name__)
@@ -120,9 +121,17 @@ class Executor:
                       if (o := Observation.load(_loads(journal.get(f"{lv.id}/{name}/match_account", {}).get("after"))))}
         found = person_hold(self.tenant, matches, remembered)
         hold = f"held for the whole person: {found}" if found else ""
+        subjects = [m.subject for m in matches.values() if m.status == "matched" and m.subject]
+        successor = choose_successor(subjects, {n: p.manager_authority for n, p in self.providers.items()},
+                                     self.tenant.policy.successor, self._is_leaving)
+        lv.termination = dataclasses.replace(lv.termination, successor=successor)
         approvals = _loads(lv.row.get("approvals")) or []
         for name, match in matches.items():
             self._plan(lv, name, match, journal, hold, approvals)
+
+    def _is_leaving(self, address: str) -> bool:
+        other = self.store.find_termination(self.tenant.id, address)
+        return bool(other) and other["state"] not in ("cancelled", "restored")
 
     def _plan(self, lv: Leaver, name: str, match: Match, journal: dict, hold: str, approvals: list[dict]) -> None:
         if match.status == "not_found":

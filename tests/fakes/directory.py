@@ -35,6 +35,7 @@ class FakeDirectory(Provider):
         self.accounts = accounts if accounts is not None else {}
         self.log = log if log is not None else []
         self.writes: list[tuple[str, str]] = []
+        self.successors: dict[str, str] = {}     # account -> the successor the engine resolved for it
         self.fail: dict[str, BaseException] = {}      # action -> error to raise (once, then removed) or Crash
         self.crash_after_write: set[str] = set()
         self.lock = threading.Lock()
@@ -65,7 +66,7 @@ class FakeDirectory(Provider):
         a = found[0]
         return Match("matched", Subject(self.name, a["id"], a["names"], dict(a), is_admin=a["admin"],
                                         admin_reason="Global Administrator" if a["admin"] else "",
-                                        anchor=a.get("anchor", "")))
+                                        anchor=a.get("anchor", ""), manager=a.get("manager")))
 
     def plan(self, subject, t):
         s = subject.state
@@ -91,6 +92,7 @@ class FakeDirectory(Provider):
         with self.lock:
             account[key] = value
             self.writes.append((account["id"], action))
+            self.successors[account["id"]] = ctx.termination.successor
             self.log.append((self.name, account["id"], action))
         if action in self.crash_after_write:
             raise Crash(action)

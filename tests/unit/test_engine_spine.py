@@ -257,3 +257,37 @@ def test_one_tenant_crashing_does_not_stop_the_other(tmp_path, env):
     report = reconcile(cfg, env.store, now=NOW, providers=providers)
     assert report.exit_code == 2 and "alpha: internal error" in str(report.source_errors[0])
     assert env.store.termination("beta/E1")["state"] == "done"
+
+
+# -- the successor comes from the directories, never the feed ------------------------------
+def test_the_successor_is_the_directory_manager_never_the_feeds(env):
+    env.directory.accounts["u1"]["manager"] = {"address": "Mia@Contoso.com", "enabled": True}
+    env.csv(leaver("E1", "ann@contoso.com"))          # the feed says boss@contoso.com
+    env.run()
+    assert env.directory.successors["u1"] == "mia@contoso.com"
+
+
+def test_a_disabled_or_leaving_manager_hands_over_to_the_policy_successor(env):
+    env.config.tenants[0].policy = env.config.tenants[0].policy.model_copy(update={"successor": "desk@contoso.com"})
+    env.directory.accounts["u1"]["manager"] = {"address": "gone@contoso.com", "enabled": False}
+    env.directory.accounts["u2"]["manager"] = {"address": "cat@contoso.com", "enabled": True}
+    env.csv(leaver("E1", "ann@contoso.com"), leaver("E2", "bob@contoso.com"), leaver("E3", "cat@contoso.com"))
+    env.run()
+    assert env.directory.successors["u1"] == "desk@contoso.com"      # manager disabled
+    assert env.directory.successors["u2"] == "desk@contoso.com"      # manager leaving too
+    assert env.directory.successors["u3"] == "desk@contoso.com"      # no manager at all
+
+
+def test_without_manager_or_policy_successor_nobody_is_named(env):
+    env.csv(leaver("E1", "ann@contoso.com"))
+    env.run()
+    assert env.directory.successors["u1"] == ""
+
+
+def test_the_on_premises_manager_outranks_the_cloud_one(env):
+    from connector.reconcile.person import choose_successor
+    from connector.model import Subject
+    ad = Subject("ad", "1", [], manager={"address": "onprem@contoso.com", "enabled": True})
+    cloud_ = Subject("cloud", "2", [], manager={"address": "cloud@contoso.com", "enabled": True})
+    assert choose_successor([cloud_, ad], {"ad": 2, "cloud": 1}, "", lambda a: False) == "onprem@contoso.com"
+    assert choose_successor([cloud_, ad], {"ad": 0, "cloud": 1}, "", lambda a: False) == "cloud@contoso.com"
