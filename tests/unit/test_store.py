@@ -1,10 +1,34 @@
-"""The state store: migrations, the append-only hash-chained audit log, masked secrets."""
+"""The state store: leases, compare-and-set states, migrations, the keyed audit chain, file modes, the owner.
+
+The attacker in these tests has the file and sqlite3: they use a raw connection, never the store.
+"""
+import datetime as dt
+import json
+import os
 import sqlite3
+import stat
+import time
 
 import pytest
+import sqlite_utils
 
+import connector.store.sqlite as sqlite_backend
 from connector.config import Secret
-from connector.store import MIGRATIONS, Store
+from connector.errors import ConfigError
+from connector.store import GENESIS, Store
+from connector.store.base import audit_hash
+
+KEY = b"audit-key-for-tests"
+
+
+def tamper(path, *statements):
+    raw = sqlite3.connect(path)
+    try:
+        for sql in statements:
+            raw.execute(sql)
+        raw.commit()
+    finally:
+        raw.close()
 
 
 def test_audit_log_refuses_edits_and_the_chain_catches_them_anyway(tmp_path):
@@ -13,18 +37,14 @@ def test_audit_log_refuses_edits_and_the_chain_catches_them_anyway(tmp_path):
     for i in range(5):
         store.audit("action_changed", "t/1", "run", n=i)
     assert store.verify_audit() == (True, "", 5)
-    with pytest.raises(sqlite3.DatabaseError):
-        store.conn.execute("update audit set data = '{}' where seq = 2")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        tamper(path, "update audit set data = '{}' where seq = 2")
     store.close()
-    raw = sqlite3.connect(path)          # someone with the file and sqlite3 drops the trigger
-    raw.execute("drop trigger audit_no_update")
-    raw.execute("drop trigger audit_no_delete")
-    raw.execute("""update audit set data = '{"n":99}' where seq = 2""")
-    raw.commit()
+    tamper(path, "drop trigger audit_no_update", "drop trigger audit_no_delete",
+           """update audit set data = '{"n":99}' where seq = 2""")
     ok, problem, _ = Store.open(path).verify_audit()
     assert not ok and "row 2 was edited" in problem
-    raw.execute("delete from audit where seq = 4")
-    raw.commit()
+    tamper(path, "delete from audit where seq = 4")
     ok, problem, _ = Store.open(path).verify_audit()
     assert not ok and ("row 2" in problem or "row 4" in problem)
 
@@ -34,20 +54,19 @@ def test_a_deleted_row_is_detected(tmp_path):
     store = Store.open(path)
     for i in range(3):
         store.audit("x", None, None, n=i)
-    store.conn.execute("drop trigger audit_no_delete")
-    store.conn.execute("delete from audit where seq = 2")
+    tamper(path, "drop trigger audit_no_delete", "delete from audit where seq = 2")
     ok, problem, _ = store.verify_audit()
     assert not ok and "row 2 is missing" in problem
 
 
 def test_a_truncated_tail_is_detected_through_the_heads_runs_recorded(tmp_path):
-    store = Store.open(str(tmp_path / "s.db"))
+    path = str(tmp_path / "s.db")
+    store = Store.open(path)
     store.start_run("r1", "cli", None, False)
     for i in range(3):
         store.audit("x", None, "r1", n=i)
     store.finish_run("r1", 0, {}, [])
-    store.conn.execute("drop trigger audit_no_delete")
-    store.conn.execute("delete from audit where seq = 3")
+    tamper(path, "drop trigger audit_no_delete", "delete from audit where seq = 3")
     ok, problem, _ = store.verify_audit()
     assert not ok and "run r1" in problem
 
@@ -59,8 +78,19 @@ def test_resolved_secrets_are_masked_in_journal_and_audit(monkeypatch):
     store.record_intent("t/1/ad/x", "t/1", "ad", "x", "revoke", "r")
     store.record_outcome("t/1/ad/x", "failed", before={"pw": "Very-Secret-42"}, reason="bind Very-Secret-42 refused")
     store.audit("oops", "t/1", "r", leaked="Very-Secret-42")
-    dump = "\n".join(store.conn.iterdump())
+    dump = store.dump()
     assert "Very-Secret-42" not in dump and "***" in dump
+
+
+def test_dump_holds_the_text_of_every_table():
+    store = Store.memory()
+    store.upsert_terminations([termination_row("t/1")])
+    store.set_cursor("t/csv", "cursor-77")
+    store.acquire_lease("termination:t/1", "worker-a", 60)
+    store.audit("hello", "t/1", "run-5", note="audit-text")
+    dump = store.dump()
+    for text in ("ann@contoso.com", "cursor-77", "worker-a", "audit-text", "run-5"):
+        assert text in dump
 
 
 def test_scratch_copy_never_touches_the_file(tmp_path):
@@ -80,15 +110,56 @@ def test_scratch_copy_never_touches_the_file(tmp_path):
 
 
 def test_migrations_are_recorded(tmp_path):
-    store = Store.open(str(tmp_path / "s.db"))
-    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    path = str(tmp_path / "s.db")
+    Store.open(path).close()
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(sqlite_backend.MIGRATIONS) == 3
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_version_1_store_upgrades_and_its_old_chain_still_verifies(tmp_path):
+    path = str(tmp_path / "s.db")
+    db = sqlite_utils.Database(path)
+    sqlite_backend._v1(db)
+    db["leases"].create({"termination_id": str, "holder": str, "expires_at": str}, pk="termination_id")  # pre-0c19170
+    row = {"seq": 1, "at": "2026-11-01T00:00:00+00:00", "run_id": "r0", "termination_id": "t/1", "event": "old",
+           "data": "{}", "prev_hash": GENESIS}
+    db["audit"].insert({**row, "hash": audit_hash(row)})
+    db.execute("PRAGMA user_version=1")
+    db.close()
+    store = Store.open(path, audit_key=KEY)
+    assert store.acquire_lease("termination:t/1", "a", 60) and store.lease("termination:t/1")["owner"] == "a"
+    store.audit("new", "t/1", "r1")
+    assert store.verify_audit() == (True, "", 2)
+    assert [r["mac"] is None for r in store.audit_trail("t/1")] == [True, False]
+    store.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path):
+    path = str(tmp_path / "s.db")
+    Store.open(path).close()
+    tamper(path, "PRAGMA user_version=9")
+    with pytest.raises(ConfigError, match="schema 9"):
+        Store.open(path)
+
+
+def test_opening_waits_while_another_connection_has_the_file_alone(tmp_path):
+    import threading
+
+    path = str(tmp_path / "s.db")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("create table other (x)")
+    holder.execute("begin exclusive")
+    threading.Timer(0.5, lambda: holder.execute("commit")).start()
+    started = time.monotonic()
+    store = Store.open(path)
+    assert time.monotonic() - started >= 0.4
+    assert store.acquire_lease("k", "a", 60)
+    holder.close()
 
 
 def test_the_store_is_a_persistent_replay_guard_for_signed_webhooks(tmp_path):
-    import json
-    import time
-
     from connector.sources.webhook import ReplayedBody, sign, verify_and_parse
 
     body = json.dumps({"tenant": "contoso", "employee_id": "E1", "email": "ann@contoso.com", "first_name": "Ann",
@@ -101,3 +172,251 @@ def test_the_store_is_a_persistent_replay_guard_for_signed_webhooks(tmp_path):
     reopened = Store.open(str(tmp_path / "s.db"))      # a restart forgets nothing
     with pytest.raises(ReplayedBody):
         verify_and_parse(body, headers, b"k3y-for-tests", time.time(), reopened)
+
+
+# -- leases -------------------------------------------------------------------------------
+def test_a_lease_is_refused_to_a_second_owner_until_it_expires_then_taken_over(tmp_path):
+    path = str(tmp_path / "s.db")
+    a, b = Store.open(path), Store.open(path)
+    assert a.acquire_lease("termination:t/1", "a", 0.5)
+    assert not b.acquire_lease("termination:t/1", "b", 0.5)
+    assert a.lease("termination:t/1")["owner"] == "a"
+    time.sleep(0.6)
+    assert b.acquire_lease("termination:t/1", "b", 30)
+    assert b.lease("termination:t/1")["owner"] == "b"
+    assert not a.renew_lease("termination:t/1", "a", 30), "a lost it; renewing must say so"
+    assert not a.acquire_lease("termination:t/1", "a", 30)
+    assert a.acquire_lease("intake:contoso", "a", 30), "keys are independent"
+
+
+def test_renewing_keeps_a_lease_past_its_first_expiry(monkeypatch):
+    clock = [dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.timezone.utc)]
+    monkeypatch.setattr(sqlite_backend, "now", lambda: clock[0])
+    tick = lambda seconds: clock.__setitem__(0, clock[0] + dt.timedelta(seconds=seconds))
+    store = Store.memory()
+    assert store.acquire_lease("k", "a", 10)
+    first = store.lease("k")
+    tick(6)
+    assert store.renew_lease("k", "a", 10)
+    tick(6)                           # past the first expiry, within the renewed one
+    assert not store.acquire_lease("k", "b", 10)
+    assert store.acquire_lease("k", "a", 10), "the owner re-acquiring renews"
+    again = store.lease("k")
+    assert again["acquired_at"] == first["acquired_at"] and again["expires_at"] > first["expires_at"]
+    tick(10)
+    assert store.acquire_lease("k", "b", 10), "expired exactly now: free"
+    assert store.lease("k")["acquired_at"] == sqlite_backend.stamp(clock[0])
+
+
+def test_only_the_owner_releases_a_lease():
+    store = Store.memory()
+    assert store.lease("k") is None
+    store.acquire_lease("k", "a", 60)
+    store.release_lease("k", "b")
+    assert store.lease("k")["owner"] == "a"
+    store.release_lease("k", "a")
+    assert store.lease("k") is None
+    assert not store.renew_lease("k", "a", 60), "a released lease cannot be renewed"
+    assert store.acquire_lease("k", "b", 60)
+
+
+# -- compare-and-set states ------------------------------------------------------------------
+def termination_row(tid, state="due"):
+    tenant, employee = tid.split("/")
+    return {"id": tid, "tenant": tenant, "employee_id": employee, "email": "ann@contoso.com", "state": state,
+            "due_at": "2026-11-01T17:00:00+00:00", "reason": ""}
+
+
+def test_set_state_with_expect_changes_only_from_an_expected_state():
+    store = Store.memory()
+    store.upsert_terminations([termination_row("t/1", "in_progress")])
+    assert store.set_state("t/1", "cancelled", "cancelled by a person")        # a person, meanwhile
+    assert not store.set_state("t/1", "done", expect=["in_progress", "due"], finished_at="2026-11-02")
+    assert store.state_of("t/1") == "cancelled"
+    assert store.termination("t/1")["finished_at"] is None
+    assert store.set_state("t/1", "due", expect=["cancelled"])
+    assert store.state_of("t/1") == "due" and store.termination("t/1")["reason"] == ""
+    assert not store.set_state("t/1", "done", expect=[])
+    assert store.state_of("t/404") is None
+    assert not store.set_state("t/404", "done", expect=["due"])
+    with pytest.raises(KeyError):
+        store.set_state("t/404", "done")
+    with pytest.raises(TypeError, match="no_such_field"):
+        store.set_state("t/1", "done", no_such_field=1)
+
+
+# -- the keyed audit chain ------------------------------------------------------------------------
+def people_trails(store):
+    for person in ("t/ann", "t/bob", "t/cat"):
+        for event in ("termination_seen", "action_changed", "termination_done"):
+            store.audit(event, person, "r1")
+
+
+def rechain_without(path, termination_id, strip_macs=False):
+    """What someone who can write the file does: drop the triggers, delete a trail, renumber, re-hash."""
+    raw = sqlite3.connect(path)
+    raw.row_factory = sqlite3.Row
+    raw.execute("drop trigger audit_no_update")
+    raw.execute("drop trigger audit_no_delete")
+    kept = [dict(r) for r in raw.execute("select * from audit where termination_id != ? order by seq",
+                                         [termination_id])]
+    raw.execute("delete from audit")
+    prev = GENESIS
+    for seq, row in enumerate(kept, start=1):
+        row.update(seq=seq, prev_hash=prev)
+        row["hash"] = prev = audit_hash(row)
+        if strip_macs:
+            row["mac"] = None
+        raw.execute(f"insert into audit ({', '.join(row)}) values ({', '.join('?' * len(row))})", list(row.values()))
+    raw.commit()
+    raw.close()
+    return len(kept)
+
+
+def test_without_a_key_a_rechained_log_passes_verify_which_is_the_documented_limit(tmp_path):
+    path = str(tmp_path / "s.db")
+    store = Store.open(path)
+    people_trails(store)
+    assert not store.audit_keyed()
+    assert rechain_without(path, "t/bob") == 6
+    assert store.verify_audit() == (True, "", 6)
+    assert store.audit_trail("t/bob") == []
+
+
+def test_with_a_key_a_deleted_and_rechained_trail_is_caught(tmp_path):
+    path = str(tmp_path / "s.db")
+    store = Store.open(path, audit_key=KEY)
+    people_trails(store)
+    assert store.audit_keyed() and store.verify_audit() == (True, "", 9)
+    rechain_without(path, "t/ann")
+    ok, problem, _ = Store.open(path, audit_key=KEY).verify_audit()
+    assert not ok and problem == "row 1 is not signed with the audit key"
+
+
+def test_with_a_key_stripping_every_mac_does_not_pass_for_an_unkeyed_log(tmp_path):
+    path = str(tmp_path / "s.db")
+    people_trails(Store.open(path, audit_key=KEY))
+    rechain_without(path, "t/cat", strip_macs=True)
+    assert Store.open(path).verify_audit() == (True, "", 6)
+    ok, problem, _ = Store.open(path, audit_key=KEY).verify_audit()
+    assert not ok and "the newest, is not signed" in problem
+
+
+def test_an_unsigned_row_after_a_signed_one_fails(tmp_path):
+    path = str(tmp_path / "s.db")
+    Store.open(path, audit_key=KEY).audit("signed", None, None)
+    Store.open(path).audit("unsigned", None, None)     # a process without the key wrote after
+    Store.open(path, audit_key=KEY).audit("signed again", None, None)
+    ok, problem, _ = Store.open(path, audit_key=KEY).verify_audit()
+    assert not ok and problem == "row 2 is not signed with the audit key"
+    assert Store.open(path).verify_audit() == (True, "", 3)
+
+
+def test_a_wrong_key_fails_verify(tmp_path):
+    path = str(tmp_path / "s.db")
+    people_trails(Store.open(path, audit_key=KEY))
+    assert Store.open(path, audit_key=KEY).verify_audit()[0]
+    ok, problem, _ = Store.open(path, audit_key=b"another key").verify_audit()
+    assert not ok and problem == "row 1 is not signed with the audit key"
+
+
+def test_audit_head_names_the_newest_row_and_its_mac_when_keyed():
+    keyed, plain = Store.memory(audit_key=KEY), Store.memory()
+    assert plain.audit_head() == {"seq": 0, "hash": GENESIS, "at": None}
+    assert keyed.audit_head() == {"seq": 0, "hash": GENESIS, "at": None, "mac": None}
+    for store in (keyed, plain):
+        store.audit_many([("a", "t/1", "r", {}), ("b", "t/1", "r", {})])
+    head, newest = keyed.audit_head(), keyed.audit_trail("t/1")[-1]
+    assert head == {"seq": 2, "hash": newest["hash"], "at": newest["at"], "mac": newest["mac"]}
+    assert len(head["mac"]) == 64 and head["mac"] != head["hash"]
+    assert set(plain.audit_head()) == {"seq", "hash", "at"} and plain.audit_head()["seq"] == 2
+
+
+# -- files: modes and owner ---------------------------------------------------------------------------
+def test_files_are_private_whatever_the_umask(tmp_path):
+    folder = tmp_path / "var" / "offboard"
+    path = str(folder / "state.db")
+    old = os.umask(0o022)
+    try:
+        store = Store.open(path)
+        store.audit("x", None, None)
+        store.backup(str(tmp_path / "backup.db"))
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)
+    assert mode(folder) == 0o700
+    for name in (path, f"{path}-wal", f"{path}-shm", tmp_path / "backup.db"):
+        assert os.path.exists(name) and mode(name) == 0o600, name
+
+
+def test_files_are_born_private_not_only_tightened_after(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "chmod", lambda *a, **k: None)
+    path = str(tmp_path / "s.db")
+    old = os.umask(0o022)
+    try:
+        Store.open(path).audit("x", None, None)
+    finally:
+        os.umask(old)
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        assert stat.S_IMODE(os.stat(name).st_mode) == 0o600, name
+
+
+def test_an_existing_world_readable_store_is_tightened(tmp_path):
+    path = str(tmp_path / "s.db")
+    Store.open(path).close()
+    os.chmod(path, 0o644)
+    Store.open(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_another_user_is_refused_with_one_clear_line(tmp_path, monkeypatch):
+    import pwd
+
+    path = str(tmp_path / "s.db")
+    Store.open(path).close()
+    owner = os.stat(path).st_uid
+    name = pwd.getpwuid(owner).pw_name
+    monkeypatch.setattr(sqlite_backend, "effective_uid", lambda: owner + 4242)
+    for opening in (Store.open, Store.scratch_copy):
+        with pytest.raises(ConfigError) as caught:
+            opening(path)
+        assert caught.value.message == (f"the state store belongs to user {name}; "
+                                        f"run it as that user: sudo -u {name} offboard ...")
+        assert caught.value.where == path
+    monkeypatch.setattr(sqlite_backend, "effective_uid", lambda: owner)
+    Store.open(path)
+
+
+def test_an_owner_without_a_name_is_named_by_uid(tmp_path, monkeypatch):
+    import pwd
+
+    path = str(tmp_path / "s.db")
+    Store.open(path).close()
+    uid = 54321
+    while True:
+        try:
+            pwd.getpwuid(uid)
+            uid += 1
+        except KeyError:
+            break
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file away")
+    os.chown(path, uid, -1)
+    with pytest.raises(ConfigError, match=f"belongs to user {uid}; run it as that user: sudo -u {uid} offboard"):
+        Store.open(path)
+
+
+# -- backup -------------------------------------------------------------------------------------------
+def test_a_backup_is_a_whole_store_that_opens_and_verifies(tmp_path):
+    store = Store.open(str(tmp_path / "s.db"), audit_key=KEY)
+    store.upsert_terminations([termination_row("t/1")])
+    people_trails(store)
+    target = tmp_path / "copies" / "b.db"
+    target.parent.mkdir()
+    target.write_text("an older backup")
+    store.backup(str(target))
+    copy = Store.open(str(target), audit_key=KEY)
+    assert copy.verify_audit() == (True, "", 9) and copy.state_of("t/1") == "due"
+    assert sorted(p.name for p in target.parent.iterdir() if not p.name.startswith("b.db")) == []
+    with pytest.raises(ConfigError, match="cannot write the backup"):
+        store.backup(str(tmp_path / "missing" / "b.db"))

@@ -1,0 +1,265 @@
+"""The one interface every state store backend implements, and what they share: the audit chain's rules.
+
+SQL stays behind this interface, so the engine, the CLI and the daemon work the same on
+SQLite today and on PostgreSQL later. Three things make several workers on one store safe:
+leases (one owner per key at a time, taken over only after expiry), compare-and-set state
+changes (a person's `cancel` or `hold` is never overwritten), and audit rows numbered inside
+the write transaction.
+
+The audit chain: each row's hash covers its content and the previous row's hash, so an edit
+behind the append-only triggers' back is caught. That proves nothing against someone who can
+write the database: they can delete a trail and re-chain. With an audit key each row also
+carries HMAC(key, hash); without the key nobody can forge it, so the re-chained rows fail.
+Rows written before the key was configured carry no mac. The newest row must be signed, so
+stripping every mac does not pass for a log that predates the key; a cut tail is caught by
+the heads runs record, and against someone who can also edit those, by the `audit head`
+kept off the machine.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+from abc import ABC, abstractmethod
+from typing import Any, Iterable, Iterator
+
+from ..config import mask_secrets
+
+GENESIS = "0" * 64
+PERSON_HOLD = "held by a person"
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.timezone.utc).isoformat(timespec="seconds") if value else None
+
+
+def stamp(value: dt.datetime) -> str:
+    """Microseconds, UTC, fixed width: compares as text in the order of time (short leases need it)."""
+    return value.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def parse_iso(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON with every resolved secret masked: nothing secret reaches the store."""
+    return mask_secrets(json.dumps(value, sort_keys=True, default=str, separators=(",", ":")))
+
+
+def audit_hash(row: dict) -> str:
+    body = json.dumps([row["seq"], row["at"], row["run_id"], row["termination_id"], row["event"], row["data"],
+                       row["prev_hash"]], separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def chain(rows: list[dict], last_seq: int, last_hash: str, key: bytes | None) -> list[dict]:
+    """Number, link and (with a key) sign new audit rows after the head (last_seq, last_hash)."""
+    for seq, row in enumerate(rows, start=last_seq + 1):
+        row.update(seq=seq, prev_hash=last_hash)
+        row["hash"] = last_hash = audit_hash(row)
+        if key:
+            row["mac"] = sign(key, row["hash"])
+    return rows
+
+
+def sign(key: bytes, row_hash: str) -> str:
+    return hmac.new(key, row_hash.encode(), hashlib.sha256).hexdigest()
+
+
+class StateStore(ABC):
+    """Terminations, the action journal, runs, cursors, holds, leases, the audit log, the webhook replay guard."""
+
+    audit_key: bytes | None
+
+    # -- administration ------------------------------------------------------------
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def transaction(self):
+        """`with store.transaction():` one atomic group of writes; nested ones join the outer one."""
+
+    @abstractmethod
+    def backup(self, path: str) -> None:
+        """A consistent copy of the whole store at `path`, while other processes go on writing."""
+
+    @abstractmethod
+    def dump(self) -> str:
+        """The text of every row of every table (tests prove no secret is in it)."""
+
+    # -- leases: one worker per key (`termination:<id>`, `intake:<tenant>`) ---------------
+    @abstractmethod
+    def acquire_lease(self, key: str, owner: str, seconds: float) -> bool:
+        """Atomically take the lease if it is free, expired or already `owner`'s (then renewed)."""
+
+    @abstractmethod
+    def renew_lease(self, key: str, owner: str, seconds: float) -> bool:
+        """Extend `owner`'s lease; False when it was lost (released, or taken over after expiry)."""
+
+    @abstractmethod
+    def release_lease(self, key: str, owner: str) -> None:
+        """Give the lease up, if `owner` still holds it."""
+
+    @abstractmethod
+    def lease(self, key: str) -> dict | None:
+        """{owner, acquired_at, expires_at}, or None."""
+
+    # -- terminations ----------------------------------------------------------------
+    @abstractmethod
+    def termination(self, termination_id: str) -> dict | None: ...
+
+    @abstractmethod
+    def terminations(self, tenant: str | None = None, states: Iterable[str] | None = None) -> list[dict]: ...
+
+    @abstractmethod
+    def upsert_terminations(self, rows: list[dict]) -> None: ...
+
+    @abstractmethod
+    def set_state(self, termination_id: str, state: str, reason: str = "", *,
+                  expect: Iterable[str] | None = None, **extra: Any) -> bool:
+        """Set the state; with `expect`, only when the current state is one of them (compare-and-set).
+        Returns whether it was set. An unknown id without `expect` raises KeyError."""
+
+    @abstractmethod
+    def state_of(self, termination_id: str) -> str | None: ...
+
+    @abstractmethod
+    def count_first_seen_since(self, tenant: str, since: dt.datetime) -> int: ...
+
+    @abstractmethod
+    def find_termination(self, tenant: str, who: str) -> dict | None:
+        """By employee id or email (case-insensitive), as a technician names a person."""
+
+    @abstractmethod
+    def reopen(self, termination_id: str, statuses: Iterable[str] = ("failed", "needs_human"), **extra: Any) -> int:
+        """A person's go-ahead: actions in `statuses` run again, at the next pass if already due."""
+
+    @abstractmethod
+    def reopen_action(self, action_id: str) -> None:
+        """One action runs again (an approval scoped to PROVIDER/ACTION)."""
+
+    # -- the action journal --------------------------------------------------------------
+    @abstractmethod
+    def actions(self, termination_id: str) -> list[dict]: ...
+
+    @abstractmethod
+    def action(self, action_id: str) -> dict | None: ...
+
+    @abstractmethod
+    def record_intent(self, action_id: str, termination_id: str, provider: str, action: str, phase: str,
+                      run_id: str) -> dict:
+        """Written before the external call: from here on a crash means 'maybe done, re-read'."""
+
+    @abstractmethod
+    def record_outcome(self, action_id: str, status: str, *, before: Any = None, after: Any = None,
+                       reason: str = "", error_class: str = "", next_attempt_at: dt.datetime | None = None) -> None:
+        """Written after the external call."""
+
+    @abstractmethod
+    def upsert_action_status(self, action_id: str, termination_id: str, provider: str, action: str, phase: str,
+                             status: str, reason: str = "") -> None:
+        """Record a decision that involved no external call (needs_human, skipped)."""
+
+    # -- runs, cursors, safety holds -------------------------------------------------------
+    @abstractmethod
+    def start_run(self, run_id: str, trigger: str, tenant: str | None, dry_run: bool) -> None: ...
+
+    @abstractmethod
+    def finish_run(self, run_id: str, exit_code: int, summary: dict, terminations: list[str]) -> None:
+        """Also records the audit head, so a truncated tail of the chain is caught by `verify_audit`."""
+
+    @abstractmethod
+    def cursor(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    def set_cursor(self, key: str, cursor: str | None) -> None: ...
+
+    @abstractmethod
+    def open_holds(self, tenant: str, kind: str | None = None) -> list[dict]:
+        """The tenant's unreleased holds, oldest first: kind `new` (arrivals, the tenant's work waits) or
+        `cancel` (a read that would cancel too many; other work goes on)."""
+
+    @abstractmethod
+    def open_hold(self, tenant: str) -> dict | None:
+        """The oldest hold of new arrivals: while there is one, the tenant's work waits."""
+
+    @abstractmethod
+    def add_hold(self, tenant: str, reason: str, termination_ids: list[str], kind: str = "new") -> None: ...
+
+    @abstractmethod
+    def release_hold(self, tenant: str) -> tuple[dict | None, list[str]]:
+        """Release the tenant's oldest open hold, exactly the terminations it listed (arrivals after it
+        form holds of their own): held ones are approved, held cancellations are carried out."""
+
+    # -- webhook replay guard (connector.sources.webhook.ReplayGuard) ------------------------
+    @abstractmethod
+    def seen(self, digest: str) -> bool: ...
+
+    @abstractmethod
+    def remember(self, digest: str, expires_at: float) -> bool:
+        """Atomic insert-if-absent: of two processes given the same body, one accepts it."""
+
+    # -- the audit log -------------------------------------------------------------------
+    @abstractmethod
+    def audit_many(self, entries: list[tuple[str, str | None, str | None, dict]]) -> None:
+        """Append rows to the chain (see `chain`), numbered inside the write transaction."""
+
+    @abstractmethod
+    def audit_trail(self, termination_id: str) -> list[dict]: ...
+
+    @abstractmethod
+    def audit_head(self) -> dict:
+        """{seq, hash, at} of the newest row ({0, GENESIS, None} when empty), plus its `mac` when keyed."""
+
+    @abstractmethod
+    def _snapshot(self):
+        """`with store._snapshot():` the reads inside see one consistent state."""
+
+    @abstractmethod
+    def _audit_rows(self) -> Iterator[dict]:
+        """Every audit row, in seq order."""
+
+    @abstractmethod
+    def _run_heads(self) -> Iterator[tuple[str, int, str]]:
+        """(run id, audit seq, audit hash) each finished run recorded."""
+
+    def audit(self, event: str, termination_id: str | None = None, run_id: str | None = None, **data: Any) -> None:
+        self.audit_many([(event, termination_id, run_id, data)])
+
+    def audit_keyed(self) -> bool:
+        """False: `verify_audit` proves the log intact against careless edits, not against whoever can write it."""
+        return self.audit_key is not None
+
+    def verify_audit(self) -> tuple[bool, str, int]:
+        """Walk the chain: (ok, first problem, rows checked). With the audit key, every mac is checked too."""
+        with self._snapshot():
+            return self._verify_chain()
+
+    def _verify_chain(self) -> tuple[bool, str, int]:
+        prev, count, signed, hashes = GENESIS, 0, False, {}
+        for row in self._audit_rows():
+            seq = row["seq"]
+            if seq != count + 1:
+                return False, f"row {count + 1} is missing (next is {seq})", count
+            if row["prev_hash"] != prev:
+                return False, f"row {seq} does not follow row {seq - 1} (a row was changed or removed)", count
+            if audit_hash(row) != row["hash"]:
+                return False, f"row {seq} was edited after it was written", count
+            if self.audit_key and (row.get("mac") or signed):
+                if not hmac.compare_digest(row.get("mac") or "", sign(self.audit_key, row["hash"])):
+                    return False, f"row {seq} is not signed with the audit key", count
+                signed = True
+            prev, count, hashes[seq] = row["hash"], count + 1, row["hash"]
+        if self.audit_key and count and not signed:
+            return False, (f"row {count}, the newest, is not signed with the audit key (no row is: the key was "
+                           "configured after the last write, or the signatures were removed)"), count
+        for run_id, seq, run_hash in self._run_heads():
+            if hashes.get(seq) != run_hash:
+                return False, f"run {run_id} ended at row {seq}, which is gone or changed (the log was cut)", count
+        return True, "", count
