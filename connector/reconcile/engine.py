@@ -16,6 +16,7 @@ from ..providers.base import Provider
 from ..store import Store, iso, now as utcnow
 from .execute import Executor, Leaver, termination_from_row
 from .intake import Intake, cancel_missing, pull_sources, record
+from .leases import Leases, owner_id
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
 
     def one(t: Tenant, part: Report) -> None:
         try:
-            _reconcile_tenant(t, store, part, employee=employee, dry_run=dry_run, full=full, now=now,
+            _reconcile_tenant(t, store, part, leases, employee=employee, dry_run=dry_run, full=full, now=now,
                               on_demand=on_demand, providers=providers)
         except Exception as e:  # a bug or a hostile input in one tenant must not stop the others
             log.exception("tenant %s: the pass failed", t.id)
@@ -84,7 +85,8 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
                                                     f"{type(e).__name__}: {e}", t.id))
 
     workers = max(1, min(len(tenants), config.connector.workers))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenant") as pool:
+    with Leases(store, owner_id(report.run_id), config.connector.lease_seconds) as leases, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenant") as pool:
         list(pool.map(one, tenants, parts))
     for part in parts:
         report.absorb(part)
@@ -97,7 +99,7 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
     return report
 
 
-def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, *, employee, dry_run, full, now,
+def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, leases: Leases, *, employee, dry_run, full, now,
                       on_demand, providers) -> None:
     missing = unresolvable_secrets(tenant)
     if missing:
@@ -110,8 +112,9 @@ def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, *, employee,
         return
     try:
         down = _online(built, report)
-        _intake_and_execute(tenant, store, report, built, down, employee=employee, dry_run=dry_run, full=full,
-                            now=now, on_demand=on_demand)
+        _intake(tenant, store, report, leases, full=full, now=now, on_demand=on_demand)
+        _execute(tenant, store, report, leases, built, down, employee=employee, dry_run=dry_run, now=now,
+                 on_demand=on_demand)
     finally:
         for p in built:
             p.close()
@@ -134,25 +137,34 @@ def _online(built: list[Provider], report: Report) -> dict[str, OffboardError]:
     return down
 
 
-def _intake_and_execute(tenant: Tenant, store: Store, report: Report, providers: list[Provider],
-                        down: dict[str, OffboardError], *, employee, dry_run, full, now, on_demand) -> None:
+def _intake(tenant: Tenant, store: Store, report: Report, leases: Leases, *, full, now, on_demand) -> None:
+    """Pull the feeds into the store. With several workers one at a time does it per tenant (a lease),
+    so cursors, limits and cancellations are counted once; a person's `run` needs no feed."""
     intake = Intake()
     if on_demand is not None:
         with store.transaction():
             record(tenant, store, [t for t in on_demand if t.tenant == tenant.id], now, report.run_id, intake,
                    on_demand=True)
-    else:
-        pulls = pull_sources(tenant, store, full, intake)
-        with store.transaction():     # one pull lands whole or not at all
-            record(tenant, store, [t for _, pull in pulls for t in pull.terminations], now, report.run_id, intake)
-            cancel_missing(tenant, store, pulls, report.run_id, intake)
-            for name, pull in pulls:
-                if pull.cursor is not None:
-                    store.set_cursor(f"{tenant.id}/{name}", pull.cursor)
+    elif leases.take(f"intake:{tenant.id}"):
+        try:
+            pulls = pull_sources(tenant, store, full, intake)
+            with store.transaction():     # one pull lands whole or not at all
+                record(tenant, store, [t for _, pull in pulls for t in pull.terminations], now, report.run_id,
+                       intake)
+                cancel_missing(tenant, store, pulls, report.run_id, intake)
+                for name, pull in pulls:
+                    if pull.cursor is not None:
+                        store.set_cursor(f"{tenant.id}/{name}", pull.cursor)
+        finally:
+            leases.release(f"intake:{tenant.id}")
     for e in intake.errors:
         (report.config_errors if isinstance(e, ConfigError) else report.source_errors).append(e)
     report.rejected.extend(intake.rejected)
     report.terminations.extend(i for i in intake.new if i not in report.terminations)
+
+
+def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, providers: list[Provider],
+             down: dict[str, OffboardError], *, employee, dry_run, now, on_demand) -> None:
     holds = store.open_holds(tenant.id)
     if holds:
         report.holds[tenant.id] = "; ".join(h["reason"] for h in holds)
@@ -162,20 +174,33 @@ def _intake_and_execute(tenant: Tenant, store: Store, report: Report, providers:
     rows = [r for r in store.terminations(tenant.id, WORKABLE)
             if r["due_at"] <= iso(now) and (wanted is None or r["id"] in wanted)
             and (employee is None or employee in (r["employee_id"], r["email"], r["id"]))]
-    leavers = [Leaver(row=r, termination=termination_from_row(r)) for r in rows
-               if store.set_state(r["id"], "in_progress", expect=WORKABLE)]
+    leavers = [Leaver(row=r, termination=termination_from_row(r)) for r in rows if _claim(store, leases, r["id"])]
     if not leavers:
         return
     for lv in leavers:
         if lv.id not in report.terminations:
             report.terminations.append(lv.id)
-    executor = Executor(tenant, store, providers, report.run_id, dry_run, now)
+    executor = Executor(tenant, store, providers, report.run_id, dry_run, now,
+                        owns=lambda tid: leases.holds(f"termination:{tid}"))
     executor.prepare(leavers, down)
     executor.execute(leavers)
     report.config_errors.extend(e for e in executor.config_errors if e not in report.config_errors)
     names = [p.name for p in providers]
     for lv in leavers:
-        settle(store, lv.id, report.run_id, names)
+        if leases.holds(f"termination:{lv.id}"):
+            settle(store, lv.id, report.run_id, names)
+        leases.release(f"termination:{lv.id}")
+
+
+def _claim(store: Store, leases: Leases, termination_id: str) -> bool:
+    """One worker per termination: the lease first, then the state (compare-and-set)."""
+    key = f"termination:{termination_id}"
+    if not leases.take(key):
+        return False             # another process is working on it, or died holding it (taken over on expiry)
+    if store.set_state(termination_id, "in_progress", expect=WORKABLE):
+        return True
+    leases.release(key)          # a person's hold or cancel got there first
+    return False
 
 
 def unresolvable_secrets(tenant: Tenant) -> list[ConfigError]:

@@ -14,6 +14,7 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..config import Tenant
 from ..errors import ConfigError, NeedsHuman, NotYet, OffboardError, PermanentError, RetryableError, Stopped
@@ -66,13 +67,14 @@ def approved(approvals: list[dict], provider: str, action: str, reason: str) -> 
 
 class Executor:
     def __init__(self, tenant: Tenant, store: Store, providers: list[Provider], run_id: str,
-                 dry_run: bool, now: dt.datetime):
+                 dry_run: bool, now: dt.datetime, owns: Callable[[str], bool] = lambda termination_id: True):
         self.tenant = tenant
         self.store = store
         self.providers = {p.name: p for p in providers}
         self.run_id = run_id
         self.dry_run = dry_run
         self.now = now
+        self.owns = owns                   # is this pass still the one worker of a termination (its lease)?
         self.config_errors: list[ConfigError] = []   # one per refused credential, however many actions hit it
         self.stopped: set[str] = set()     # providers whose credential was refused this pass
 
@@ -212,7 +214,7 @@ class Executor:
 
     def still_ours(self, lv: Leaver) -> bool:
         """False once a person cancelled or held the termination (or another worker took it) mid-pass."""
-        return self.store.state_of(lv.id) == "in_progress"
+        return self.owns(lv.id) and self.store.state_of(lv.id) == "in_progress"
 
     @staticmethod
     def _may_start(lv: Leaver, action: PlannedAction) -> bool:
