@@ -100,8 +100,20 @@ def report_objects(report: Report) -> list[dict]:
 
 # -- commands ---------------------------------------------------------------------
 def open_store(cfg: Config, scratch: bool = False) -> Store:
-    path = cfg.connector.state
-    return Store.scratch_copy(path) if scratch else Store.open(path)
+    path, key = cfg.connector.state, audit_key(cfg)
+    return Store.scratch_copy(path, audit_key=key) if scratch else Store.open(path, audit_key=key)
+
+
+def audit_key(cfg: Config) -> bytes | None:
+    """The key that signs the audit chain (`[connector] audit_key`), or None."""
+    ref = cfg.connector.audit_key
+    if ref is None:
+        return None
+    value = ref.reveal()
+    if len(value) < 16:
+        raise ConfigError("the audit key is shorter than 16 characters (make one: head -c 32 /dev/urandom | base64)",
+                          ref.where)
+    return value.encode()
 
 
 def cmd_check(args, cfg: Config) -> int:
@@ -299,14 +311,34 @@ def approve(store: Store, row: dict, scope: str | None) -> None:
         store.reopen(tid, statuses, approvals=json.dumps(approvals))
 
 
+UNKEYED = ("no audit_key configured: this proves the log is intact against careless edits, "
+           "not against someone who can write the database")
+
+
 def cmd_audit(args, cfg: Config) -> int:
     store = open_store(cfg, scratch=True)
+    if args.verb == "head":
+        head = store.audit_head()
+        emit(args, [head], " ".join(f"{k}={v}" for k, v in head.items()))
+        return 0
     ok, problem, count = store.verify_audit()
-    emit(args, [{"ok": ok, "rows": count, "problem": problem}],
-         f"audit log OK: {count} rows, hash chain intact" if ok else "")
+    keyed = store.audit_keyed()
+    emit(args, [{"ok": ok, "rows": count, "problem": problem, "keyed": keyed}],
+         (f"audit log OK: {count} rows, hash chain intact" + (", every row signed with the audit key" if keyed else "")
+          if ok else ""))
+    if not keyed:
+        print(f"offboard: warning: {UNKEYED}", file=sys.stderr)
     if not ok:
         print(f"offboard: error: {cfg.connector.state}: audit log: {problem}", file=sys.stderr)
     return 0 if ok else 1
+
+
+def cmd_backup(args, cfg: Config) -> int:
+    """A consistent copy of the state store while the daemon runs (SQLite's online backup)."""
+    store = open_store(cfg)
+    store.backup(args.path)
+    emit(args, [{"backup": args.path, "audit": store.audit_head()}], f"state store copied to {args.path}")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -361,7 +393,9 @@ def parser() -> argparse.ArgumentParser:
         if name == "approve":
             c.add_argument("--action", metavar="PROVIDER/ACTION", help="approve only this action's reason")
     c = sub.add_parser("audit", parents=[common], help="audit log tools")
-    c.add_argument("verb", choices=["verify"])
+    c.add_argument("verb", choices=["verify", "head"])
+    c = sub.add_parser("backup", parents=[common], help="a consistent copy of the state store, while it is in use")
+    c.add_argument("path")
     c = sub.add_parser("demo", parents=[common], help="the whole pipeline against a throwaway sandbox")
     c.add_argument("--keep", action="store_true", help="leave the sandbox folder behind")
     return p
@@ -369,7 +403,7 @@ def parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"check": cmd_check, "plan": cmd_plan, "reconcile": cmd_reconcile, "run": cmd_run, "status": cmd_status,
             "history": cmd_history, "approve": cmd_decide, "hold": cmd_decide, "cancel": cmd_decide,
-            "retry": cmd_decide, "audit": cmd_audit}
+            "retry": cmd_decide, "audit": cmd_audit, "backup": cmd_backup}
 
 
 def main(argv: list[str] | None = None) -> int:

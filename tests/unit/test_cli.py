@@ -131,3 +131,65 @@ def test_audit_verify_fails_on_a_tampered_log(cli):
     raw.commit()
     code, _, err = cli("audit", "verify")
     assert code == 1 and "row 2 was edited" in err
+
+
+def keyed_cli(cli, tmp_path, monkeypatch, key="k" * 32):
+    """The same CLI with `[connector] audit_key` set."""
+    (tmp_path / "audit.key").write_text(key)
+    config = write_config(tmp_path, top=f'audit_key = "file:{tmp_path / "audit.key"}"\n')
+
+    def run(*argv):
+        return cli("--config", str(config), *argv)
+    return run
+
+
+def test_without_an_audit_key_verify_says_what_it_cannot_prove(cli):
+    cli("run", "ann@contoso.com", "--tenant", "contoso")
+    code, out, err = cli("audit", "verify")
+    assert code == 0 and "hash chain intact" in out
+    assert "no audit_key configured" in err and "not against someone who can write the database" in err
+
+
+def test_a_keyed_chain_catches_a_rechained_trail_and_head_prints_the_head(cli, tmp_path, monkeypatch):
+    import sqlite3
+
+    from connector.store.base import GENESIS, audit_hash
+
+    keyed = keyed_cli(cli, tmp_path, monkeypatch)
+    keyed("run", "ann@contoso.com", "--tenant", "contoso")
+    code, out, err = keyed("audit", "verify")
+    assert code == 0 and "every row signed" in out and "no audit_key" not in err
+    code, out, _ = keyed("--json", "audit", "head")
+    head = json.loads(out)
+    assert code == 0 and head["seq"] > 3 and head["mac"] and len(head["hash"]) == 64
+    # the attacker can write the DB but not read the key: drop the triggers, delete, re-chain
+    raw = sqlite3.connect(cli.state)
+    raw.row_factory = sqlite3.Row
+    raw.execute("drop trigger audit_no_update")
+    raw.execute("drop trigger audit_no_delete")
+    raw.execute("delete from audit where event like 'action_%'")
+    prev = GENESIS
+    for seq, row in enumerate(raw.execute("select * from audit order by seq").fetchall(), start=1):
+        fixed = {**dict(row), "seq": seq, "prev_hash": prev}
+        fixed["hash"] = prev = audit_hash(fixed)
+        raw.execute("update audit set seq = ?, prev_hash = ?, hash = ? where seq = ?",
+                    [seq, fixed["prev_hash"], fixed["hash"], row["seq"]])
+    raw.execute("update runs set audit_seq = (select max(seq) from audit), audit_hash = ?", [prev])
+    raw.commit()
+    code, _, err = keyed("audit", "verify")
+    assert code == 1 and "not signed with the audit key" in err
+
+
+def test_an_unreadable_or_short_audit_key_is_one_config_error(cli, tmp_path, monkeypatch):
+    keyed = keyed_cli(cli, tmp_path, monkeypatch, key="Zq9x")
+    code, _, err = keyed("status")
+    assert code == 1 and "audit key is shorter" in err and "Zq9x" not in err and len(err.splitlines()) == 1
+
+
+def test_backup_is_a_verifiable_copy(cli, tmp_path):
+    cli("run", "ann@contoso.com", "--tenant", "contoso")
+    code, out, _ = cli("backup", str(tmp_path / "copy.db"))
+    assert code == 0 and "copied" in out
+    from connector.store import Store
+    copy = Store.open(str(tmp_path / "copy.db"))
+    assert copy.verify_audit()[0] and [t["id"] for t in copy.terminations()] == ["contoso/ann@contoso.com"]
