@@ -192,31 +192,9 @@ RUN_TIME_FAULTS = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_1_and_changes_nothing(samba_dc, ad_admin, tmp_path, capsys, case):
+def reconcile_broken(samba_dc, ad_admin, tmp_path, capsys, edit, exit_code: int, expected: str) -> None:
+    """One pass with a broken config or credential: one line on stderr, the exit code, AD untouched."""
     config = demo.write_sandbox(tmp_path, samba_dc, TODAY)
-    edit, expected = BAD_INPUTS[case]
-    if edit:
-        config.write_text(edit(config.read_text()))
-    else:
-        (tmp_path / "ad-bind-password").write_text("Wrong-Password-1")
-    before = ad_state(ad_admin, CASES)
-    code, out, err = offboard(capsys, "--config", str(config), "reconcile", "--once")
-    assert code == 1
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("offboard: error: ") and expected in lines[0], err
-    assert "Traceback" not in err and samba_dc.admin_password not in err + out
-    assert ad_state(ad_admin, CASES) == before
-    if (tmp_path / "state.db").exists():
-        store = Store.open(str(tmp_path / "state.db"))
-        assert store.terminations() == [] and list(store.db["actions"].rows) == []
-
-
-@pytest.mark.parametrize("case", list(RUN_TIME_FAULTS))
-def test_a_directory_refused_or_down_at_run_time_leaves_every_due_leaver_open(samba_dc, ad_admin, tmp_path, capsys,
-                                                                                case):
-    config = demo.write_sandbox(tmp_path, samba_dc, TODAY)
-    edit, exit_code, expected = RUN_TIME_FAULTS[case]
     if edit:
         config.write_text(edit(config.read_text()))
     else:
@@ -228,6 +206,20 @@ def test_a_directory_refused_or_down_at_run_time_leaves_every_due_leaver_open(sa
     assert len(lines) == 1 and lines[0].startswith("offboard: error: ") and expected in lines[0], err
     assert "Traceback" not in err and samba_dc.admin_password not in err + out
     assert ad_state(ad_admin, CASES) == before
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_1_and_changes_nothing(samba_dc, ad_admin, tmp_path, capsys, case):
+    edit, expected = BAD_INPUTS[case]
+    reconcile_broken(samba_dc, ad_admin, tmp_path, capsys, edit, 1, expected)
+    if (tmp_path / "state.db").exists():
+        assert Store.open(str(tmp_path / "state.db")).terminations() == []
+
+
+@pytest.mark.parametrize("case", list(RUN_TIME_FAULTS))
+def test_a_directory_refused_or_down_at_run_time_leaves_every_due_leaver_open(samba_dc, ad_admin, tmp_path, capsys,
+                                                                                case):
+    reconcile_broken(samba_dc, ad_admin, tmp_path, capsys, *RUN_TIME_FAULTS[case])
     store = Store.open(str(tmp_path / "state.db"))
     due = [t for t in store.terminations() if t["state"] not in ("scheduled", "cancelled")]
     assert due and all(t["state"] == "in_progress" for t in due)

@@ -61,7 +61,7 @@ def test_cloud_leaver_is_revoked_preserved_then_unlicensed_once_the_mailbox_is_s
     assert store.termination("contoso/E1")["state"] == "done"
     assert [a for a in store.audit_trail("contoso/E1") if a["event"] == "action_changed"] == changes
     assert m365.snapshot(leaver.email) == state
-    dump = "\n".join(store.conn.iterdump())
+    dump = store.dump()
     assert SECRET not in dump and "Bearer" not in dump
 
 
