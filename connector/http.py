@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = (5, 30)          # connect, read
 INLINE_WAIT_LIMIT = 30.0   # seconds of Retry-After we wait for in place
-RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
+RETRYABLE = {408, 424, 425, 429, 500, 502, 503, 504}   # 424: a Graph $batch dependency failed (throttled)
 CONFIG = {401, 403}
 
 

@@ -4,8 +4,15 @@ Writes really change its state, and it bites where Graph bites: properties outsi
 default set come back only when named in `$select`; batch sub-requests with a body
 need a Content-Type; more than 20 sub-requests is a 400; `$skip` on users is refused;
 `$search` and `$count` need `ConsistencyLevel: eventual`; synced objects, dynamic
-groups and mail-enabled groups refuse cloud writes. Every Graph request, batch
-sub-requests included, is checked against the v1.0 CSDL (`violations`).
+groups and mail-enabled groups refuse cloud writes; the default MFA method cannot be
+deleted while others remain, nor a `mobile` phone while an `alternateMobile` exists;
+PIM answers `AadPremiumLicenseRequired` in a tenant without P2; Exchange wants the
+app-only anchor on tenant-level cmdlets and names a missing permission or role the way
+the service does. Every Graph request, batch sub-requests included, is checked against
+the v1.0 CSDL (`violations`).
+
+Faults are injected per scope (`faults["batch_item"] = [424, 503]`: the next sub-requests
+answer those), as are forged `@odata.nextLink`s (`next_link`) and raw bodies (`raw`).
 msal is real: only its HTTP calls (discovery document, token endpoint) are answered here.
 """
 from __future__ import annotations
@@ -47,12 +54,27 @@ def graph_error(status: int, code: str, message: str, headers: dict | None = Non
         {"error": {"code": code, "message": message}})
 
 
+NO_GUID = "00000000-0000-0000-0000-000000000000"
+#: what each injected status answers with
+FAULTS = {424: ("FailedDependency", "The request failed because of a failed dependency."),
+          429: ("TooManyRequests", "Too many requests"),
+          503: ("ServiceUnavailable", "The service is temporarily unavailable.")}
+DEFAULT_REFUSED = "Cannot delete default method with other methods configured. Please change default method before deletion."
+MOBILE_REFUSED = ("A user can't have an alternateMobile number without a mobile number: delete the alternateMobile "
+                  "number first.")
+#: kinds that do not hold the default method in place (not MFA methods a default could fall back to)
+NOT_BLOCKING_DEFAULT = {"password", "qrCodePin"}
+
+
 @dataclass
 class Mailbox:
     upn: str
     kind: str = "UserMailbox"
     size: int = 2 * GB
     litigation_hold: bool = False
+    in_place_holds: list[str] = field(default_factory=list)
+    compliance_tag_hold: bool = False
+    archive: bool = False
     forwarding: str | None = None
     hidden: bool = False
     permissions: list[dict] = field(default_factory=list)
@@ -80,17 +102,29 @@ class FakeM365:
         self.authority, self.graph_url, self.exchange_url = authority, graph, exchange
         self.users: dict[str, dict] = {}
         self.groups: dict[str, dict] = {}
-        self.roles: dict[str, dict] = {}
+        self.roles: dict[str, dict] = {}                 # role definitions: id -> {id, displayName, isBuiltIn}
+        self.assignments: list[dict] = []                # {id, principalId, roleDefinitionId, directoryScopeId, eligible}
+        self.pim_licensed = True
         self.skus: dict[str, dict] = {}
         self.methods: dict[str, list[dict]] = {}
+        self.default_method: dict[str, str] = {}          # user id -> id of the default MFA method
         self.mailboxes: dict[str, Mailbox] = {}
+        self.accepted_domains = [{"DomainName": "contoso.com", "DomainType": "Authoritative", "Default": True},
+                                 {"DomainName": "contoso.onmicrosoft.com", "DomainType": "Authoritative",
+                                  "Default": False}]
         self.tokens: dict[str, str] = {}                 # token -> scope
         self.calls: list[tuple[str, str, str]] = []      # (service, method, path) of every HTTP request
+        self.anchors: list[tuple[str, str]] = []         # (cmdlet, X-AnchorMailbox) of every Exchange call
         self.violations: list[str] = []
-        self.throttles: dict[str, int] = {"graph": 0, "batch_item": 0, "exchange": 0}
+        self.throttles: dict[str, int] = {"graph": 0, "batch_item": 0, "exchange": 0}     # that many 429s
+        self.faults: dict[str, list[int]] = {"graph": [], "batch": [], "batch_item": [], "exchange": []}
         self.retry_after = "0"
         self.denied: list[tuple[str, str, str]] = []     # (method, path regex, permission)
+        self.exchange_denied = ""                         # "permission" (no Exchange.ManageAsApp) or "role"
+        self.next_link: str | None = None                # forged on every collection page; "SELF": the page itself
+        self.raw: dict[str, str] = {}                    # Graph path regex -> a 200 body sent as it is
         self.exchange_page = 1000
+        self.rsps = rsps
         self.lock = threading.RLock()
         base = f"{authority}/{tenant_id}"
         rsps.add(responses.GET, f"{base}/v2.0/.well-known/openid-configuration", json={
@@ -119,25 +153,36 @@ class FakeM365:
         return next(s for s, v in self.skus.items() if v["skuPartNumber"] == part)
 
     def add_group(self, name: str, *, dynamic: bool = False, synced: bool = False, mail_enabled: bool = False,
-                  unified: bool = False, licences: tuple[str, ...] = ()) -> str:
+                  unified: bool = False, licences: tuple[str, ...] = (), role_assignable: bool = False) -> str:
         group_id = self._id()
         types = (["Unified"] if unified else []) + (["DynamicMembership"] if dynamic else [])
         self.groups[group_id] = {"id": group_id, "displayName": name, "groupTypes": types,
                                  "mailEnabled": mail_enabled or unified, "securityEnabled": not unified,
                                  "onPremisesSyncEnabled": True if synced else None,
                                  "mail": f"{name.lower().replace(' ', '-')}@contoso.com" if mail_enabled or unified else None,
+                                 "isAssignableToRole": role_assignable,
                                  "licences": [self.sku(p) for p in licences], "members": set()}
         return group_id
 
-    def add_role(self, name: str) -> str:
+    def add_role(self, name: str, *, custom: bool = False) -> str:
         role_id = self._id()
-        self.roles[role_id] = {"id": role_id, "displayName": name, "members": set()}
+        self.roles[role_id] = {"id": role_id, "displayName": name, "isBuiltIn": not custom}
         return role_id
+
+    def assign_role(self, principal_id: str, name: str, *, scope: str = "/", eligible: bool = False) -> None:
+        """An active (or, with `eligible`, a PIM-eligible) assignment of a role to a user or a role-assignable group."""
+        group = self.groups.get(principal_id)
+        if group is not None and not group["isAssignableToRole"]:
+            raise ValueError(f"{group['displayName']} is not role-assignable: Entra refuses the assignment")
+        role = next(r for r in self.roles.values() if r["displayName"] == name)
+        self.assignments.append({"id": self._id(), "principalId": principal_id, "roleDefinitionId": role["id"],
+                                 "directoryScopeId": scope, "eligible": eligible})
 
     def add_user(self, upn: str, *, employee_id: str | None = None, synced: bool = False, enabled: bool = True,
                  licences: tuple[str, ...] = (), groups: tuple[str, ...] = (), roles: tuple[str, ...] = (),
-                 methods: tuple[str, ...] = ("password",), mailbox: Mailbox | None = None,
-                 proxies: tuple[str, ...] = ()) -> str:
+                 methods: tuple[str, ...] = ("password",), default: str = "", mailbox: Mailbox | None = None,
+                 proxies: tuple[str, ...] = (), manager: str = "") -> str:
+        """`methods` are kinds (`phone` is a mobile; `phone:alternateMobile` names the type); `default` is one of them."""
         user_id = self._id()
         given, _, family = upn.split("@")[0].partition(".")
         old = stamp(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
@@ -147,13 +192,21 @@ class FakeM365:
             "proxyAddresses": [f"SMTP:{upn}"] + [f"smtp:{p}" for p in proxies], "accountEnabled": enabled,
             "onPremisesSyncEnabled": True if synced else None, "signInSessionsValidFromDateTime": old,
             "lastPasswordChangeDateTime": old, "businessPhones": [], "jobTitle": None, "mobilePhone": None,
-            "officeLocation": None, "preferredLanguage": None, "direct": [self.sku(p) for p in licences]}
+            "officeLocation": None, "preferredLanguage": None, "direct": [self.sku(p) for p in licences],
+            "manager": self.user_by_upn(manager)["id"] if manager else None}
         for name in groups:
             self.group_named(name)["members"].add(user_id)
         for name in roles:
-            next(r for r in self.roles.values() if r["displayName"] == name)["members"].add(user_id)
-        self.methods[user_id] = [{"@odata.type": f"#microsoft.graph.{kind}AuthenticationMethod", "id": self._id()}
-                                 for kind in methods]
+            self.assign_role(user_id, name)
+        self.methods[user_id] = []
+        for spec in methods:
+            kind, _, phone_type = spec.partition(":")
+            method = {"@odata.type": f"#microsoft.graph.{kind}AuthenticationMethod", "id": self._id()}
+            if kind == "phone":
+                method.update(phoneType=phone_type or "mobile", phoneNumber="+1 4255550100", smsSignInState="notSupported")
+            self.methods[user_id].append(method)
+            if spec == default:
+                self.default_method[user_id] = method["id"]
         if mailbox:
             mailbox.upn = upn
             self.mailboxes[upn.lower()] = mailbox
@@ -196,7 +249,8 @@ class FakeM365:
             "licences": sorted((self.skus[s["skuId"]]["skuPartNumber"], s["assignedByGroup"] or "")
                                for s in self.licence_states(user_id)),
             "groups": sorted(g["displayName"] for g in self.groups.values() if user_id in g["members"]),
-            "methods": sorted(m["@odata.type"] for m in self.methods[user_id]),
+            "methods": sorted(m["@odata.type"] + (f":{m['phoneType']}" if "phoneType" in m else "")
+                              for m in self.methods[user_id]),
             "mailbox": mailbox and {"type": mailbox.converting_to or mailbox.kind, "forwarding": mailbox.forwarding,
                                     "hidden": mailbox.hidden, "permissions": json.dumps(mailbox.permissions),
                                     "auto_reply": json.dumps(mailbox.auto_reply), "devices": json.dumps(mailbox.devices)},
@@ -222,6 +276,22 @@ class FakeM365:
         token = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
         return self.tokens.get(token) == f"{resource}/.default"
 
+    def _fault(self, scope: str):
+        """The injected answer due in `scope` (an entry of `faults`, else one of `throttles`' 429s), or None."""
+        if self.faults[scope]:
+            status = self.faults[scope].pop(0)
+        elif self.throttles.get(scope, 0) > 0:
+            self.throttles[scope] -= 1
+            status = 429
+        else:
+            return None
+        return graph_error(status, *FAULTS[status], {"Retry-After": self.retry_after})
+
+    def _forge(self, page: dict, url: str) -> dict:
+        if self.next_link:
+            page["@odata.nextLink"] = url if self.next_link == "SELF" else self.next_link
+        return page
+
     # -- Graph -----------------------------------------------------------------
     def _graph(self, request):
         with self.lock:
@@ -229,9 +299,12 @@ class FakeM365:
             self.calls.append(("graph", request.method, path))
             if not self._authorized(request, self.graph_url):
                 return graph_error(401, "InvalidAuthenticationToken", "Access token is empty or invalid.")
-            if self.throttles["graph"] > 0:
-                self.throttles["graph"] -= 1
-                return graph_error(429, "TooManyRequests", "Too many requests", {"Retry-After": self.retry_after})
+            fault = self._fault("graph") or (self._fault("batch") if path == "/$batch" else None)
+            if fault:
+                return fault
+            raw = next((text for pattern, text in self.raw.items() if re.fullmatch(pattern, path)), None)
+            if raw is not None:
+                return 200, {"Content-Type": "text/html" if raw.startswith("<") else "application/json"}, raw
             body = json.loads(request.body) if request.body else None
             status, headers, text = self.dispatch(request.method, request.url, body, request.headers)
             return status, headers, text
@@ -274,6 +347,8 @@ class FakeM365:
             (rf"POST /users/{guid}/revokeSignInSessions", self.revoke_sessions),
             (rf"POST /users/{guid}/assignLicense", self.assign_license),
             (rf"GET /users/{guid}/memberOf", self.member_of),
+            (rf"GET /users/{guid}/manager", self.manager_of),
+            (r"GET /roleManagement/directory/(roleAssignments|roleEligibilityScheduleInstances)", self.role_reads),
             (rf"GET /users/{guid}/authentication/methods", self.list_methods),
             (rf"DELETE /users/{guid}/authentication/(\w+)/{guid}", self.delete_method),
             (rf"DELETE /groups/{guid}/members/{guid}/\$ref", self.remove_member),
@@ -291,10 +366,8 @@ class FakeM365:
             if "body" in sub and not any(k.lower() == "content-type" for k in sub_headers):
                 status, hdrs, text = graph_error(400, "BadRequest", "Content-Type header is required for a request "
                                                  "with a body.")
-            elif self.throttles["batch_item"] > 0:
-                self.throttles["batch_item"] -= 1
-                status, hdrs, text = graph_error(429, "TooManyRequests", "Too many requests",
-                                                 {"Retry-After": self.retry_after})
+            elif fault := self._fault("batch_item"):
+                status, hdrs, text = fault
             else:
                 status, hdrs, text = self.dispatch(sub["method"], self.graph_url + "/v1.0" + sub["url"],
                                                    sub.get("body"), sub_headers)
@@ -312,7 +385,7 @@ class FakeM365:
         if start + size < len(items):
             parts = urlsplit(url)
             page["@odata.nextLink"] = parts._replace(query=urlencode({**query, "$skiptoken": start + size})).geturl()
-        return page
+        return self._forge(page, url)
 
     def list_users(self, query, body, headers, url):
         advanced = headers.get("ConsistencyLevel") == "eventual"
@@ -384,6 +457,7 @@ class FakeM365:
         return self.render_user(user_id, None)
 
     def member_of(self, user_id, query, url, **_):
+        """Direct groups, and the directory roles held directly (active, built-in, tenant-wide), as Graph lists them."""
         self.users[user_id]
         select = self._select(query)
         out = []
@@ -391,10 +465,38 @@ class FakeM365:
             if user_id in group["members"]:
                 out.append({"@odata.type": "#microsoft.graph.group",
                             **{k: group.get(k) for k in (select or ["id", "displayName", "mail"])}})
-        for role in self.roles.values():
-            if user_id in role["members"]:
+        for a in self.assignments:
+            role = self.roles[a["roleDefinitionId"]]
+            if a["principalId"] == user_id and not a["eligible"] and a["directoryScopeId"] == "/" and role["isBuiltIn"]:
                 out.append({"@odata.type": "#microsoft.graph.directoryRole", "id": role["id"],
                             "displayName": role["displayName"]})
+        return self._page(out, query, url)
+
+    def manager_of(self, user_id, query, **_):
+        manager = self.users[user_id]["manager"]
+        if manager is None:
+            raise KeyError(user_id)
+        return {"@odata.type": "#microsoft.graph.user", **self.render_user(manager, self._select(query))}
+
+    def role_reads(self, collection, query, url, **_):
+        """Assignments or PIM eligibilities of one principal, `$filter=principalId eq '...'`, `$expand=roleDefinition`."""
+        eligible = collection == "roleEligibilityScheduleInstances"
+        if eligible and not self.pim_licensed:
+            return graph_error(400, "AadPremiumLicenseRequired",
+                               "The tenant needs to have Microsoft Entra ID P2 or Microsoft Entra ID Governance license.")
+        found = re.fullmatch(r"principalId eq '([^']+)'", query.get("$filter", ""))
+        if not found:
+            return graph_error(400, "BadRequest", f"fake answers only $filter=principalId eq '...', not {query}")
+        expand = query.get("$expand") == "roleDefinition"
+        out = []
+        for a in self.assignments:
+            if a["principalId"] == found.group(1) and a["eligible"] == eligible:
+                item = {k: v for k, v in a.items() if k != "eligible"}
+                if eligible:
+                    item.update(memberType="Direct", startDateTime=stamp(), endDateTime=None)
+                if expand:
+                    item["roleDefinition"] = dict(self.roles[a["roleDefinitionId"]])
+                out.append(item)
         return self._page(out, query, url)
 
     def list_methods(self, user_id, query, url, **_):
@@ -408,8 +510,14 @@ class FakeM365:
         kind = method["@odata.type"].removeprefix("#microsoft.graph.").removesuffix("AuthenticationMethod")
         if kind == "password":
             return graph_error(400, "badRequest", "The password method cannot be deleted.")
-        if collection != f"{kind}Methods":
+        if collection != (f"{kind}Methods" if kind != "external" else "externalAuthenticationMethods"):
             return graph_error(404, "itemNotFound", f"No {collection} with id {method_id}.")
+        others = [m for m in methods if m is not method and m["@odata.type"].removeprefix("#microsoft.graph.")
+                  .removesuffix("AuthenticationMethod") not in NOT_BLOCKING_DEFAULT]
+        if self.default_method.get(user_id) == method_id and others:
+            return graph_error(400, "badRequest", DEFAULT_REFUSED)
+        if method.get("phoneType") == "mobile" and any(m.get("phoneType") == "alternateMobile" for m in methods):
+            return graph_error(400, "badRequest", MOBILE_REFUSED)
         methods.remove(method)
         return None
 
@@ -446,7 +554,37 @@ class FakeM365:
                                               "ExternalAudience"},
         "Clear-MobileDevice": {"Identity", "AccountOnly", "Confirm"},
         "Remove-DistributionGroupMember": {"Identity", "Member", "BypassSecurityGroupManagerCheck", "Confirm"},
+        "Get-AcceptedDomain": set(),
+        "Get-OrganizationConfig": set(),
     }
+    TENANT_LEVEL = {"Get-AcceptedDomain", "Get-OrganizationConfig"}
+
+    @property
+    def app_anchor(self) -> str:
+        return f"APP:SystemMailbox{{bb558c35-97f1-4cb9-8ff7-d53741dc928c}}@{self.tenant_id}"
+
+    def _anchor_refusal(self, name: str, anchor: str):
+        """Tenant-level cmdlets need the app-only anchor; the others route by the mailbox's UPN."""
+        if not anchor:
+            return self._cmdlet_error(400, "X-AnchorMailbox header is required")
+        if name in self.TENANT_LEVEL and anchor != self.app_anchor:
+            return self._cmdlet_error(400, f"{name} is a tenant-level cmdlet: anchor it to {self.app_anchor}, "
+                                           f"not {anchor}")
+        if name not in self.TENANT_LEVEL and not (anchor.startswith("UPN:") and "@" in anchor):
+            return self._cmdlet_error(400, f"{name} acts on a mailbox: anchor it to UPN:<mailbox>, not {anchor}")
+        return None
+
+    def _exchange_refusal(self, name: str):
+        """What Exchange answers an app without Exchange.ManageAsApp, or whose service principal has no role."""
+        if self.exchange_denied == "permission":
+            return 401, {"x-ms-diagnostics": '2000008;reason="The token contains no permissions, or permissions can '
+                                             'not be understood.";error_category="invalid_grant"'}, ""
+        if self.exchange_denied == "role":
+            return 401, {"Content-Type": "application/json"}, json.dumps({"error": {
+                "code": "Unauthorized", "message": f"User is not allowed to call {name}",
+                "innererror": {"message": f"User is not allowed to call {name}",
+                               "type": "Microsoft.Exchange.Admin.OData.Core.ODataServiceException"}}})
+        return None
 
     def _exchange(self, request):
         with self.lock:
@@ -454,12 +592,12 @@ class FakeM365:
             self.calls.append(("exchange", "POST", cmdlet["CmdletName"]))
             if not self._authorized(request, self.exchange_url):
                 return 401, {}, ""
-            if self.throttles["exchange"] > 0:
-                self.throttles["exchange"] -= 1
-                return graph_error(429, "TooManyRequests", "Too many requests", {"Retry-After": self.retry_after})
-            if not request.headers.get("X-AnchorMailbox"):
-                return self._cmdlet_error(400, "X-AnchorMailbox header is required")
             name, params = cmdlet["CmdletName"], cmdlet.get("Parameters") or {}
+            anchor = request.headers.get("X-AnchorMailbox", "")
+            self.anchors.append((name, anchor))
+            refused = self._exchange_refusal(name) or self._fault("exchange") or self._anchor_refusal(name, anchor)
+            if refused:
+                return refused
             if name not in self.CMDLETS:
                 return self._cmdlet_error(400, f"The term '{name}' is not recognized as a name of a cmdlet")
             unknown = set(params) - self.CMDLETS[name]
@@ -479,7 +617,7 @@ class FakeM365:
             if start + self.exchange_page < len(items):
                 page["@odata.nextLink"] = (f"{self.exchange_url}/adminapi/beta/{self.tenant_id}/InvokeCommand"
                                            f"?skip={start + self.exchange_page}")
-            return 200, {"Content-Type": "application/json"}, json.dumps(page)
+            return 200, {"Content-Type": "application/json"}, json.dumps(self._forge(page, request.url))
 
     @staticmethod
     def _cmdlet_error(status: int, message: str):
@@ -499,7 +637,16 @@ class FakeM365:
         return [{"UserPrincipalName": box.upn, "PrimarySmtpAddress": box.upn, "ExternalDirectoryObjectId": user["id"],
                  "RecipientTypeDetails": box.read_type(), "ForwardingSmtpAddress": box.forwarding,
                  "DeliverToMailboxAndForward": bool(box.forwarding), "HiddenFromAddressListsEnabled": box.hidden,
-                 "LitigationHoldEnabled": box.litigation_hold, "EmailAddresses": user["proxyAddresses"]}]
+                 "LitigationHoldEnabled": box.litigation_hold, "InPlaceHolds": list(box.in_place_holds),
+                 "ComplianceTagHoldApplied": box.compliance_tag_hold, "ArchiveStatus": "Active" if box.archive else "None",
+                 "ArchiveGuid": str(uuid.uuid5(uuid.NAMESPACE_URL, box.upn)) if box.archive else NO_GUID,
+                 "EmailAddresses": user["proxyAddresses"]}]
+
+    def cmd_get_accepteddomain(self):
+        return [dict(d) for d in self.accepted_domains]
+
+    def cmd_get_organizationconfig(self):
+        return [{"Name": "contoso.onmicrosoft.com", "IsDehydrated": False}]
 
     def cmd_get_mailboxstatistics(self, Identity):
         box = self.mailbox(Identity)
@@ -591,7 +738,8 @@ def add_leaver(fake: FakeM365, n: int, *, synced: bool = False, mailbox_kind: st
                   devices=[{"Identity": f"{upn}/ExchangeActiveSyncDevices/iPhone{n}", "DeviceModel": "iPhone",
                             "DeviceWipeRequestTime": None, "Status": "DeviceOk"}]) if mailbox else None
     fake.add_user(upn, employee_id=f"E{n}", synced=synced, licences=("EMS",), groups=GROUPS, roles=roles,
-                  methods=("password", "phone", "microsoftAuthenticator"), mailbox=box, proxies=(f"l{n}@contoso.com",))
+                  methods=("password", "phone", "microsoftAuthenticator"), default="phone", mailbox=box,
+                  proxies=(f"l{n}@contoso.com",), manager=MANAGER)
     return Termination(tenant="contoso", employee_id=f"E{n}", email=upn, first_name="Leaver", last_name=f"Person{n}",
                        manager_email=MANAGER, termination_date=dt.date(2026, 9, 1))
 

@@ -3,37 +3,70 @@
 Users synced from on-prem AD are disabled and reset in AD (a cloud write is refused or
 overwritten by the next sync); their sessions are still revoked here. Licences go only
 after the mailbox reads back as SharedMailbox, because a licence removed first loses
-the mailbox after 30 days; big or held mailboxes keep theirs and a person decides.
+the mailbox after 30 days; big, held or archived mailboxes keep theirs and a person decides.
+A conversion still running is looked at again after 15 s, then 30 s, then every 60 s.
+
+MFA methods go in the order Graph accepts: it refuses to delete the default method while
+others remain, and a `mobile` phone while an `alternateMobile` one exists. v1.0 cannot say
+which method is the default, so deletes go in rounds and a method refused as the default
+waits for the next round, or the next pass. Kinds v1.0 has no collection to delete from
+(`qrCodePin`, anything newer) are reported as kept, never sent; the password cannot be
+deleted at all (the reset replaced it).
 """
 from __future__ import annotations
 
 import datetime as dt
 import re
 import secrets
+from typing import Generator
 
-from ...errors import NotYet
+from ... import http
+from ...errors import NotYet, OffboardError, PermanentError, RetryableError
 from ...model import ActionContext, PlannedAction, Result, Subject, Termination
 from .exchange_api import Cmdlet
 from .graph import GraphCall
-from .provider import Microsoft365Provider, Step
+from .provider import ROLE_READS, Microsoft365Provider, Step
 
-PASSWORD_METHOD = "#microsoft.graph.passwordAuthenticationMethod"
 SHARED = "SharedMailbox"
-BIG_MAILBOX = 50 * 1024 ** 3           # bytes: from here on a person decides about the licence
-CONVERSION_WAIT = 300.0                # seconds between looks at a mailbox that is still converting
+GB = 1024 ** 3
+BIG_MAILBOX = 50 * GB                  # bytes: from here on a person decides about the licence
+CONVERSION_WAITS = (15.0, 60.0)        # seconds: the first look again at a converting mailbox, and the longest wait
+NO_ARCHIVE = "00000000-0000-0000-0000-000000000000"
+#: authentication method kind -> the v1.0 collection it is deleted from
+DELETABLE = {kind: f"{kind}Methods" for kind in ("email", "fido2", "microsoftAuthenticator", "phone",
+                                                  "platformCredential", "softwareOath", "temporaryAccessPass",
+                                                  "windowsHelloForBusiness")} | {
+    "external": "externalAuthenticationMethods"}
+#: the words of Graph's refusals that only mean "not yet, delete the others first"
+ORDER_REFUSALS = ("default method", "default authentication method", "alternateMobile")
+PHONE_ORDER = {"office": 1, "alternateMobile": 2, "mobile": 3}      # the likeliest default goes last
 
 
-def method_path(method: dict) -> str:
-    """`#microsoft.graph.phoneAuthenticationMethod` -> `phoneMethods` (the collection to delete it from)."""
-    kind = method["@odata.type"].removeprefix("#microsoft.graph.")
-    if kind == "externalAuthenticationMethod":
-        return "externalAuthenticationMethods"
-    return kind.removesuffix("AuthenticationMethod") + "Methods"
+def method_kind(method: dict) -> str:
+    """`#microsoft.graph.phoneAuthenticationMethod` -> `phone`."""
+    return str(method.get("@odata.type", "")).removeprefix("#microsoft.graph.").removesuffix("AuthenticationMethod")
+
+
+def method_label(method: dict) -> str:
+    kind = method_kind(method) or "unknown"
+    return f"{kind} ({method['phoneType']})" if kind == "phone" and method.get("phoneType") else kind
 
 
 def removable_methods(methods: list[dict]) -> list[dict]:
-    """Every method but the password, which cannot be deleted (the reset takes care of it)."""
-    return [m for m in methods if m.get("@odata.type") != PASSWORD_METHOD]
+    """The methods a DELETE can remove, in the order they are sent."""
+    return sorted((m for m in methods if method_kind(m) in DELETABLE and m.get("id")),
+                  key=lambda m: (method_kind(m) == "phone", PHONE_ORDER.get(m.get("phoneType"), 0)))
+
+
+def kept_methods(methods: list[dict]) -> dict[str, str]:
+    """Methods that stay, and why (the password is no MFA method and is left out)."""
+    return {method_label(m): "Graph v1.0 has no way to delete it: remove it in the Entra admin center"
+            for m in methods if method_kind(m) not in DELETABLE and method_kind(m) != "password"}
+
+
+def order_refusal(answer: object) -> bool:
+    return isinstance(answer, PermanentError) and not isinstance(answer, http.NotFound) and any(
+        words.lower() in answer.message.lower() for words in ORDER_REFUSALS)
 
 
 def licence_groups(user: dict) -> set[str]:
@@ -52,10 +85,39 @@ def groups_of(member_of: list[dict]) -> list[dict]:
     return [g for g in member_of if g.get("@odata.type") == "#microsoft.graph.group"]
 
 
-def size_in_bytes(total_item_size: str | None) -> int:
-    """Exchange writes sizes as `52.3 GB (56,155,000,000 bytes)`."""
-    found = re.search(r"\(([\d,]+) bytes\)", total_item_size or "")
-    return int(found.group(1).replace(",", "")) if found else 0
+def size_in_bytes(total_item_size: object) -> int | None:
+    """Exchange writes sizes as `52.3 GB (56,158,883,840 bytes)`: the exact bytes count. None: unreadable."""
+    if isinstance(total_item_size, int) and not isinstance(total_item_size, bool):
+        return total_item_size
+    found = re.fullmatch(r"[\d.,]+ ?[KMGT]?B \(([\d,]+) bytes\)", str(total_item_size).strip())
+    return int(found.group(1).replace(",", "")) if found else None
+
+
+def licence_holds(mailbox: dict, statistics: dict | None) -> list[str]:
+    """Why this mailbox must keep its licence (a person decides), or nothing."""
+    holds = []
+    if mailbox.get("LitigationHoldEnabled"):
+        holds.append("on litigation hold")
+    if mailbox.get("InPlaceHolds"):
+        holds.append(f"on {len(mailbox['InPlaceHolds'])} In-Place / eDiscovery / retention hold(s) (InPlaceHolds)")
+    if mailbox.get("ComplianceTagHoldApplied"):
+        holds.append("holding items under a retention label (ComplianceTagHoldApplied)")
+    if mailbox.get("ArchiveStatus") == "Active" or (mailbox.get("ArchiveGuid") or NO_ARCHIVE) != NO_ARCHIVE:
+        holds.append("with an active archive (a shared mailbox without a licence cannot keep it)")
+    if statistics is not None:
+        size = size_in_bytes(statistics.get("TotalItemSize"))
+        if size is None:
+            holds.append(f"of unreadable size ({str(statistics.get('TotalItemSize'))[:60]!r})")
+        elif size >= BIG_MAILBOX:
+            holds.append(f"{size / GB:.1f} GB (50 GB or more)")
+    return holds
+
+
+def conversion_wait(since: dt.datetime | None, now: dt.datetime) -> float:
+    """15 s, 30 s, 60 s, 60 s ... : the next wait is the time waited so far plus the first, up to a minute."""
+    first, longest = CONVERSION_WAITS
+    waited = max(0.0, (now - since).total_seconds()) if since else 0.0
+    return min(longest, first + waited)
 
 
 def now_stamp() -> str:
@@ -87,9 +149,9 @@ class EntraProvider(Microsoft365Provider):
 
     def observe(self, subject: Subject, seen: dict) -> Step:
         subject.state["user"] = seen["user"]
-        member_of, methods = yield from self.fetch(seen, subject, "memberOf", "methods")
+        member_of, methods, *_ = yield from self.fetch(seen, subject, "memberOf", "methods", *ROLE_READS)
         subject.state.update(groups=groups_of(member_of), methods=methods)
-        self.mark_admin(subject, member_of)
+        yield from self.mark_admin(subject, seen)
         return subject
 
     def subscribed_skus(self) -> list[dict]:
@@ -186,11 +248,37 @@ class EntraProvider(Microsoft365Provider):
 
     def remove_auth_methods(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
         [methods] = yield from self.fetch(seen, ctx.subject, "methods")
-        removable = removable_methods(methods)
-        user_id = ctx.subject.native_id
-        deletes = [GraphCall("DELETE", f"/users/{user_id}/authentication/{method_path(m)}/{m['id']}") for m in removable]
-        before = {"methods": sorted(method_path(m) for m in removable)}
-        return (yield from self.settle(before, {"methods": []}, ctx, *deletes, gone_ok=True))
+        kept = kept_methods(methods)
+        before = {"methods": sorted(method_label(m) for m in methods if method_kind(m) != "password")}
+        reason = "; ".join(f"kept {label}: {why}" for label, why in sorted(kept.items()))
+        result = self.outcome(before, {"methods": sorted(kept)}, ctx.dry_run, reason)
+        if result.outcome == "changed":
+            refused = yield from self.delete_methods(ctx.subject.native_id, removable_methods(methods))
+            if refused:
+                raise RetryableError(f"Graph refused to delete {', '.join(map(method_label, refused))} while other "
+                                     "methods remained (the default method goes last): the next pass tries again",
+                                     self.where, delay=60)
+        return result
+
+    def delete_methods(self, user_id: str, methods: list[dict]) -> Generator[list[GraphCall], list, list[dict]]:
+        """DELETE in rounds: a `mobile` phone after the `alternateMobile`, a method refused as the default after
+        the others. -> the methods still refused when a round made no progress (a 404 means already gone)."""
+        left = methods
+        while left:
+            phones = {m.get("phoneType") for m in left if method_kind(m) == "phone"}
+            ready = [m for m in left if not (method_kind(m) == "phone" and m.get("phoneType") == "mobile"
+                                             and "alternateMobile" in phones)]
+            answers = yield [GraphCall("DELETE", f"/users/{user_id}/authentication/{DELETABLE[method_kind(m)]}/{m['id']}")
+                             for m in ready]
+            for answer in answers:
+                if isinstance(answer, OffboardError) and not isinstance(answer, http.NotFound) \
+                        and not order_refusal(answer):
+                    raise answer
+            refused = [m for m, answer in zip(ready, answers) if order_refusal(answer)]
+            if len(refused) == len(ready):
+                return left
+            left = [m for m in left if m not in ready or m in refused]
+        return []
 
     def remove_groups(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
         user, member_of = yield from self.fetch(seen, ctx.subject, "user", "memberOf")
@@ -211,10 +299,10 @@ class EntraProvider(Microsoft365Provider):
             return self.outcome(before, after, ctx.dry_run)
         mailbox, statistics = yield from self.fetch(seen, ctx.subject, "mailbox", "statistics")
         if mailbox:
-            size = size_in_bytes((statistics or {}).get("TotalItemSize"))
-            if mailbox.get("LitigationHoldEnabled") or size >= BIG_MAILBOX:
-                why = "on litigation hold" if mailbox.get("LitigationHoldEnabled") else f"{size / 1024 ** 3:.0f} GB"
-                return Result("needs_human", before, before, f"mailbox is {why}: the licence stays until a person decides")
+            holds = licence_holds(mailbox, statistics)
+            if holds:
+                return Result("needs_human", before, before,
+                              f"mailbox {'; '.join(holds)}: the licence stays until a person decides")
             kind = mailbox.get("RecipientTypeDetails")
             if self.tenant.policy.mailbox == "keep" and kind != SHARED:
                 return Result("needs_human", before, before, f"policy mailbox = keep and the mailbox is {kind}: "
@@ -223,7 +311,7 @@ class EntraProvider(Microsoft365Provider):
                 waiting = f"mailbox is {kind}, not yet {SHARED}: licences stay until the conversion reads back"
                 if ctx.dry_run:
                     return Result("planned", before, after, waiting)
-                raise NotYet(waiting, self.where, delay=CONVERSION_WAIT)
+                raise NotYet(waiting, self.where, delay=conversion_wait(ctx.since, dt.datetime.now(dt.timezone.utc)))
         writes = [how for how in ways.values() if not isinstance(how, str)]
         if skus:
             writes.append(GraphCall("POST", f"/users/{ctx.subject.native_id}/assignLicense",

@@ -13,7 +13,7 @@ from typing import Any
 from ... import http
 from ...model import ActionContext, PlannedAction, Result, Subject, Termination
 from .exchange_api import Cmdlet
-from .provider import Microsoft365Provider, Step
+from .provider import ROLE_READS, Microsoft365Provider, Step
 
 SHARED = "SharedMailbox"
 Wanted = tuple[Any, Any, list[Cmdlet]]       # before, after, the writes that get from one to the other
@@ -47,16 +47,21 @@ class ExchangeOnlineProvider(Microsoft365Provider):
              "grant_mailbox_access": ("permissions",), "set_auto_reply": ("auto_reply",),
              "set_forwarding": ("mailbox",), "hide_from_gal": ("mailbox",)}
 
+    def prepare(self, terminations: list[Termination]) -> None:
+        self.tenant_domains()
+        super().prepare(terminations)
+
     def observe(self, subject: Subject, seen: dict) -> Step:
+        """The mailbox and its hand-over state, the directory manager (None when unset) and the admin roles."""
         subject.state["user"] = seen["user"]
-        keys = ("mailbox", "devices", "permissions", "auto_reply", "memberOf")
-        mailbox, devices, permissions, auto_reply, member_of = yield from self.fetch(seen, subject, *keys)
+        keys = ("mailbox", "devices", "permissions", "auto_reply", "manager", "memberOf", *ROLE_READS)
+        mailbox, devices, permissions, auto_reply, manager, *_ = yield from self.fetch(seen, subject, *keys)
         if mailbox is None:
             return None
         subject.state.update(mailbox=mailbox, devices=devices or [], permissions=permissions or [],
-                             auto_reply=auto_reply or {})
+                             auto_reply=auto_reply or {}, manager=manager)
         subject.names = list(dict.fromkeys(subject.names + [smtp(a) for a in mailbox.get("EmailAddresses") or []]))
-        self.mark_admin(subject, member_of)
+        yield from self.mark_admin(subject, seen)
         return subject
 
     def recipient(self, setting: str, termination: Termination) -> str:

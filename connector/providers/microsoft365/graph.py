@@ -1,10 +1,15 @@
 """Microsoft Graph v1.0 client: single requests, `@odata.nextLink` paging and `$batch`.
 
 Bulk work goes through `$batch` (at most 20 sub-requests each). Throttling is answered
-where it happens: a whole-response 429 is retried by `connector.http.send`; a 429
-inside a batch is retried for that sub-request only, after its own Retry-After.
-Long waits surface as RetryableError(delay) so the engine parks the action.
-A per-tenant semaphore bounds the requests in flight, whoever sends them.
+where it happens: a whole-response 429/503/424 is retried by `connector.http.send` and
+then by `batch`; a 429, 503 or 424 (failed dependency) inside a batch is retried for that
+sub-request only, after its own Retry-After. Long waits surface as RetryableError(delay)
+so the engine parks the action. A per-tenant semaphore bounds the requests in flight.
+
+Answers are hostile until parsed: a body that is not a JSON object (an HTML error page
+with status 200, JSON nested beyond the parser's depth) is a typed error naming the
+request, and a `@odata.nextLink` is followed only to the configured scheme and host, at
+most `MAX_PAGES` times and never to a page already read: the bearer token goes with it.
 """
 from __future__ import annotations
 
@@ -15,16 +20,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import requests
 
 from ... import http
-from ...errors import OffboardError, RetryableError
+from ...errors import OffboardError, PermanentError, RetryableError
 from .auth import Tokens
 
 BATCH_SIZE = 20
 CONCURRENCY = 4            # Graph and Exchange both throttle harder above ~4 parallel requests per app and tenant
 BATCH_ATTEMPTS = 5
+MAX_PAGES = 1000           # of one collection: 100,000 objects at Graph's default page size
 _slots: dict[str, threading.BoundedSemaphore] = {}
 _slots_lock = threading.Lock()
 _PERMISSION = re.compile(r"(?:API requires one of '([^']+)'|missing permission scope ([\w.,\s]+?)\.?(?:\"|$))")
@@ -34,6 +41,55 @@ def tenant_slots(tenant_id: str) -> threading.BoundedSemaphore:
     """The concurrency limit shared by every Graph and Exchange request to one tenant."""
     with _slots_lock:
         return _slots.setdefault(tenant_id, threading.BoundedSemaphore(CONCURRENCY))
+
+
+def json_object(text: str | bytes, where: str) -> dict:
+    """The body as a JSON object, or the typed error: an HTML page may be a passing outage, a bomb is not."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise PermanentError("the answer is JSON nested too deep to read", where) from None
+    except ValueError:
+        raise RetryableError("the answer is not JSON (an error page?)", where, delay=60) from None
+    if not isinstance(value, dict):
+        raise PermanentError(f"the answer is a JSON {type(value).__name__}, not an object", where)
+    return value
+
+
+def error_body(resp: requests.Response) -> dict:
+    """An error answer's JSON object, or {} when it has none (the status and reason then speak)."""
+    try:
+        return json_object(resp.content, "")
+    except OffboardError:
+        return {}
+
+
+class NextLinks:
+    """The `@odata.nextLink`s of one collection read: same scheme and host as the base, MAX_PAGES, no repeats."""
+
+    def __init__(self, base: str, first: str, where: str):
+        self.origin = self._origin(base)
+        self.seen = {first}
+        self.where = where
+
+    @staticmethod
+    def _origin(url: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(url)
+        return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+
+    def check(self, link: Any) -> str:
+        if not isinstance(link, str) or self._origin(link) != self.origin:
+            shown = urlsplit(link).netloc if isinstance(link, str) else type(link).__name__
+            raise PermanentError(f"@odata.nextLink points away from the configured host ({shown!r}): not followed",
+                                 self.where)
+        if link in self.seen:
+            raise PermanentError("@odata.nextLink repeats a page already read: paging stopped", self.where)
+        if len(self.seen) >= MAX_PAGES:
+            raise PermanentError(f"more than {MAX_PAGES} pages: paging stopped", self.where)
+        self.seen.add(link)
+        return link
 
 
 @dataclass(frozen=True)
@@ -52,17 +108,10 @@ def describe(body: Any, fallback: str = "") -> str:
     if not isinstance(error, dict):
         return fallback
     message = f"{error.get('code', '')}: {error.get('message', '')}".strip(": ")
-    found = _PERMISSION.search(error.get("message", ""))
+    found = _PERMISSION.search(str(error.get("message", "")))
     if found:
         message += f" (missing permission: {(found.group(1) or found.group(2)).strip()})"
     return message or fallback
-
-
-def _describe_response(resp: requests.Response) -> str:
-    try:
-        return describe(resp.json(), resp.reason or "")
-    except ValueError:
-        return resp.reason or ""
 
 
 class GraphClient:
@@ -73,27 +122,42 @@ class GraphClient:
         self.slots = tenant_slots(tenant_id)
         self.session = http.session()
 
+    def place(self, call: GraphCall) -> str:
+        return f"{self.where} {call.method} {urlsplit(call.path).path.removeprefix('/v1.0')}"
+
     def request(self, call: GraphCall) -> dict:
-        url = call.path if call.path.startswith("http") else self.base + call.path
+        """Relative paths only: an absolute URL (a nextLink) comes through `pages`, which checked its host."""
+        return self._send(self.base + call.path, call)
+
+    def _send(self, url: str, call: GraphCall) -> dict:
         headers = {**self.tokens.header(), **dict(call.headers)}
         with self.slots:
-            resp = http.send(self.session, call.method, url, f"{self.where} {call.method} {call.path.split('?')[0]}",
-                             describe=_describe_response, json=call.body, headers=headers)
-        return resp.json() if resp.content else {}
+            resp = http.send(self.session, call.method, url, self.place(call),
+                             describe=lambda r: describe(error_body(r), r.reason or ""), json=call.body,
+                             headers=headers)
+        return json_object(resp.content, self.place(call))
 
-    def pages(self, call: GraphCall) -> Iterator[dict]:
-        """Every item of a collection, following `@odata.nextLink`."""
-        page = self.request(call)
-        yield from page.get("value", [])
+    def pages(self, call: GraphCall, page: dict | None = None) -> Iterator[dict]:
+        """Every item of a collection, following `@odata.nextLink` (from `page` when the first one is read)."""
+        page = self.request(call) if page is None else page
+        links = NextLinks(self.base, self.base + call.path, self.place(call))
+        yield from self._items(page, call)
         while page.get("@odata.nextLink"):
-            page = self.request(GraphCall("GET", page["@odata.nextLink"], headers=call.headers))
-            yield from page.get("value", [])
+            page = self._send(links.check(page["@odata.nextLink"]), GraphCall("GET", call.path, headers=call.headers))
+            yield from self._items(page, call)
+
+    def _items(self, page: dict, call: GraphCall) -> list:
+        items = page.get("value", [])
+        if not isinstance(items, list):
+            raise PermanentError("the collection's `value` is not a list", self.place(call))
+        return items
 
     def batch(self, calls: list[GraphCall]) -> list[dict | OffboardError]:
         """Send `calls` as `$batch` requests of 20; one body or typed error per call, in order.
 
-        Collections are read whole (`@odata.nextLink` followed); sub-requests answered 429
-        are sent again after their Retry-After while it is short.
+        Collections are read whole (`@odata.nextLink` followed); sub-requests answered 429,
+        503 or 424 (and whole batches answered so) are sent again after their Retry-After
+        while it is short, at most BATCH_ATTEMPTS times; a long wait comes back as the error.
         """
         results: list[dict | OffboardError | None] = [None] * len(calls)
         pending = list(range(len(calls)))
@@ -113,8 +177,11 @@ class GraphClient:
             time.sleep(wait)
         for index, result in enumerate(results):
             if isinstance(result, dict) and result.get("@odata.nextLink"):
-                rest = list(self.pages(GraphCall("GET", result.pop("@odata.nextLink"), headers=calls[index].headers)))
-                result["value"] = result.get("value", []) + rest
+                try:
+                    result["value"] = list(self.pages(calls[index], result))
+                except OffboardError as e:
+                    results[index] = e
+                result.pop("@odata.nextLink", None)
         return results
 
     def _send_chunk(self, calls: list[GraphCall]) -> list[dict | OffboardError]:
@@ -132,19 +199,22 @@ class GraphClient:
             answer = self.request(GraphCall("POST", "/$batch", {"requests": requests_}))
         except OffboardError as e:
             return [e] * len(calls)
-        by_id = {r["id"]: r for r in answer.get("responses", [])}
-        out: list[dict | OffboardError] = []
-        for n, call in enumerate(calls):
-            sub = by_id.get(str(n))
-            if sub is None:
-                out.append(RetryableError("missing from the $batch answer", self.where, delay=5))
-                continue
-            body = sub.get("body")
-            if isinstance(body, str):            # some services answer a JSON body as a string
-                body = json.loads(body) if body.strip().startswith("{") else {}
-            headers = {k.lower(): v for k, v in (sub.get("headers") or {}).items()}
-            error = http.error_for(sub["status"], describe(body, f"HTTP {sub['status']}"),
-                                   f"{self.where} {call.method} {call.path.split('?')[0]}",
-                                   http.parse_retry_after(headers.get("retry-after"), 10.0))
-            out.append(error or (body if isinstance(body, dict) else {}))
-        return out
+        subs = answer.get("responses")
+        by_id = {r.get("id"): r for r in subs if isinstance(r, dict)} if isinstance(subs, list) else {}
+        return [self._sub_answer(call, by_id.get(str(n))) for n, call in enumerate(calls)]
+
+    def _sub_answer(self, call: GraphCall, sub: dict | None) -> dict | OffboardError:
+        where = self.place(call)
+        if sub is None or not isinstance(sub.get("status"), int):
+            return RetryableError("missing from the $batch answer", where, delay=5)
+        body = sub.get("body")
+        if isinstance(body, str):            # some services answer a JSON body as a string
+            try:
+                body = json_object(body, where)
+            except OffboardError as e:
+                return e
+        headers = {str(k).lower(): v for k, v in (sub.get("headers") or {}).items()} \
+            if isinstance(sub.get("headers"), dict) else {}
+        error = http.error_for(sub["status"], describe(body, f"HTTP {sub['status']}"), where,
+                               http.parse_retry_after(headers.get("retry-after"), 10.0))
+        return error or (body if isinstance(body, dict) else {})

@@ -5,6 +5,13 @@ one answer or typed error per call. The driver advances every leaver's chain of 
 one step at a time and sends each step's calls together, so the Graph calls of 500
 leavers travel in `$batch` requests of 20 while each leaver's actions keep their order.
 A single `apply` is the same driver with one item.
+
+Admin detection reads every way of holding a directory role (DESIGN.md: admins are never
+touched): active assignments of the user and of each role-assignable group it is in
+(built-in and custom roles, at tenant or administrative-unit scope, with the definition
+expanded), and PIM eligibility of both. A role read that fails fails the match, so the
+person is held; only a tenant without the P2 licence PIM needs has, by Graph's own
+answer, no eligibility to find.
 """
 from __future__ import annotations
 
@@ -53,13 +60,38 @@ USER_FIELDS = ("id,displayName,givenName,surname,userPrincipalName,mail,proxyAdd
 MAILBOX_READS = {"mailbox": "Get-Mailbox", "statistics": "Get-MailboxStatistics", "permissions": "Get-MailboxPermission",
                  "auto_reply": "Get-MailboxAutoReplyConfiguration"}
 SINGLE_OBJECT = ("mailbox", "statistics", "auto_reply")
-GROUP_FIELDS = "id,displayName,mail,groupTypes,mailEnabled,securityEnabled,onPremisesSyncEnabled"
+GROUP_FIELDS = "id,displayName,mail,groupTypes,mailEnabled,securityEnabled,onPremisesSyncEnabled,isAssignableToRole"
+MANAGER_FIELDS = "id,mail,userPrincipalName,accountEnabled"
+ROLE_READS = {"roleAssignments": "roleAssignments", "roleEligibility": "roleEligibilityScheduleInstances"}
+NO_PIM = "AadPremiumLicenseRequired"      # Graph's answer where PIM is not licensed: nobody can be eligible
+#: reads whose 404 is a fact (no mailbox, no manager), not an error
+ABSENT_OK = {*MAILBOX_READS, "devices", "manager"}
 
 
-def admin_roles(member_of: list[dict]) -> list[str]:
-    """Directory roles the user holds (memberOf lists them beside groups)."""
-    return sorted(r.get("displayName") or r["id"] for r in member_of
-                  if r.get("@odata.type") == "#microsoft.graph.directoryRole")
+def role_call(kind: str, principal_id: str) -> GraphCall:
+    """Role assignments or PIM eligibilities of one principal (a user or a role-assignable group)."""
+    return GraphCall("GET", f"/roleManagement/directory/{ROLE_READS[kind]}?$filter="
+                            f"{quote(f'principalId eq {odata_literal(principal_id)}')}&$expand=roleDefinition")
+
+
+def role_holdings(kind: str, answer: Any, through: str = "") -> list[str]:
+    """What one role read says the principal holds, in words that name each role; raise if the read failed."""
+    if kind == "roleEligibility" and isinstance(answer, PermanentError) and NO_PIM in answer.message:
+        return []
+    if isinstance(answer, OffboardError):
+        raise answer
+    items = answer.get("value", []) if isinstance(answer, dict) else answer
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise PermanentError(f"the {kind} read answered something other than a list of objects")
+    out = []
+    for item in items:
+        definition = item.get("roleDefinition") if isinstance(item.get("roleDefinition"), dict) else {}
+        name = definition.get("displayName") or item.get("roleDefinitionId") or "?"
+        scope = item.get("directoryScopeId") or "/"
+        out.append(("eligible (PIM) for " if kind == "roleEligibility" else "holds ")
+                   + ("" if definition.get("isBuiltIn", True) else "custom ") + f"directory role {name}"
+                   + ("" if scope == "/" else f" scoped to {scope}") + (f" through group {through}" if through else ""))
+    return out
 
 
 def odata_literal(value: str) -> str:
@@ -112,29 +144,42 @@ class Microsoft365Provider(Provider):
     def __init__(self, name, options, tenant, where=""):
         super().__init__(name, options, tenant, where)
         tenant_id = options.tenant_id
+        self.accepted_domains: dict[str, str] | None = None      # read once per pass (an instance lives one pass)
         self.graph = GraphClient(options.graph_url, tenant_id, Tokens(options, options.graph_url, self.where),
                                  self.where)
         self.exchange = ExchangeAdmin(options.exchange_url, tenant_id,
                                       Tokens(options, options.exchange_url, self.where), self.where)
         self.matches: dict[str, Match] = {}
+        self.failures: dict[str, OffboardError] = {}      # termination id -> why its match could not be read
 
     # -- reading -----------------------------------------------------------
     def check_online(self) -> None:
+        """One read-only call to each service: both tokens, Graph's consent and the Exchange permission and role."""
         self.graph.request(GraphCall("GET", "/users?$top=1&$select=id"))
+        self.tenant_domains()
+
+    def tenant_domains(self) -> dict[str, str]:
+        """The tenant's accepted domains (name -> Authoritative, InternalRelay, ...): where mail stays inside."""
+        if self.accepted_domains is None:
+            self.accepted_domains = {str(d.get("DomainName", "")).lower(): d.get("DomainType", "")
+                                     for d in self.exchange.invoke(Cmdlet.of("Get-AcceptedDomain"))}
+        return self.accepted_domains
 
     def prepare(self, terminations: list[Termination]) -> None:
         """Match everyone with one filtered read each, sent 20 to a `$batch`, then read their state in bulk.
 
-        A read that fails after its retries fails the whole pass of this provider (a refused
-        credential first), as the engine expects of a provider that cannot read.
+        A read that fails after its retries fails that person's match (`match` raises it); a
+        refused credential fails the whole pass of this provider, as the engine expects.
         """
+        for termination in terminations:
+            self.matches.pop(termination.id, None)
+            self.failures.pop(termination.id, None)
         wanted = [t for t in terminations if t.employee_id or t.email]
         calls = [GraphCall("GET", f"/users?$filter={quote(match_filter(t))}&$select={USER_FIELDS}") for t in wanted]
-        errors: list[OffboardError] = []
         observing: dict[str, Step] = {}
         for termination, answer in zip(wanted, self.graph.batch(calls)):
             if isinstance(answer, OffboardError):
-                errors.append(answer)
+                self.failures[termination.id] = answer
                 continue
             match, user = choose(termination, answer.get("value", []))
             if user:
@@ -143,15 +188,19 @@ class Microsoft365Provider(Provider):
             self.matches[termination.id] = match
         for key, outcome in zip(observing, self.drive(list(observing.values()))):
             if isinstance(outcome, OffboardError):
-                errors.append(outcome)
+                self.matches.pop(key, None)
+                self.failures[key] = outcome
             elif outcome is None:
                 self.matches[key] = Match("not_found", reason=f"{self.type}: the account has nothing here")
-        if errors:
-            raise next((e for e in errors if isinstance(e, ConfigError)), errors[0])
+        refused = next((e for e in self.failures.values() if isinstance(e, ConfigError)), None)
+        if refused:
+            raise refused
 
     def match(self, termination: Termination) -> Match:
-        if termination.id not in self.matches:
+        if termination.id not in self.matches and termination.id not in self.failures:
             self.prepare([termination])
+        if termination.id in self.failures:
+            raise self.failures[termination.id]
         return self.matches.get(termination.id) or Match("not_found", reason="no employee id and no address")
 
     def observe(self, subject: Subject, seen: dict) -> Step:
@@ -168,6 +217,10 @@ class Microsoft365Provider(Provider):
             return GraphCall("GET", f"/users/{user_id}/memberOf?$select={GROUP_FIELDS}")
         if key == "methods":
             return GraphCall("GET", f"/users/{user_id}/authentication/methods")
+        if key == "manager":
+            return GraphCall("GET", f"/users/{user_id}/manager?$select={MANAGER_FIELDS}")
+        if key in ROLE_READS:
+            return role_call(key, user_id)
         upn = self.upn(subject)        # every cmdlet takes the UPN as an identity
         if key == "devices":
             return Cmdlet.of("Get-MobileDeviceStatistics", anchor=upn, Mailbox=upn)
@@ -186,8 +239,10 @@ class Microsoft365Provider(Provider):
         out = []
         for key in keys:
             value = seen[key]
-            if isinstance(value, http.NotFound) and (key in MAILBOX_READS or key == "devices"):
-                value = None                  # no mailbox: not an error, a fact
+            if isinstance(value, http.NotFound) and key in ABSENT_OK:
+                value = None                  # no mailbox, no manager: not an error, a fact
+            elif key in ROLE_READS:
+                value = role_holdings(key, value)     # raises when the read failed
             elif isinstance(value, OffboardError):
                 raise value
             elif isinstance(value, dict) and "value" in value:
@@ -216,10 +271,20 @@ class Microsoft365Provider(Provider):
             yield from self.send(*writes, gone_ok=gone_ok)
         return result
 
-    def mark_admin(self, subject: Subject, member_of: list[dict]) -> None:
-        roles = admin_roles(member_of)
-        if roles:
-            subject.is_admin, subject.admin_reason = True, f"holds directory role {', '.join(roles)}"
+    def mark_admin(self, subject: Subject, seen: dict) -> Step:
+        """Set `is_admin` from every role the user holds or may activate, directly or through a group."""
+        member_of, *own = yield from self.fetch(seen, subject, "memberOf", *ROLE_READS)
+        holdings = [f"holds directory role {r.get('displayName') or r['id']}" for r in member_of
+                    if r.get("@odata.type") == "#microsoft.graph.directoryRole"]
+        holdings += [h for found in own for h in found]
+        groups = [g for g in member_of if g.get("@odata.type") == "#microsoft.graph.group" and g.get("isAssignableToRole")]
+        if groups:
+            kinds = [(kind, g) for g in groups for kind in ROLE_READS]
+            answers = yield [role_call(kind, g["id"]) for kind, g in kinds]
+            for (kind, group), answer in zip(kinds, answers):
+                holdings += role_holdings(kind, answer, through=group.get("displayName") or group["id"])
+        if holdings:
+            subject.is_admin, subject.admin_reason = True, "; ".join(dict.fromkeys(holdings))
 
     def drive(self, steps: list[Step]) -> list[Any]:
         """Run generators side by side; each round's Graph calls go out in `$batch`es, cmdlets in parallel."""
