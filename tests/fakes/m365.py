@@ -123,6 +123,7 @@ class FakeM365:
         self.exchange_denied = ""                         # "permission" (no Exchange.ManageAsApp) or "role"
         self.next_link: str | None = None                # forged on every collection page; "SELF": the page itself
         self.raw: dict[str, str] = {}                    # Graph path regex -> a 200 body sent as it is
+        self.failing: dict[str, int] = {}                # Graph path regex -> the status it answers, batched or not
         self.exchange_page = 1000
         self.rsps = rsps
         self.lock = threading.RLock()
@@ -323,6 +324,10 @@ class FakeM365:
                 return graph_error(403, "Authorization_RequestDenied",
                                    f"Missing scope permissions on the request. API requires one of '{permission}'. "
                                    "Scopes on the request 'User.Read.All'")
+        for pattern, status in self.failing.items():
+            if re.fullmatch(pattern, path):
+                return graph_error(status, "InternalServerError" if status == 500 else "Failing", f"HTTP {status}",
+                                   {"Retry-After": self.retry_after})
         for route, handler in self.routes():
             found = re.fullmatch(route, f"{method} {path}")
             if found:
@@ -356,11 +361,12 @@ class FakeM365:
         ]
 
     def batch(self, query, body, headers, url):
+        """Graph runs sub-requests in any order (no `dependsOn` here): the fake runs them last to first."""
         requests_ = body.get("requests", [])
         if len(requests_) > 20:
             return graph_error(400, "BadRequest", "The number of batch requests exceeds the limit of 20.")
         out = []
-        for sub in requests_:
+        for sub in reversed(requests_):
             self.calls.append(("graph-sub", sub["method"], sub["url"].split("?")[0]))
             sub_headers = sub.get("headers") or {}
             if "body" in sub and not any(k.lower() == "content-type" for k in sub_headers):
@@ -372,7 +378,7 @@ class FakeM365:
                 status, hdrs, text = self.dispatch(sub["method"], self.graph_url + "/v1.0" + sub["url"],
                                                    sub.get("body"), sub_headers)
             out.append({"id": sub["id"], "status": status, "headers": hdrs, "body": json.loads(text) if text else None})
-        return {"responses": out}
+        return {"responses": out[::-1]}
 
     @staticmethod
     def _select(query) -> list[str] | None:

@@ -159,13 +159,69 @@ def test_licences_wait_for_the_mailbox_to_read_back_shared(m365, entra, exchange
     assert entra.consumed_units() == {**units, "EMS": units["EMS"] - 1, "SPE_E3": units["SPE_E3"] - 1}
 
 
-@pytest.mark.parametrize("mailbox", [dict(size=52 * GB), dict(hold=True)], ids=["52GB", "litigation-hold"])
-def test_big_or_held_mailboxes_keep_their_licence(m365, entra, mailbox):
-    leaver = add_leaver(m365, 1, mailbox_kind="SharedMailbox", **mailbox)
+@pytest.mark.parametrize("mailbox,words", [
+    (dict(size=56_158_883_840), "52.3 GB (50 GB or more)"),
+    (dict(size=50 * GB), "50.0 GB (50 GB or more)"),
+    (dict(litigation_hold=True), "on litigation hold"),
+    (dict(in_place_holds=["UniH7d895d48-7e23-4a8d-8346-533c3beac15d"]), "In-Place / eDiscovery"),
+    (dict(compliance_tag_hold=True), "retention label (ComplianceTagHoldApplied)"),
+    (dict(archive=True), "active archive"),
+], ids=["52.3GB", "exactly-50GB", "litigation-hold", "in-place-hold", "retention-label", "archive"])
+def test_big_held_or_archived_mailboxes_keep_their_licence(m365, entra, mailbox, words):
+    leaver = add_leaver(m365, 1, mailbox_kind="SharedMailbox")
+    for name, value in mailbox.items():
+        setattr(m365.mailboxes[leaver.email], name, value)
     result = apply(entra, leaver, "remove_licenses")
     assert result.outcome == "needs_human"
-    assert "52 GB" in result.reason or "litigation hold" in result.reason
+    assert words in result.reason and "a person decides" in result.reason
     assert len(m365.snapshot(leaver.email)["licences"]) == 2
+
+
+def test_just_under_50_gb_and_no_hold_lets_the_licence_go(m365, entra):
+    leaver = add_leaver(m365, 1, mailbox_kind="SharedMailbox", size=50 * GB - 1)
+    assert apply(entra, leaver, "remove_licenses").outcome == "changed"
+    assert m365.snapshot(leaver.email)["licences"] == []
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("52.3 GB (56,158,883,840 bytes)", 56_158_883_840),
+    ("1.2 GB (56,158,883,840 bytes)", 56_158_883_840),          # the bytes count, not the rounded figure
+    ("0 B (0 bytes)", 0),
+    ("812.4 MB (851,861,094 bytes)", 851_861_094),
+    (56_158_883_840, 56_158_883_840),
+    ("52.3 GB", None), ("Unlimited", None), (None, None), ("9 GB (12 bytes) and more", None),
+])
+def test_total_item_size_reads_the_exact_bytes(text, expected):
+    from connector.providers.microsoft365.entra import size_in_bytes
+    assert size_in_bytes(text) == expected
+
+
+def test_a_mailbox_size_that_cannot_be_read_keeps_the_licence(m365, entra):
+    leaver = add_leaver(m365, 1, mailbox_kind="SharedMailbox")
+    m365.cmd_get_mailboxstatistics = lambda Identity: [{"DisplayName": Identity, "TotalItemSize": "Unlimited"}]
+    result = apply(entra, leaver, "remove_licenses")
+    assert result.outcome == "needs_human" and "unreadable size ('Unlimited')" in result.reason
+
+
+def test_a_converting_mailbox_is_looked_at_again_sooner_and_sooner_less_often(m365, entra, exchange_online):
+    """15 s, 30 s, then every 60 s, from how long the licence has waited (the action's first intent)."""
+    from connector.errors import NotYet
+    from connector.providers.microsoft365.entra import conversion_wait
+
+    t0 = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.timezone.utc)
+    assert [conversion_wait(t0, t0 + dt.timedelta(seconds=s)) for s in (0, 15, 45, 105, 3600)] == [15, 30, 60, 60, 60]
+    assert conversion_wait(None, t0) == 15
+
+    leaver = add_leaver(m365, 1)
+    apply(exchange_online, leaver, "convert_mailbox_to_shared")
+    m365.mailboxes[leaver.email].reads_until_converted = 10 ** 6          # still converting, every pass
+    waited, delays = 0.0, []
+    for _ in range(4):                   # each pass comes when the previous one asked to be called back
+        with pytest.raises(NotYet) as waiting:
+            apply(entra, leaver, "remove_licenses", since=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=waited))
+        delays.append(round(waiting.value.delay))
+        waited += waiting.value.delay
+    assert delays == [15, 30, 60, 60]
 
 
 def test_no_mailbox_no_wait(m365, entra):
@@ -240,7 +296,7 @@ def test_certificate_credential_and_an_authority_msal_does_not_know(tmp_path):
                  "exchange_url": fake.exchange_url}
         tenant = config.parse({"tenant": [{"id": "sandbox", "provider": [block]}]}).tenants[0]
         build(tenant, "entra").check_online()
-    assert [c[0] for c in fake.calls] == ["login", "graph"]
+    assert [c[0] for c in fake.calls] == ["login", "graph", "login", "exchange"]      # a token for each service
 
 
 # -- scale -------------------------------------------------------------------------------------------
@@ -254,8 +310,8 @@ def test_500_leavers_go_in_batches(m365, entra):
     entra.prepare(leavers)
     subjects = {t.id: entra.match(t).subject for t in leavers}
     plans = {t.id: entra.plan(subjects[t.id], t) for t in leavers}
-    # subscribedSkus, one filter per leaver, then memberOf + methods per leaver
-    assert m365.count("graph") == 1 + batches(n) + batches(2 * n)
+    # subscribedSkus, one filter per leaver, then memberOf, methods, role assignments and eligibilities per leaver
+    assert m365.count("graph") == 1 + batches(n) + batches(4 * n)
 
     for phase, reads, writes in (("revoke", 1, 3), ("reclaim", 3, 6)):
         m365.calls.clear()
@@ -293,3 +349,297 @@ def test_the_fake_behaves_like_graph_where_it_matters(m365):
     answer = requests.post(f"{GRAPH}/v1.0/$batch", headers=auth, json={"requests": [no_type]}).json()
     assert answer["responses"][0]["status"] == 400
     assert m365.snapshot(leaver.email)["accountEnabled"] is True
+
+
+# -- MFA methods: the order Graph accepts -----------------------------------------------------------
+
+def test_mfa_methods_go_in_the_order_graph_accepts_and_what_v1_cannot_delete_is_reported(m365, entra):
+    user = m365.add_user("mfa.leaver@contoso.com", employee_id="E77", default="phone",
+                         methods=("password", "phone", "phone:alternateMobile", "microsoftAuthenticator", "fido2",
+                                  "qrCodePin"))
+    leaver = Termination("contoso", "E77", "mfa.leaver@contoso.com")
+    result = apply(entra, leaver, "remove_auth_methods")
+    assert result.outcome == "changed"
+    assert result.before == {"methods": ["fido2", "microsoftAuthenticator", "phone (alternateMobile)", "phone (mobile)",
+                                         "qrCodePin"]}
+    assert result.after == {"methods": ["qrCodePin"]}
+    assert "kept qrCodePin: Graph v1.0 has no way to delete it" in result.reason
+    assert [m["@odata.type"] for m in m365.methods[user]] == ["#microsoft.graph.passwordAuthenticationMethod",
+                                                              "#microsoft.graph.qrCodePinAuthenticationMethod"]
+    deletes = [path for service, method, path in m365.calls if service == "graph-sub" and method == "DELETE"]
+    assert len(deletes) == 4 and not any("qrCode" in p or "password" in p for p in deletes)
+    assert deletes[-1].endswith(m365.default_method[user])     # the mobile, alone, in the last round
+    assert "remove_auth_methods" not in [a.action for a in entra.plan(matched(entra, leaver), leaver)]
+
+
+def test_the_fake_refuses_the_orders_graph_refuses(m365):
+    import requests
+
+    from tests.fakes.m365 import DEFAULT_REFUSED, GRAPH, MOBILE_REFUSED
+
+    user = m365.add_user("mfa.leaver@contoso.com", default="phone",
+                         methods=("password", "phone", "phone:alternateMobile", "microsoftAuthenticator"))
+    mobile, alternate, app = (m["id"] for m in m365.methods[user][1:])
+    m365.tokens["t"] = f"{GRAPH}/.default"
+    delete = lambda kind, method_id: requests.delete(              # noqa: E731
+        f"{GRAPH}/v1.0/users/{user}/authentication/{kind}/{method_id}", headers={"Authorization": "Bearer t"})
+    default_first = delete("phoneMethods", mobile)
+    assert default_first.status_code == 400 and default_first.json()["error"]["message"] == DEFAULT_REFUSED
+    m365.default_method[user] = app
+    mobile_first = delete("phoneMethods", mobile)
+    assert mobile_first.status_code == 400 and mobile_first.json()["error"]["message"] == MOBILE_REFUSED
+    assert len(m365.methods[user]) == 4                          # both refusals changed nothing
+    assert delete("phoneMethods", alternate).status_code == 204
+    assert delete("phoneMethods", mobile).status_code == 204
+    assert delete("microsoftAuthenticatorMethods", app).status_code == 204     # the default, last
+    assert len(m365.methods[user]) == 1
+
+
+def test_a_default_refused_in_one_round_goes_in_the_next(m365, entra):
+    user = m365.add_user("mfa.leaver@contoso.com", employee_id="E77", default="softwareOath",
+                         methods=("password", "microsoftAuthenticator", "phone", "softwareOath"))
+    leaver = Termination("contoso", "E77", "mfa.leaver@contoso.com")
+    assert apply(entra, leaver, "remove_auth_methods").outcome == "changed"
+    assert len(m365.methods[user]) == 1
+    oath_deletes = [p for s, m, p in m365.calls if s == "graph-sub" and "softwareOathMethods" in p]
+    assert len(oath_deletes) >= 2                # refused while others remained, sent again until accepted
+
+
+def test_a_default_that_an_undeletable_method_holds_in_place_needs_a_human(m365, entra):
+    """hardwareOath is listed but has no v1.0 collection: the default phone cannot go while it is there."""
+    user = m365.add_user("mfa.leaver@contoso.com", employee_id="E77", default="phone",
+                         methods=("password", "phone", "hardwareOath"))
+    leaver = Termination("contoso", "E77", "mfa.leaver@contoso.com")
+    result = apply(entra, leaver, "remove_auth_methods")
+    assert result.outcome == "needs_human"
+    assert result.after == {"methods": ["hardwareOath", "phone (mobile)"]}
+    assert "refused to delete phone (mobile)" in result.reason and "kept hardwareOath" in result.reason
+    assert len(m365.methods[user]) == 3
+
+
+def test_a_refusal_with_nothing_else_to_blame_is_retried_next_pass(m365, entra):
+    """Entra replicates: a default still refused when it is the last method waits for the next pass."""
+    from tests.fakes.m365 import DEFAULT_REFUSED, graph_error
+
+    user = m365.add_user("mfa.leaver@contoso.com", employee_id="E77", default="phone",
+                         methods=("password", "phone", "email"))
+    lagging, delete = {"refusals": 3}, m365.delete_method
+
+    def replicating(user_id, collection, method_id, **kw):
+        if method_id == m365.default_method.get(user_id) and lagging["refusals"]:
+            lagging["refusals"] -= 1
+            return graph_error(400, "badRequest", DEFAULT_REFUSED)
+        return delete(user_id, collection, method_id, **kw)
+
+    m365.delete_method = replicating
+    leaver = Termination("contoso", "E77", "mfa.leaver@contoso.com")
+    with pytest.raises(RetryableError, match="refused to delete phone \\(mobile\\).*the next pass tries again"):
+        apply(entra, leaver, "remove_auth_methods")
+    assert [m["@odata.type"] for m in m365.methods[user]][1:] == ["#microsoft.graph.phoneAuthenticationMethod"]
+    lagging["refusals"] = 0
+    assert apply(entra, leaver, "remove_auth_methods").outcome == "changed"
+    assert len(m365.methods[user]) == 1
+
+
+def test_an_alternate_mobile_default_deadlock_needs_a_human(m365, entra):
+    m365.add_user("mfa.leaver@contoso.com", employee_id="E77", default="phone:alternateMobile",
+                  methods=("password", "phone", "phone:alternateMobile"))
+    result = apply(entra, Termination("contoso", "E77", "mfa.leaver@contoso.com"), "remove_auth_methods")
+    assert result.outcome == "needs_human" and "change the default in the Entra admin center" in result.reason
+    assert result.after == {"methods": ["phone (alternateMobile)", "phone (mobile)"]}
+
+
+# -- $batch: failed dependencies, throttling and outages are retried -------------------------------
+
+@pytest.mark.parametrize("status", [424, 429, 503])
+@pytest.mark.parametrize("scope", ["batch_item", "batch"])
+def test_batch_answers_424_429_503_are_retried(m365, entra, scope, status):
+    leavers = [add_leaver(m365, n) for n in range(3)]
+    entra.prepare(leavers)
+    items = [(a, ActionContext(t, entra.match(t).subject, since=NOW)) for t in leavers
+             for a in entra.plan(entra.match(t).subject, t) if a.phase == "revoke"]
+    m365.faults[scope] = [status] * 4
+    results = entra.apply_many(items)
+    assert [r.outcome for r in results] == ["changed"] * 9
+    assert m365.faults[scope] == []
+    assert not any(m365.snapshot(t.email)["accountEnabled"] for t in leavers)
+
+
+@pytest.mark.parametrize("scope", ["batch_item", "batch"])
+def test_a_long_retry_after_is_handed_to_the_engine_not_slept(m365, entra, scope):
+    import time
+
+    leaver = add_leaver(m365, 1)
+    subject = matched(entra, leaver)
+    block = next(a for a in entra.plan(subject, leaver) if a.action == "block_sign_in")
+    m365.faults[scope], m365.retry_after = [503], "120"
+    started = time.monotonic()
+    [result] = entra.apply_many([(block, ActionContext(leaver, subject, since=NOW))])
+    assert time.monotonic() - started < 5
+    assert isinstance(result, RetryableError) and result.delay == 120
+    assert m365.snapshot(leaver.email)["accountEnabled"] is True
+
+
+def test_retries_inside_a_batch_are_bounded(m365, entra):
+    from connector.providers.microsoft365.graph import BATCH_ATTEMPTS
+
+    leaver = add_leaver(m365, 1)
+    subject = matched(entra, leaver)
+    block = next(a for a in entra.plan(subject, leaver) if a.action == "block_sign_in")
+    m365.faults["batch_item"] = [503] * 100
+    [result] = entra.apply_many([(block, ActionContext(leaver, subject, since=NOW))])
+    assert isinstance(result, RetryableError) and "HTTP 503" in result.message
+    assert 100 - len(m365.faults["batch_item"]) == BATCH_ATTEMPTS        # the re-read, tried that often; no write
+    assert m365.snapshot(leaver.email)["accountEnabled"] is True
+
+
+# -- admin detection: every way of holding a role -------------------------------------------------
+
+def _in_group(m365, user_upn, group):
+    m365.groups[group]["members"].add(m365.user_by_upn(user_upn)["id"])
+
+
+ADMIN_WAYS = {
+    "direct": lambda m365, uid: m365.assign_role(uid, "Global Administrator"),
+    "role-assignable group": lambda m365, uid: (
+        m365.assign_role(g := m365.add_group("Tier0 Admins", role_assignable=True), "Exchange Administrator"),
+        m365.groups[g]["members"].add(uid)),
+    "PIM eligible": lambda m365, uid: m365.assign_role(uid, "Privileged Role Administrator", eligible=True),
+    "PIM eligible through a group": lambda m365, uid: (
+        m365.assign_role(g := m365.add_group("PIM Admins", role_assignable=True), "Security Administrator",
+                         eligible=True),
+        m365.groups[g]["members"].add(uid)),
+    "custom role": lambda m365, uid: m365.assign_role(uid, "Helpdesk Plus"),
+    "admin unit scope": lambda m365, uid: m365.assign_role(uid, "User Administrator",
+                                                           scope="/administrativeUnits/4c9c5f0a-au"),
+}
+ADMIN_REASONS = {
+    "direct": "holds directory role Global Administrator",
+    "role-assignable group": "holds directory role Exchange Administrator through group Tier0 Admins",
+    "PIM eligible": "eligible (PIM) for directory role Privileged Role Administrator",
+    "PIM eligible through a group": "eligible (PIM) for directory role Security Administrator through group PIM Admins",
+    "custom role": "holds custom directory role Helpdesk Plus",
+    "admin unit scope": "holds directory role User Administrator scoped to /administrativeUnits/4c9c5f0a-au",
+}
+
+
+@pytest.mark.parametrize("provider_kind", ["entra", "exchange_online"])
+@pytest.mark.parametrize("way", list(ADMIN_WAYS))
+def test_every_way_of_holding_a_role_makes_an_admin(m365, m365_tenant, way, provider_kind):
+    for role in ("Exchange Administrator", "Privileged Role Administrator", "Security Administrator",
+                 "User Administrator"):
+        m365.add_role(role)
+    m365.add_role("Helpdesk Plus", custom=True)
+    leaver = add_leaver(m365, 1)
+    ADMIN_WAYS[way](m365, m365.user_by_upn(leaver.email)["id"])
+    bystander = add_leaver(m365, 2)
+    provider = build(m365_tenant, provider_kind)
+    provider.prepare([leaver, bystander])
+    subject = provider.match(leaver).subject
+    assert subject.is_admin and subject.admin_reason == ADMIN_REASONS[way]
+    assert not provider.match(bystander).subject.is_admin
+
+
+def test_role_reads_are_schema_checked_and_group_reads_only_for_role_assignable_groups(m365, entra):
+    leaver = add_leaver(m365, 1)
+    entra.prepare([leaver])
+    role_paths = [p for s, _, p in m365.calls if s == "graph-sub" and p.startswith("/roleManagement")]
+    assert sorted(role_paths) == ["/roleManagement/directory/roleAssignments",
+                                  "/roleManagement/directory/roleEligibilityScheduleInstances"]   # the user only
+
+
+def test_without_p2_nobody_is_eligible_and_direct_roles_still_count(m365, entra):
+    m365.pim_licensed = False
+    admin, plain = add_leaver(m365, 1, roles=("Global Administrator",)), add_leaver(m365, 2)
+    entra.prepare([admin, plain])
+    assert entra.match(admin).subject.is_admin
+    assert not entra.match(plain).subject.is_admin
+
+
+def test_a_role_read_that_fails_fails_the_match_not_the_guard(m365, entra):
+    leaver, other = add_leaver(m365, 1), add_leaver(m365, 2)
+    m365.add_role("Exchange Administrator")
+    group = m365.add_group("Tier0 Admins", role_assignable=True)
+    m365.groups[group]["members"].add(m365.user_by_upn(leaver.email)["id"])
+    m365.failing[rf"/roleManagement/directory/roleEligibilityScheduleInstances"] = 500
+    entra.prepare([leaver, other])                   # not a credential problem: the pass goes on
+    for termination in (leaver, other):
+        with pytest.raises(RetryableError, match="HTTP 500"):
+            entra.match(termination)
+    m365.failing.clear()
+    entra.prepare([leaver])
+    assert entra.match(leaver).status == "matched"
+
+
+def test_a_refused_role_read_names_the_permission(m365, entra):
+    m365.denied.append(("GET", r"/roleManagement/directory/roleAssignments", "RoleManagement.Read.Directory"))
+    with pytest.raises(ConfigError, match="RoleManagement.Read.Directory"):
+        entra.prepare([add_leaver(m365, 1)])
+
+
+# -- answers are hostile: paging and bodies ---------------------------------------------------------
+
+def _reached(m365, host: str) -> list:
+    return [c.request for c in m365.rsps.calls if host in c.request.url]
+
+
+@pytest.mark.parametrize("provider_kind", ["entra", "exchange_online"])
+def test_a_next_link_to_another_host_is_not_followed(m365, m365_tenant, provider_kind):
+    from connector.errors import PermanentError
+
+    m365.next_link = "https://evil.example/v1.0/users?$skiptoken=2"
+    provider = build(m365_tenant, provider_kind)
+    with pytest.raises(PermanentError, match="points away from the configured host \\('evil.example'\\)"):
+        provider.prepare([add_leaver(m365, 1)])
+    assert _reached(m365, "evil.example") == []
+
+
+def test_a_next_link_inside_a_batch_is_held_to_the_same_rule(m365, exchange_online):
+    from connector.errors import PermanentError
+
+    leaver, other = add_leaver(m365, 1), add_leaver(m365, 2)
+    exchange_online.prepare([leaver])                    # accepted domains read (once a pass) before the forgery
+    m365.next_link = "https://graph.microsoft.com.evil.example/v1.0/users?$skiptoken=2"
+    exchange_online.prepare([leaver, other])             # the matching reads go in a $batch: each fails alone
+    for termination in (leaver, other):
+        with pytest.raises(PermanentError, match="points away"):
+            exchange_online.match(termination)
+    assert _reached(m365, "evil.example") == []
+
+
+@pytest.mark.parametrize("provider_kind", ["entra", "exchange_online"])
+def test_a_self_pointing_next_link_stops(m365, m365_tenant, provider_kind):
+    from connector.errors import PermanentError
+
+    m365.next_link = "SELF"
+    with pytest.raises(PermanentError, match="repeats a page already read"):
+        build(m365_tenant, provider_kind).prepare([add_leaver(m365, 1)])
+
+
+def test_paging_stops_at_the_page_cap(m365, entra, monkeypatch):
+    from connector.errors import PermanentError
+    from connector.providers.microsoft365 import graph
+    from connector.providers.microsoft365.graph import GraphCall
+
+    monkeypatch.setattr(graph, "MAX_PAGES", 3)
+    for n in range(5):
+        add_leaver(m365, n)
+    assert len(list(entra.graph.pages(GraphCall("GET", "/users?$top=2&$select=id")))) == 6       # 3 pages of 2
+    with pytest.raises(PermanentError, match="more than 3 pages"):
+        list(entra.graph.pages(GraphCall("GET", "/users?$top=1&$select=id")))
+
+
+@pytest.mark.parametrize("body,error,words", [
+    ("<html><body><h1>Service Unavailable</h1></body></html>", RetryableError, "not JSON"),
+    ("[" * 100_000 + "]" * 100_000, "PermanentError", "nested too deep"),
+    ('["not", "an", "object"]', "PermanentError", "a JSON list, not an object"),
+], ids=["html", "deep", "list"])
+def test_a_body_that_is_not_a_json_object_is_a_typed_error(m365, entra, body, error, words):
+    from connector import errors
+
+    error = getattr(errors, error) if isinstance(error, str) else error
+    m365.raw[r"/subscribedSkus"] = body
+    with pytest.raises(error) as raised:
+        entra.prepare([add_leaver(m365, 1)])
+    assert words in raised.value.message
+    assert raised.value.where == "tenant[0].provider[0] GET /subscribedSkus"

@@ -8,7 +8,7 @@ import pytest
 from connector.errors import PermanentError
 from connector.model import ActionContext, Termination
 from tests.contract.provider_contract import ProviderContract
-from tests.fakes.m365 import (MANAGER, add_leaver, entra, exchange_online, m365, m365_policy,  # noqa: F401
+from tests.fakes.m365 import (MANAGER, Mailbox, add_leaver, entra, exchange_online, m365, m365_policy,  # noqa: F401
                               m365_tenant)
 from tests.integration.test_entra import Secrets, apply, matched
 
@@ -105,3 +105,65 @@ def test_preserve_then_reclaim_for_many(m365, entra, exchange_online):
                for a in entra.plan(entra.match(t).subject, t) if a.action == "remove_licenses"]
     assert {type(r).__name__ for r in entra.apply_many(reclaim)} == {"NotYet"}
     assert {r.outcome for r in entra.apply_many(reclaim)} == {"changed"}
+
+
+# -- the anchor, and proving the credential -----------------------------------------------------------
+
+def test_tenant_level_cmdlets_use_the_app_only_anchor_and_mailbox_cmdlets_the_upn(m365, exchange_online):
+    leaver = add_leaver(m365, 1)
+    exchange_online.check_online()
+    apply(exchange_online, leaver, "hide_from_gal")
+    app = f"APP:SystemMailbox{{bb558c35-97f1-4cb9-8ff7-d53741dc928c}}@{m365.tenant_id}"
+    assert ("Get-AcceptedDomain", app) in m365.anchors
+    assert ("Get-Mailbox", f"UPN:{leaver.email}") in m365.anchors
+    assert ("Set-Mailbox", f"UPN:{leaver.email}") in m365.anchors
+    assert {anchor for name, anchor in m365.anchors if name == "Get-AcceptedDomain"} == {app}
+
+
+@pytest.mark.parametrize("cmdlet,anchor", [("Get-AcceptedDomain", "UPN:leaver1.person@contoso.com"),
+                                           ("Get-Mailbox", "APP:SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}@x"),
+                                           ("Get-Mailbox", "")])
+def test_the_fake_refuses_a_wrong_anchor(m365, cmdlet, anchor):
+    import requests
+
+    from tests.fakes.m365 import EXCHANGE
+    m365.tokens["t"] = f"{EXCHANGE}/.default"
+    params = {"Identity": "leaver1.person@contoso.com"} if cmdlet == "Get-Mailbox" else {}
+    answer = requests.post(f"{EXCHANGE}/adminapi/beta/{m365.tenant_id}/InvokeCommand",
+                           headers={"Authorization": "Bearer t", "X-AnchorMailbox": anchor},
+                           json={"CmdletInput": {"CmdletName": cmdlet, "Parameters": params}})
+    assert answer.status_code == 400 and "anchor" in answer.text.lower()
+
+
+@pytest.mark.parametrize("provider_kind", ["entra", "exchange_online"])
+@pytest.mark.parametrize("denied,names", [
+    ("permission", "missing: the Exchange.ManageAsApp application permission"),
+    ("role", "missing: an Exchange role for the app's service principal"),
+])
+def test_check_online_proves_the_exchange_credential_and_names_what_is_missing(m365, m365_tenant, provider_kind,
+                                                                                denied, names):
+    from connector.errors import ConfigError
+
+    from tests.fakes.m365 import build
+    provider = build(m365_tenant, provider_kind)
+    provider.check_online()
+    m365.exchange_denied = denied
+    with pytest.raises(ConfigError) as refused:
+        provider.check_online()
+    assert names in refused.value.message and "Get-AcceptedDomain" in str(refused.value)
+
+
+# -- the facts the successor rules will need -------------------------------------------------------------
+
+def test_the_directory_manager_and_the_accepted_domains_are_read_once_a_pass(m365, exchange_online):
+    leaver = add_leaver(m365, 1)
+    m365.add_user("orphan@contoso.com", employee_id="E9", mailbox=Mailbox("orphan@contoso.com"))
+    orphan = Termination("contoso", "E9", "orphan@contoso.com")
+    exchange_online.prepare([leaver, orphan])
+    exchange_online.prepare([leaver])
+    manager = exchange_online.match(leaver).subject.state["manager"]
+    assert manager == {"@odata.type": "#microsoft.graph.user", "id": m365.user_by_upn(MANAGER)["id"], "mail": MANAGER,
+                       "userPrincipalName": MANAGER, "accountEnabled": True}
+    assert exchange_online.match(orphan).subject.state["manager"] is None
+    assert exchange_online.tenant_domains() == {"contoso.com": "Authoritative", "contoso.onmicrosoft.com": "Authoritative"}
+    assert [p for service, _, p in m365.calls if service == "exchange"].count("Get-AcceptedDomain") == 1

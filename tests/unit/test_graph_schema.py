@@ -14,6 +14,10 @@ GOOD = [
     ("DELETE", "/v1.0/users/u1/authentication/phoneMethods/m1", None),
     ("DELETE", "/v1.0/groups/g1/members/u1/$ref", None),
     ("GET", "/v1.0/subscribedSkus", None),
+    ("GET", "/v1.0/roleManagement/directory/roleAssignments?$filter=principalId eq 'u1'&$expand=roleDefinition", None),
+    ("GET", "/v1.0/roleManagement/directory/roleEligibilityScheduleInstances?$filter=principalId eq 'u1'", None),
+    ("GET", "/v1.0/users/u1/manager?$select=id,mail,userPrincipalName,accountEnabled", None),
+    ("GET", "/v1.0/users/u1/memberOf?$select=id,isAssignableToRole", None),
 ]
 
 TYPOS = [
@@ -48,3 +52,17 @@ def test_the_fake_checks_every_request_batch_included(m365):
     assert answer.status_code == 400
     assert any("acountEnabled" in v for v in m365.violations)
     m365.violations.clear()                # the fixture fails any test that leaves one behind
+
+
+def test_every_method_collection_the_provider_deletes_from_is_in_v1():
+    from connector.providers.microsoft365.entra import DELETABLE
+    for collection in DELETABLE.values():
+        graph_schema().check("DELETE", f"/v1.0/users/u1/authentication/{collection}/m1")
+
+
+@pytest.mark.parametrize("collection", ["qrCodePinMethods", "qrCodePinMethod", "hardwareOathMethods"])
+def test_kinds_the_provider_reports_instead_have_no_v1_collection(collection):
+    from connector.providers.microsoft365.entra import DELETABLE
+    assert collection not in DELETABLE.values()
+    with pytest.raises(SchemaViolation):
+        graph_schema().check("DELETE", f"/v1.0/users/u1/authentication/{collection}/m1")

@@ -39,7 +39,6 @@ DELETABLE = {kind: f"{kind}Methods" for kind in ("email", "fido2", "microsoftAut
     "external": "externalAuthenticationMethods"}
 #: the words of Graph's refusals that only mean "not yet, delete the others first"
 ORDER_REFUSALS = ("default method", "default authentication method", "alternateMobile")
-PHONE_ORDER = {"office": 1, "alternateMobile": 2, "mobile": 3}      # the likeliest default goes last
 
 
 def method_kind(method: dict) -> str:
@@ -53,9 +52,12 @@ def method_label(method: dict) -> str:
 
 
 def removable_methods(methods: list[dict]) -> list[dict]:
-    """The methods a DELETE can remove, in the order they are sent."""
-    return sorted((m for m in methods if method_kind(m) in DELETABLE and m.get("id")),
-                  key=lambda m: (method_kind(m) == "phone", PHONE_ORDER.get(m.get("phoneType"), 0)))
+    """The methods a DELETE can remove."""
+    return [m for m in methods if method_kind(m) in DELETABLE and m.get("id")]
+
+
+def is_mobile(method: dict) -> bool:
+    return method_kind(method) == "phone" and method.get("phoneType") == "mobile"
 
 
 def kept_methods(methods: list[dict]) -> dict[str, str]:
@@ -254,20 +256,26 @@ class EntraProvider(Microsoft365Provider):
         result = self.outcome(before, {"methods": sorted(kept)}, ctx.dry_run, reason)
         if result.outcome == "changed":
             refused = yield from self.delete_methods(ctx.subject.native_id, removable_methods(methods))
+            labels = sorted(map(method_label, refused))
+            refusal = f"Graph refused to delete {', '.join(labels)} while other methods remained"
+            if refused and kept:            # what v1.0 cannot delete may be what holds the default in place
+                return Result("needs_human", before, {"methods": sorted({*kept, *labels})}, f"{refusal}; {reason}")
+            if {"phone (mobile)", "phone (alternateMobile)"} <= set(labels):
+                return Result("needs_human", before, {"methods": labels}, f"{refusal}: the alternateMobile phone is "
+                              "the default and the mobile cannot go before it; change the default in the Entra "
+                              "admin center")
             if refused:
-                raise RetryableError(f"Graph refused to delete {', '.join(map(method_label, refused))} while other "
-                                     "methods remained (the default method goes last): the next pass tries again",
-                                     self.where, delay=60)
+                raise RetryableError(f"{refusal}: the next pass tries again", self.where, delay=60)
         return result
 
     def delete_methods(self, user_id: str, methods: list[dict]) -> Generator[list[GraphCall], list, list[dict]]:
-        """DELETE in rounds: a `mobile` phone after the `alternateMobile`, a method refused as the default after
-        the others. -> the methods still refused when a round made no progress (a 404 means already gone)."""
-        left = methods
+        """DELETE in rounds: the mobile phone (the likeliest default, and refused while an alternateMobile exists)
+        after the others; a method refused as the default again with what is left. A batch runs in any order, so
+        nothing else is assumed. -> what the service still refused when one round with everything made no progress."""
+        left, hold_mobile = methods, True
         while left:
-            phones = {m.get("phoneType") for m in left if method_kind(m) == "phone"}
-            ready = [m for m in left if not (method_kind(m) == "phone" and m.get("phoneType") == "mobile"
-                                             and "alternateMobile" in phones)]
+            rest = [m for m in left if not is_mobile(m)]
+            ready = rest if hold_mobile and rest else left
             answers = yield [GraphCall("DELETE", f"/users/{user_id}/authentication/{DELETABLE[method_kind(m)]}/{m['id']}")
                              for m in ready]
             for answer in answers:
@@ -275,8 +283,9 @@ class EntraProvider(Microsoft365Provider):
                         and not order_refusal(answer):
                     raise answer
             refused = [m for m, answer in zip(ready, answers) if order_refusal(answer)]
-            if len(refused) == len(ready):
+            if refused and ready is left and len(refused) == len(left):
                 return left
+            hold_mobile = hold_mobile and not refused       # what was refused may be waiting for the mobile itself
             left = [m for m in left if m not in ready or m in refused]
         return []
 

@@ -156,6 +156,7 @@ class Microsoft365Provider(Provider):
     def check_online(self) -> None:
         """One read-only call to each service: both tokens, Graph's consent and the Exchange permission and role."""
         self.graph.request(GraphCall("GET", "/users?$top=1&$select=id"))
+        self.accepted_domains = None
         self.tenant_domains()
 
     def tenant_domains(self) -> dict[str, str]:
