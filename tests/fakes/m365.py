@@ -108,6 +108,7 @@ class FakeM365:
         self.skus: dict[str, dict] = {}
         self.methods: dict[str, list[dict]] = {}
         self.default_method: dict[str, str] = {}          # user id -> id of the default MFA method
+        self.batch_view: dict[str, list[dict]] | None = None     # the methods as the $batch being run found them
         self.mailboxes: dict[str, Mailbox] = {}
         self.accepted_domains = [{"DomainName": "contoso.com", "DomainType": "Authoritative", "Default": True},
                                  {"DomainName": "contoso.onmicrosoft.com", "DomainType": "Authoritative",
@@ -361,12 +362,14 @@ class FakeM365:
         ]
 
     def batch(self, query, body, headers, url):
-        """Graph runs sub-requests in any order (no `dependsOn` here): the fake runs them last to first."""
+        """Graph runs sub-requests side by side (no `dependsOn` here): where order matters (MFA methods), each one
+        is judged on the tenant as the batch found it."""
         requests_ = body.get("requests", [])
         if len(requests_) > 20:
             return graph_error(400, "BadRequest", "The number of batch requests exceeds the limit of 20.")
         out = []
-        for sub in reversed(requests_):
+        self.batch_view = {user: list(methods) for user, methods in self.methods.items()}
+        for sub in requests_:
             self.calls.append(("graph-sub", sub["method"], sub["url"].split("?")[0]))
             sub_headers = sub.get("headers") or {}
             if "body" in sub and not any(k.lower() == "content-type" for k in sub_headers):
@@ -378,7 +381,8 @@ class FakeM365:
                 status, hdrs, text = self.dispatch(sub["method"], self.graph_url + "/v1.0" + sub["url"],
                                                    sub.get("body"), sub_headers)
             out.append({"id": sub["id"], "status": status, "headers": hdrs, "body": json.loads(text) if text else None})
-        return {"responses": out[::-1]}
+        self.batch_view = None
+        return {"responses": out}
 
     @staticmethod
     def _select(query) -> list[str] | None:
@@ -518,11 +522,12 @@ class FakeM365:
             return graph_error(400, "badRequest", "The password method cannot be deleted.")
         if collection != (f"{kind}Methods" if kind != "external" else "externalAuthenticationMethods"):
             return graph_error(404, "itemNotFound", f"No {collection} with id {method_id}.")
-        others = [m for m in methods if m is not method and m["@odata.type"].removeprefix("#microsoft.graph.")
+        found = (self.batch_view or {}).get(user_id, methods)
+        others = [m for m in found if m is not method and m["@odata.type"].removeprefix("#microsoft.graph.")
                   .removesuffix("AuthenticationMethod") not in NOT_BLOCKING_DEFAULT]
         if self.default_method.get(user_id) == method_id and others:
             return graph_error(400, "badRequest", DEFAULT_REFUSED)
-        if method.get("phoneType") == "mobile" and any(m.get("phoneType") == "alternateMobile" for m in methods):
+        if method.get("phoneType") == "mobile" and any(m.get("phoneType") == "alternateMobile" for m in found):
             return graph_error(400, "badRequest", MOBILE_REFUSED)
         methods.remove(method)
         return None

@@ -177,6 +177,18 @@ def test_big_held_or_archived_mailboxes_keep_their_licence(m365, entra, mailbox,
     assert len(m365.snapshot(leaver.email)["licences"]) == 2
 
 
+@pytest.mark.parametrize("archive,held", [
+    ({"ArchiveStatus": "Active", "ArchiveGuid": "8f0c1d6e-3a52-4b0e-9d39-5c7d1f2e4a10"}, True),
+    ({"ArchiveStatus": "Active"}, True),
+    ({"ArchiveStatus": "None", "ArchiveGuid": "8f0c1d6e-3a52-4b0e-9d39-5c7d1f2e4a10"}, True),
+    ({"ArchiveStatus": "None", "ArchiveGuid": "00000000-0000-0000-0000-000000000000"}, False),
+    ({}, False),
+])
+def test_an_archive_counts_by_status_or_by_guid(archive, held):
+    from connector.providers.microsoft365.entra import licence_holds
+    assert bool(licence_holds(archive, {"TotalItemSize": "1 GB (1,073,741,824 bytes)"})) is held
+
+
 def test_just_under_50_gb_and_no_hold_lets_the_licence_go(m365, entra):
     leaver = add_leaver(m365, 1, mailbox_kind="SharedMailbox", size=50 * GB - 1)
     assert apply(entra, leaver, "remove_licenses").outcome == "changed"
