@@ -183,8 +183,9 @@ class FakeM365:
     def add_user(self, upn: str, *, employee_id: str | None = None, synced: bool = False, enabled: bool = True,
                  licences: tuple[str, ...] = (), groups: tuple[str, ...] = (), roles: tuple[str, ...] = (),
                  methods: tuple[str, ...] = ("password",), default: str = "", mailbox: Mailbox | None = None,
-                 proxies: tuple[str, ...] = (), manager: str = "") -> str:
-        """`methods` are kinds (`phone` is a mobile; `phone:alternateMobile` names the type); `default` is one of them."""
+                 proxies: tuple[str, ...] = (), manager: str = "", immutable_id: str = "") -> str:
+        """`methods` are kinds (`phone` is a mobile; `phone:alternateMobile` names the type); `default` is one of them.
+        `immutable_id` is a synced user's onPremisesImmutableId: the base64 objectGUID of its AD account."""
         user_id = self._id()
         given, _, family = upn.split("@")[0].partition(".")
         old = stamp(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
@@ -193,6 +194,7 @@ class FakeM365:
             "givenName": given.title(), "surname": family.title(), "employeeId": employee_id,
             "proxyAddresses": [f"SMTP:{upn}"] + [f"smtp:{p}" for p in proxies], "accountEnabled": enabled,
             "onPremisesSyncEnabled": True if synced else None, "signInSessionsValidFromDateTime": old,
+            "onPremisesImmutableId": immutable_id or None,
             "lastPasswordChangeDateTime": old, "businessPhones": [], "jobTitle": None, "mobilePhone": None,
             "officeLocation": None, "preferredLanguage": None, "direct": [self.sku(p) for p in licences],
             "manager": self.user_by_upn(manager)["id"] if manager else None}
@@ -741,7 +743,8 @@ def seed(fake: FakeM365) -> None:
 
 
 def add_leaver(fake: FakeM365, n: int, *, synced: bool = False, mailbox_kind: str = "UserMailbox",
-               size: int = 3 * GB, hold: bool = False, roles: tuple[str, ...] = (), mailbox: bool = True) -> Termination:
+               size: int = 3 * GB, hold: bool = False, roles: tuple[str, ...] = (), mailbox: bool = True,
+               immutable_id: str = "") -> Termination:
     """A fresh leaver with everything offboarding touches: licences direct and inherited, every kind of group,
     MFA methods, a mailbox with a phone on it."""
     upn = f"leaver{n}.person@contoso.com"
@@ -750,7 +753,7 @@ def add_leaver(fake: FakeM365, n: int, *, synced: bool = False, mailbox_kind: st
                             "DeviceWipeRequestTime": None, "Status": "DeviceOk"}]) if mailbox else None
     fake.add_user(upn, employee_id=f"E{n}", synced=synced, licences=("EMS",), groups=GROUPS, roles=roles,
                   methods=("password", "phone", "microsoftAuthenticator"), default="phone", mailbox=box,
-                  proxies=(f"l{n}@contoso.com",), manager=MANAGER)
+                  proxies=(f"l{n}@contoso.com",), manager=MANAGER, immutable_id=immutable_id)
     return Termination(tenant="contoso", employee_id=f"E{n}", email=upn, first_name="Leaver", last_name=f"Person{n}",
                        manager_email=MANAGER, termination_date=dt.date(2026, 9, 1))
 

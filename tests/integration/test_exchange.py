@@ -155,15 +155,27 @@ def test_check_online_proves_the_exchange_credential_and_names_what_is_missing(m
 
 # -- the facts the successor rules will need -------------------------------------------------------------
 
-def test_the_directory_manager_and_the_accepted_domains_are_read_once_a_pass(m365, exchange_online):
-    leaver = add_leaver(m365, 1)
+@pytest.mark.parametrize("provider_kind", ["entra", "exchange_online"])
+def test_the_directory_manager_is_read_for_the_successor_rules(m365, m365_tenant, provider_kind):
+    from tests.fakes.m365 import build
+    leaver = add_leaver(m365, 1, synced=True, immutable_id="u5Kx0m3Z3EmR8Xk2m9Q1vA==")
     m365.add_user("orphan@contoso.com", employee_id="E9", mailbox=Mailbox("orphan@contoso.com"))
     orphan = Termination("contoso", "E9", "orphan@contoso.com")
-    exchange_online.prepare([leaver, orphan])
+    provider = build(m365_tenant, provider_kind)
+    provider.prepare([leaver, orphan])
+    subject = provider.match(leaver).subject
+    assert subject.manager == {"address": MANAGER, "enabled": True, "id": m365.user_by_upn(MANAGER)["id"],
+                               "mail": MANAGER, "userPrincipalName": MANAGER}
+    assert subject.anchor == "u5Kx0m3Z3EmR8Xk2m9Q1vA=="
+    assert provider.match(orphan).subject.manager is None and provider.match(orphan).subject.anchor == ""
+    m365.users[m365.user_by_upn(MANAGER)["id"]]["accountEnabled"] = False
+    provider.prepare([leaver])
+    assert provider.match(leaver).subject.manager["enabled"] is False
+
+
+def test_the_accepted_domains_are_read_once_a_pass(m365, exchange_online):
+    leaver = add_leaver(m365, 1)
     exchange_online.prepare([leaver])
-    manager = exchange_online.match(leaver).subject.state["manager"]
-    assert manager == {"@odata.type": "#microsoft.graph.user", "id": m365.user_by_upn(MANAGER)["id"], "mail": MANAGER,
-                       "userPrincipalName": MANAGER, "accountEnabled": True}
-    assert exchange_online.match(orphan).subject.state["manager"] is None
+    exchange_online.prepare([leaver])
     assert exchange_online.tenant_domains() == {"contoso.com": "Authoritative", "contoso.onmicrosoft.com": "Authoritative"}
     assert [p for service, _, p in m365.calls if service == "exchange"].count("Get-AcceptedDomain") == 1

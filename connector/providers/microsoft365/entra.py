@@ -25,7 +25,7 @@ from ...errors import NotYet, OffboardError, PermanentError, RetryableError
 from ...model import ActionContext, PlannedAction, Result, Subject, Termination
 from .exchange_api import Cmdlet
 from .graph import GraphCall
-from .provider import ROLE_READS, Microsoft365Provider, Step
+from .provider import ROLE_READS, Microsoft365Provider, Step, successor_facts
 
 SHARED = "SharedMailbox"
 GB = 1024 ** 3
@@ -111,7 +111,7 @@ def licence_holds(mailbox: dict, statistics: dict | None) -> list[str]:
         if size is None:
             holds.append(f"of unreadable size ({str(statistics.get('TotalItemSize'))[:60]!r})")
         elif size >= BIG_MAILBOX:
-            holds.append(f"{size / GB:.1f} GB (50 GB or more)")
+            holds.append(f"{f'{size / GB:.1f}'.removesuffix('.0')} GB (50 GB or more)")
     return holds
 
 
@@ -151,8 +151,10 @@ class EntraProvider(Microsoft365Provider):
 
     def observe(self, subject: Subject, seen: dict) -> Step:
         subject.state["user"] = seen["user"]
-        member_of, methods, *_ = yield from self.fetch(seen, subject, "memberOf", "methods", *ROLE_READS)
+        member_of, methods, manager, *_ = yield from self.fetch(seen, subject, "memberOf", "methods", "manager",
+                                                                *ROLE_READS)
         subject.state.update(groups=groups_of(member_of), methods=methods)
+        subject.manager = successor_facts(manager)
         yield from self.mark_admin(subject, seen)
         return subject
 

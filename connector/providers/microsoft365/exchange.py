@@ -13,7 +13,7 @@ from typing import Any
 from ... import http
 from ...model import ActionContext, PlannedAction, Result, Subject, Termination
 from .exchange_api import Cmdlet
-from .provider import ROLE_READS, Microsoft365Provider, Step
+from .provider import ROLE_READS, Microsoft365Provider, Step, successor_facts
 
 SHARED = "SharedMailbox"
 Wanted = tuple[Any, Any, list[Cmdlet]]       # before, after, the writes that get from one to the other
@@ -59,7 +59,8 @@ class ExchangeOnlineProvider(Microsoft365Provider):
         if mailbox is None:
             return None
         subject.state.update(mailbox=mailbox, devices=devices or [], permissions=permissions or [],
-                             auto_reply=auto_reply or {}, manager=manager)
+                             auto_reply=auto_reply or {})
+        subject.manager = successor_facts(manager)
         subject.names = list(dict.fromkeys(subject.names + [smtp(a) for a in mailbox.get("EmailAddresses") or []]))
         yield from self.mark_admin(subject, seen)
         return subject

@@ -54,7 +54,7 @@ class Microsoft365Options(PluginOptions):
 #: every user property the actions compare; most are outside Graph's default set, so they are named
 USER_FIELDS = ("id,displayName,givenName,surname,userPrincipalName,mail,proxyAddresses,employeeId,accountEnabled,"
                "onPremisesSyncEnabled,assignedLicenses,licenseAssignmentStates,signInSessionsValidFromDateTime,"
-               "lastPasswordChangeDateTime")
+               "lastPasswordChangeDateTime,onPremisesImmutableId")
 
 
 MAILBOX_READS = {"mailbox": "Get-Mailbox", "statistics": "Get-MailboxStatistics", "permissions": "Get-MailboxPermission",
@@ -92,6 +92,15 @@ def role_holdings(kind: str, answer: Any, through: str = "") -> list[str]:
                    + ("" if definition.get("isBuiltIn", True) else "custom ") + f"directory role {name}"
                    + ("" if scope == "/" else f" scoped to {scope}") + (f" through group {through}" if through else ""))
     return out
+
+
+def successor_facts(manager: dict | None) -> dict | None:
+    """The directory manager as the engine judges a successor (`Subject.manager`); None when unset."""
+    if not manager:
+        return None
+    return {"address": (manager.get("mail") or manager.get("userPrincipalName") or "").lower(),
+            "enabled": manager.get("accountEnabled") is True, "id": manager.get("id"), "mail": manager.get("mail"),
+            "userPrincipalName": manager.get("userPrincipalName")}
 
 
 def odata_literal(value: str) -> str:
@@ -184,7 +193,8 @@ class Microsoft365Provider(Provider):
                 continue
             match, user = choose(termination, answer.get("value", []))
             if user:
-                match.subject = Subject(self.name, user["id"], addresses(user))
+                match.subject = Subject(self.name, user["id"], addresses(user),
+                                        anchor=user.get("onPremisesImmutableId") or "")
                 observing[termination.id] = self.observe(match.subject, {"user": user})
             self.matches[termination.id] = match
         for key, outcome in zip(observing, self.drive(list(observing.values()))):
