@@ -123,7 +123,7 @@ class FakeM365:
         self.denied: list[tuple[str, str, str]] = []     # (method, path regex, permission)
         self.exchange_denied = ""                         # "permission" (no Exchange.ManageAsApp) or "role"
         self.next_link: str | None = None                # forged on every collection page; "SELF": the page itself
-        self.raw: dict[str, str] = {}                    # Graph path regex -> a 200 body sent as it is
+        self.raw: dict[str, str] = {}                    # Graph path regex, or "exchange:CMDLET" -> a 200 body as it is
         self.failing: dict[str, int] = {}                # Graph path regex -> the status it answers, batched or not
         self.exchange_page = 1000
         self.rsps = rsps
@@ -611,6 +611,8 @@ class FakeM365:
             refused = self._exchange_refusal(name) or self._fault("exchange") or self._anchor_refusal(name, anchor)
             if refused:
                 return refused
+            if f"exchange:{name}" in self.raw:
+                return 200, {"Content-Type": "text/html"}, self.raw[f"exchange:{name}"]
             if name not in self.CMDLETS:
                 return self._cmdlet_error(400, f"The term '{name}' is not recognized as a name of a cmdlet")
             unknown = set(params) - self.CMDLETS[name]

@@ -153,6 +153,17 @@ def test_check_online_proves_the_exchange_credential_and_names_what_is_missing(m
     assert names in refused.value.message and "Get-AcceptedDomain" in str(refused.value)
 
 
+@pytest.mark.parametrize("body,error", [("<html><body>Sign in to continue</body></html>", "RetryableError"),
+                                        ('{"a": ' * 50_000 + "1" + "}" * 50_000, "PermanentError")], ids=["html", "deep"])
+def test_an_exchange_answer_that_is_not_a_json_object_is_a_typed_error(m365, exchange_online, body, error):
+    from connector import errors
+
+    m365.raw["exchange:Get-AcceptedDomain"] = body
+    with pytest.raises(getattr(errors, error)) as raised:
+        exchange_online.check_online()
+    assert raised.value.where.endswith("Get-AcceptedDomain") and "JSON" in raised.value.message
+
+
 # -- the facts the successor rules will need -------------------------------------------------------------
 
 @pytest.mark.parametrize("provider_kind", ["entra", "exchange_online"])
