@@ -128,6 +128,7 @@ def now_stamp() -> str:
 
 class EntraProvider(Microsoft365Provider):
     type = "entra"
+    manager_authority = 1          # the cloud directory: its manager names the successor unless AD knows the person
     actions = {
         "block_sign_in": "revoke",
         "reset_password": "revoke",
