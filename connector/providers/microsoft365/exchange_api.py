@@ -25,7 +25,7 @@ import requests
 from ... import http
 from ...errors import OffboardError, PermanentError
 from .auth import Tokens
-from .graph import CONCURRENCY, NextLinks, error_body, json_object, tenant_slots
+from .graph import CONCURRENCY, NextLinks, error_body, json_object, page_items, tenant_slots
 
 #: the cmdlets' words for "no such object" and "not a member": both mean there is nothing to do
 NOT_FOUND = ("couldn't be found", "isn't a member")
@@ -95,10 +95,7 @@ class ExchangeAdmin:
                     raise http.NotFound(e.message, e.where) from None
                 raise
             page = json_object(resp.content, where)
-            items = page.get("value", [])
-            if not isinstance(items, list):
-                raise PermanentError("the answer's `value` is not a list", where)
-            out.extend(items)
+            out.extend(page_items(page, where))
             url = page.get("@odata.nextLink") and links.check(page["@odata.nextLink"])
         return out
 

@@ -58,6 +58,14 @@ def json_object(text: str | bytes, where: str) -> dict:
     return value
 
 
+def page_items(page: dict, where: str) -> list:
+    """The `value` of one page of a collection."""
+    items = page.get("value", [])
+    if not isinstance(items, list):
+        raise PermanentError("the collection's `value` is not a list", where)
+    return items
+
+
 def error_body(resp: requests.Response) -> dict:
     """An error answer's JSON object, or {} when it has none (the status and reason then speak)."""
     try:
@@ -141,16 +149,10 @@ class GraphClient:
         """Every item of a collection, following `@odata.nextLink` (from `page` when the first one is read)."""
         page = self.request(call) if page is None else page
         links = NextLinks(self.base, self.base + call.path, self.place(call))
-        yield from self._items(page, call)
+        yield from page_items(page, self.place(call))
         while page.get("@odata.nextLink"):
             page = self._send(links.check(page["@odata.nextLink"]), GraphCall("GET", call.path, headers=call.headers))
-            yield from self._items(page, call)
-
-    def _items(self, page: dict, call: GraphCall) -> list:
-        items = page.get("value", [])
-        if not isinstance(items, list):
-            raise PermanentError("the collection's `value` is not a list", self.place(call))
-        return items
+            yield from page_items(page, self.place(call))
 
     def batch(self, calls: list[GraphCall]) -> list[dict | OffboardError]:
         """Send `calls` as `$batch` requests of 20; one body or typed error per call, in order.
