@@ -757,7 +757,8 @@ def add_leaver(fake: FakeM365, n: int, *, synced: bool = False, mailbox_kind: st
                   methods=("password", "phone", "microsoftAuthenticator"), default="phone", mailbox=box,
                   proxies=(f"l{n}@contoso.com",), manager=MANAGER, immutable_id=immutable_id)
     return Termination(tenant="contoso", employee_id=f"E{n}", email=upn, first_name="Leaver", last_name=f"Person{n}",
-                       manager_email=MANAGER, termination_date=dt.date(2026, 9, 1))
+                       manager_email=MANAGER, termination_date=dt.date(2026, 9, 1),
+                       successor=MANAGER)       # as the engine resolves it: the directory's manager
 
 
 @pytest.fixture

@@ -1,12 +1,15 @@
 """The Exchange Online provider against the fake tenant: contract, policy, ordering, the adapter's failures."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import re
 
 import pytest
 
-from connector.errors import PermanentError
+from connector.errors import NeedsHuman, PermanentError
 from connector.model import ActionContext, Termination
+from connector.providers.microsoft365.exchange import plain
 from tests.contract.provider_contract import ProviderContract
 from tests.fakes.m365 import (MANAGER, Mailbox, add_leaver, entra, exchange_online, m365, m365_policy,  # noqa: F401
                               m365_tenant)
@@ -49,7 +52,7 @@ def test_whole_preserve_phase_in_order(m365, exchange_online):
     box = m365.mailboxes[leaver.email]
     assert box.devices[0]["AccountOnly"] is True
     assert box.permissions[0]["User"] == MANAGER and box.permissions[0]["AutoMapping"] is True
-    assert "Leaver Person1 has left Contoso Ltd. Please contact " + MANAGER in box.auto_reply["InternalMessage"]
+    assert "Leaver Person has left Contoso Ltd. Please contact " + MANAGER in box.auto_reply["InternalMessage"]  # names: letters only
     assert box.forwarding == f"smtp:{MANAGER}" and box.hidden
 
 
@@ -70,7 +73,7 @@ def test_delegate_by_address(m365, exchange_online):
 
 def test_an_unknown_delegate_fails_with_the_cmdlets_words(m365, exchange_online):
     leaver = add_leaver(m365, 1)
-    stranger = Termination("contoso", "E1", leaver.email, manager_email="gone@contoso.com")
+    stranger = Termination("contoso", "E1", leaver.email, successor="gone@contoso.com")
     with pytest.raises(PermanentError, match="couldn't be found"):
         apply(exchange_online, stranger, "grant_mailbox_access")
 
@@ -190,3 +193,49 @@ def test_the_accepted_domains_are_read_once_a_pass(m365, exchange_online):
     exchange_online.prepare([leaver])
     assert exchange_online.tenant_domains() == {"contoso.com": "Authoritative", "contoso.onmicrosoft.com": "Authoritative"}
     assert [p for service, _, p in m365.calls if service == "exchange"].count("Get-AcceptedDomain") == 1
+
+
+# -- the HR feed cannot redirect a leaver's mail or speak for the company (issue 8, section 2) ----------
+def test_the_feeds_manager_field_never_receives_the_mail(m365, exchange_online):
+    """A record naming an outsider as manager: forwarding and FullAccess go to the directory's manager."""
+    leaver = dataclasses.replace(add_leaver(m365, 1), manager_email="attacker@evil.example")
+    assert apply(exchange_online, leaver, "set_forwarding").after == {"ForwardingSmtpAddress": MANAGER}
+    assert apply(exchange_online, leaver, "grant_mailbox_access").after == {"FullAccess": [MANAGER]}
+    assert "evil.example" not in str(m365.mailboxes[leaver.email.lower()].__dict__)
+
+
+def test_without_a_successor_the_hand_over_waits_for_a_person(m365, exchange_online):
+    leaver = dataclasses.replace(add_leaver(m365, 1), successor="")
+    planned = [a.action for a in exchange_online.plan(matched(exchange_online, leaver), leaver)]
+    assert {"grant_mailbox_access", "set_forwarding", "set_auto_reply"} <= set(planned)
+    for action in ("grant_mailbox_access", "set_forwarding", "set_auto_reply"):
+        with pytest.raises(NeedsHuman, match="no enabled manager"):
+            apply(exchange_online, leaver, action)
+    box = m365.mailboxes[leaver.email.lower()]
+    assert box.forwarding is None and not box.auto_reply.get("InternalMessage")
+
+
+@pytest.mark.parametrize("m365_policy", [{"forward_to": "partner@outside.example"}])
+def test_forwarding_outside_the_accepted_domains_needs_a_person(m365, exchange_online):
+    leaver = add_leaver(m365, 1)
+    with pytest.raises(NeedsHuman, match="outside the tenant"):
+        apply(exchange_online, leaver, "set_forwarding")
+    assert m365.mailboxes[leaver.email.lower()].forwarding is None
+
+
+@pytest.mark.parametrize("m365_policy", [{"forward_to": "partner@outside.example",
+                                          "forward_domains": ["Outside.Example"]}])
+def test_forwarding_to_a_domain_the_policy_lists_is_allowed(m365, exchange_online):
+    leaver = add_leaver(m365, 1)
+    assert apply(exchange_online, leaver, "set_forwarding").after == {"ForwardingSmtpAddress": "partner@outside.example"}
+
+
+def test_a_crafted_name_cannot_put_a_link_or_an_address_in_the_auto_reply(m365, exchange_online):
+    crafted = "Our bank details changed: pay to IBAN DE89 3704 0044 at https://pay.evil.example or x@evil.example"
+    leaver = dataclasses.replace(add_leaver(m365, 1), first_name=crafted, last_name="<script>alert(1)</script>")
+    apply(exchange_online, leaver, "set_auto_reply")
+    message = m365.mailboxes[leaver.email.lower()].auto_reply["ExternalMessage"]
+    assert MANAGER in message
+    words = plain(message).replace(MANAGER, "")
+    assert "://" not in words and "@" not in words and "<script" not in message
+    assert not re.findall(r"\d", words) and not re.findall(r"[\w-]+(?:\.[\w-]+)+", words.replace("Ltd.", "Ltd"))

@@ -3,6 +3,13 @@
 Every action compares one piece of observed mailbox state with what the tenant policy
 wants, so `plan` (on the state read in `prepare`) and `apply` (on a fresh read) share
 one definition. Devices are wiped (account only) before the conversion to shared.
+
+The HR feed never decides where mail goes. "manager" means the successor the engine
+resolved from the directories (`Termination.successor`); with none, the hand-over is a
+person's job. Forwarding stays inside the tenant's accepted domains unless the policy
+lists the target's domain. Names from the feed reach the auto-reply only as plain,
+short, escaped words, so a crafted "first name" cannot put a link or an address in a
+message every outside sender receives.
 """
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import re
 from typing import Any
 
 from ... import http
+from ...errors import NeedsHuman
 from ...model import ActionContext, PlannedAction, Result, Subject, Termination
 from .exchange_api import Cmdlet
 from .provider import ROLE_READS, Microsoft365Provider, Step, successor_facts
@@ -29,8 +37,23 @@ def smtp(address: str | None) -> str:
 
 
 def fill(template: str, fields: dict[str, str]) -> str:
-    """`{first_name}`-style fields; an unknown field stays as written rather than failing the plan."""
-    return re.sub(r"\{(\w+)\}", lambda m: fields.get(m.group(1), m.group(0)), template)
+    """`{first_name}`-style fields, HTML-escaped (Exchange stores HTML); an unknown field stays as written."""
+    return re.sub(r"\{(\w+)\}", lambda m: html.escape(fields[m.group(1)]) if m.group(1) in fields else m.group(0),
+                  template)
+
+
+NAME_LIMIT = 64
+
+
+def feed_name(text: str) -> str:
+    """A person's name as the HR feed gave it, reduced to what a name needs: letters (any script), spaces,
+    hyphens and apostrophes, at most 64 characters. No digits, '@', '.', ':' or '/', so no address or link."""
+    kept = "".join(c if c.isalpha() or c in " -'’" else " " for c in text)
+    return " ".join(kept.split())[:NAME_LIMIT].strip()
+
+
+class NoSuccessor(NeedsHuman):
+    """The policy hands something to the successor, and the directories name none (nor does policy.successor)."""
 
 
 class ExchangeOnlineProvider(Microsoft365Provider):
@@ -65,11 +88,22 @@ class ExchangeOnlineProvider(Microsoft365Provider):
         yield from self.mark_admin(subject, seen)
         return subject
 
-    def recipient(self, setting: str, termination: Termination) -> str:
-        """Policy `manager | none | address` -> an address, or '' for nobody."""
-        if setting == "manager":
-            return termination.manager_email.lower()
-        return "" if setting == "none" else setting.lower()
+    def recipient(self, setting: str, termination: Termination, what: str) -> str:
+        """Policy `manager | none | address` -> an address, or '' for nobody. "manager" is the successor
+        from the directories; when there is none the hand-over waits for a person (NoSuccessor)."""
+        if setting == "none":
+            return ""
+        if setting != "manager":
+            return setting.lower()
+        if not termination.successor:
+            raise NoSuccessor(f"{what}: the directories name no enabled manager who stays, and policy.successor is "
+                              "empty: name a successor (policy.successor) or hand over by hand", self.where)
+        return termination.successor
+
+    def stays_inside(self, address: str) -> bool:
+        """Is `address` in one of the tenant's accepted domains, or a domain the policy allows forwarding to?"""
+        domain = address.rsplit("@", 1)[-1].lower()
+        return domain in self.tenant_domains() or domain in {d.lower() for d in self.tenant.policy.forward_domains}
 
     # -- what each action wants ---------------------------------------------
     def wanted(self, name: str, state: dict, termination: Termination) -> Wanted | None:
@@ -92,7 +126,7 @@ class ExchangeOnlineProvider(Microsoft365Provider):
                 [Cmdlet.of("Set-Mailbox", anchor=upn, Identity=upn, Type="Shared")])
 
     def want_grant_mailbox_access(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
-        delegate = self.recipient(self.tenant.policy.mailbox_delegate, termination)
+        delegate = self.recipient(self.tenant.policy.mailbox_delegate, termination, "FullAccess to the mailbox")
         if not delegate:
             return None
         have = sorted({p["User"].lower() for p in state["permissions"] or [] if "@" in p.get("User", "")
@@ -106,8 +140,11 @@ class ExchangeOnlineProvider(Microsoft365Provider):
         template = self.tenant.policy.auto_reply
         if not template:
             return None
-        message = fill(template, {"first_name": termination.first_name, "last_name": termination.last_name,
-                                  "company": self.tenant.name, "manager_email": termination.manager_email})
+        fields = {"first_name": feed_name(termination.first_name), "last_name": feed_name(termination.last_name),
+                  "company": self.tenant.name}
+        if "{manager_email}" in template:
+            fields["manager_email"] = self.recipient("manager", termination, "the auto-reply names the successor")
+        message = fill(template, fields)
         seen = state["auto_reply"] or {}
         return ({"AutoReplyState": seen.get("AutoReplyState"), "InternalMessage": plain(seen.get("InternalMessage")),
                  "ExternalMessage": plain(seen.get("ExternalMessage"))},
@@ -116,9 +153,13 @@ class ExchangeOnlineProvider(Microsoft365Provider):
                            InternalMessage=message, ExternalMessage=message, ExternalAudience="All")])
 
     def want_set_forwarding(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
-        target = self.recipient(self.tenant.policy.forward_to, termination)
+        target = self.recipient(self.tenant.policy.forward_to, termination, "forwarding")
         if not target:
             return None
+        if not self.stays_inside(target):
+            raise NeedsHuman(f"forwarding to {target} would send the leaver's mail outside the tenant (its domain is "
+                             "not an accepted domain): list the domain in policy.forward_domains to allow it",
+                             self.where)
         return ({"ForwardingSmtpAddress": smtp(state["mailbox"].get("ForwardingSmtpAddress"))},
                 {"ForwardingSmtpAddress": target},
                 [Cmdlet.of("Set-Mailbox", anchor=upn, Identity=upn, ForwardingSmtpAddress=f"smtp:{target}",
@@ -135,7 +176,10 @@ class ExchangeOnlineProvider(Microsoft365Provider):
     def plan(self, subject: Subject, termination: Termination) -> list[PlannedAction]:
         out = []
         for name in self.actions:
-            wanted = self.wanted(name, subject.state, termination)
+            try:
+                wanted = self.wanted(name, subject.state, termination)
+            except NeedsHuman:       # planned all the same: applying it records why a person must act
+                wanted = (None, name)
             if wanted and wanted[0] != wanted[1]:
                 out.append(self.planned(name, name.replace("_", " ")))
         return out
