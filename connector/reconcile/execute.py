@@ -27,6 +27,7 @@ from .schedule import local_date
 log = logging.getLogger(__name__)
 
 FINISHED = ("changed", "unchanged", "skipped")
+MAX_DELAY = 86400.0          # seconds: a Retry-After of 1e12 still comes back tomorrow
 SUCCESS = FINISHED + ("planned",)
 
 
@@ -189,7 +190,7 @@ class Executor:
         """A provider that could not be read for this leaver: failed and retried, never silently dropped."""
         aid = f"{lv.id}/{provider}/{action}"
         status, reason, cls = self._classify(provider, error)
-        next_at = self.now + dt.timedelta(seconds=error.delay) if isinstance(error, RetryableError) else None
+        next_at = self.retry_at(error)
         lv.outcomes[aid] = (provider, phase, status)
         self.store.upsert_action_status(aid, lv.id, provider, action, phase, status, reason)
         self.store.record_outcome(aid, status, reason=reason, error_class=cls, next_attempt_at=next_at)
@@ -270,7 +271,7 @@ class Executor:
         aid = lv.action_id(action)
         if isinstance(result, OffboardError):
             status, reason, cls = self._classify(action.provider, result)
-            next_at = self.now + dt.timedelta(seconds=result.delay) if isinstance(result, RetryableError) else None
+            next_at = self.retry_at(result)
             before = after = None
         else:
             status, reason, cls, next_at = result.outcome, result.reason, "", None
@@ -280,6 +281,13 @@ class Executor:
                                   next_attempt_at=next_at)
         self.store.audit(f"action_{status}", lv.id, self.run_id, provider=action.provider, action=action.action,
                          phase=action.phase, before=before, after=after, reason=reason)
+
+    def retry_at(self, error: OffboardError) -> dt.datetime | None:
+        """When to try again: the error's delay, within [1 s, 1 day] whatever a server claimed."""
+        if not isinstance(error, RetryableError):
+            return None
+        delay = error.delay if error.delay == error.delay else MAX_DELAY       # NaN
+        return self.now + dt.timedelta(seconds=min(max(delay, 1.0), MAX_DELAY))
 
     def _classify(self, provider: str, error: OffboardError) -> tuple[str, str, str]:
         error.at(self.providers[provider].where)

@@ -291,3 +291,11 @@ def test_the_on_premises_manager_outranks_the_cloud_one(env):
     cloud_ = Subject("cloud", "2", [], manager={"address": "cloud@contoso.com", "enabled": True})
     assert choose_successor([cloud_, ad], {"ad": 2, "cloud": 1}, "", lambda a: False) == "onprem@contoso.com"
     assert choose_successor([cloud_, ad], {"ad": 0, "cloud": 1}, "", lambda a: False) == "cloud@contoso.com"
+
+
+def test_an_absurd_retry_delay_is_capped_not_a_crash(env):
+    env.csv(leaver("E1", "ann@contoso.com"))
+    env.directory.fail["disable_account"] = RetryableError("HTTP 429", delay=1e12)
+    assert env.run().exit_code == 2
+    [row] = [a for a in env.store.actions("contoso/E1") if a["action"] == "disable_account"]
+    assert row["next_attempt_at"] == "2026-11-24T23:30:00+00:00"          # one day, not year 33,000
