@@ -4,7 +4,7 @@ Writes really change its state, and it bites where Graph bites: properties outsi
 default set come back only when named in `$select`; batch sub-requests with a body
 need a Content-Type; more than 20 sub-requests is a 400; `$skip` on users is refused;
 `$search` and `$count` need `ConsistencyLevel: eventual`; synced objects, dynamic
-groups and mail-enabled groups refuse cloud writes; the default MFA method cannot be
+groups and mail-enabled groups refuse cloud writes; a member added twice is a 400; the default MFA method cannot be
 deleted while others remain, nor a `mobile` phone while an `alternateMobile` exists;
 PIM answers `AadPremiumLicenseRequired` in a tenant without P2; Exchange wants the
 app-only anchor on tenant-level cmdlets and names a missing permission or role the way
@@ -216,6 +216,12 @@ class FakeM365:
             self.mailboxes[upn.lower()] = mailbox
         return user_id
 
+    def sync(self, upn: str) -> None:
+        """The directory sync carries the AD disable of a synced user to Entra (at its next cycle)."""
+        user = self.user_by_upn(upn)
+        assert user["onPremisesSyncEnabled"], f"{upn} is not synced"
+        user["accountEnabled"] = False
+
     def group_named(self, name: str) -> dict:
         return next(g for g in self.groups.values() if g["displayName"] == name)
 
@@ -359,6 +365,9 @@ class FakeM365:
             (r"GET /roleManagement/directory/(roleAssignments|roleEligibilityScheduleInstances)", self.role_reads),
             (rf"GET /users/{guid}/authentication/methods", self.list_methods),
             (rf"DELETE /users/{guid}/authentication/(\w+)/{guid}", self.delete_method),
+            (r"GET /groups", self.list_groups),
+            (rf"GET /groups/{guid}", self.get_group),
+            (rf"POST /groups/{guid}/members/\$ref", self.add_member),
             (rf"DELETE /groups/{guid}/members/{guid}/\$ref", self.remove_member),
             (r"GET /subscribedSkus", self.subscribed_skus),
         ]
@@ -413,13 +422,14 @@ class FakeM365:
             users = [u for u in users if predicate(self.users[u])]
         return self._page([self.render_user(u, self._select(query)) for u in users], query, url)
 
-    def parse_filter(self, text: str, advanced: bool):
+    def parse_filter(self, text: str, advanced: bool,
+                     fields: tuple[str, ...] = ("employeeId", "userPrincipalName", "mail", "id")):
         """`a eq 'x' or proxyAddresses/any(p:p eq 'y')`: what matching needs, compared case-insensitively."""
         tests = []
         for clause in re.split(r"\s+or\s+(?=(?:[^']*'[^']*')*[^']*$)", text):
             simple = re.fullmatch(r"(\w+) eq '((?:[^']|'')*)'", clause.strip())
             anyof = re.fullmatch(r"proxyAddresses/any\((\w+):\1 eq '((?:[^']|'')*)'\)", clause.strip())
-            if simple and simple.group(1) in ("employeeId", "userPrincipalName", "mail", "id"):
+            if simple and simple.group(1) in fields:
                 prop, value = simple.group(1), simple.group(2).replace("''", "'").lower()
                 tests.append(lambda u, p=prop, v=value: (u.get(p) or "").lower() == v)
             elif anyof:
@@ -534,8 +544,26 @@ class FakeM365:
         methods.remove(method)
         return None
 
-    def remove_member(self, group_id, user_id, **_):
-        group = self.groups[group_id]
+    GROUP_DEFAULT = ("id", "displayName", "description", "groupTypes", "mail", "mailEnabled", "securityEnabled")
+
+    def render_group(self, group: dict, select: list[str] | None) -> dict:
+        return {k: group.get(k) for k in (select or self.GROUP_DEFAULT)} | {"id": group["id"]}
+
+    def list_groups(self, query, url, **_):
+        groups = list(self.groups.values())
+        if "$filter" in query:
+            predicate = self.parse_filter(query["$filter"], False, fields=("displayName", "id"))
+            if isinstance(predicate, tuple):
+                return predicate
+            groups = [g for g in groups if predicate(g)]
+        return self._page([self.render_group(g, self._select(query)) for g in groups], query, url)
+
+    def get_group(self, group_id, query, **_):
+        return self.render_group(self.groups[group_id], self._select(query))
+
+    @staticmethod
+    def _membership_refusal(group: dict):
+        """What Graph answers a cloud write to the members of a group the cloud does not own."""
         if "DynamicMembership" in group["groupTypes"]:
             return graph_error(400, "Request_BadRequest", "Insufficient privileges: members of a group with dynamic "
                                "membership cannot be changed.")
@@ -545,6 +573,29 @@ class FakeM365:
         if group["mailEnabled"] and "Unified" not in group["groupTypes"]:
             return graph_error(400, "Request_BadRequest", "Cannot Update a mail-enabled security groups and or "
                                "distribution list.")
+        return None
+
+    def add_member(self, group_id, body, **_):
+        group = self.groups[group_id]
+        reference = re.fullmatch(re.escape(self.graph_url) + r"/v1\.0/(?:directoryObjects|users)/([^/]+)",
+                                 str(body.get("@odata.id", "")))
+        if not reference:
+            return graph_error(400, "Request_BadRequest", "Invalid URL format specified in @odata.id.")
+        if reference.group(1) not in self.users:
+            return graph_error(404, "Request_ResourceNotFound", f"Resource '{reference.group(1)}' does not exist or "
+                               "one of its queried reference-property objects are not present.")
+        if refused := self._membership_refusal(group):
+            return refused
+        if reference.group(1) in group["members"]:
+            return graph_error(400, "Request_BadRequest", "One or more added object references already exist for the "
+                               "following modified properties: 'members'.")
+        group["members"].add(reference.group(1))
+        return None
+
+    def remove_member(self, group_id, user_id, **_):
+        group = self.groups[group_id]
+        if refused := self._membership_refusal(group):
+            return refused
         if user_id not in group["members"]:
             raise KeyError(user_id)
         group["members"].discard(user_id)
@@ -728,10 +779,12 @@ SECRET = "s3cr3t-Value~of.the.app"
 SECRET_ENV = "M365_FAKE_CLIENT_SECRET"
 MANAGER = "morgan.manager@contoso.com"
 GROUPS = ("All Staff", "Project X", "Finance DL", "Dynamic Sales", "AD Staff", "E3 Licence")
+BLOCK_GROUP = "Offboarding - blocked"       # a cloud-only security group a Conditional Access policy blocks
 
 
 def seed(fake: FakeM365) -> None:
-    """The tenant every test starts from: SKUs, one group of each kind, an admin role, a manager."""
+    """The tenant every test starts from: SKUs, one group of each kind (and an empty block group), an admin role,
+    a manager."""
     for part in ("SPE_E3", "EMS", "O365_BUSINESS_PREMIUM"):
         fake.add_sku(part)
     fake.add_group("All Staff")
@@ -740,6 +793,7 @@ def seed(fake: FakeM365) -> None:
     fake.add_group("Dynamic Sales", dynamic=True)
     fake.add_group("AD Staff", synced=True)
     fake.add_group("E3 Licence", licences=("SPE_E3",))
+    fake.add_group(BLOCK_GROUP)
     fake.add_role("Global Administrator")
     fake.add_user(MANAGER, employee_id="M1", licences=("SPE_E3",), mailbox=Mailbox(MANAGER))
 

@@ -7,11 +7,11 @@ import math
 import pytest
 
 from connector.config import PluginConfig, PluginOptions
-from connector.errors import ConfigError, RetryableError
+from connector.errors import ConfigError, NotYet, RetryableError
 from connector.model import ActionContext, Termination
-from tests.contract.provider_contract import ProviderContract
-from tests.fakes.m365 import (GB, SECRET, CLIENT_ID, FakeM365, add_leaver, build, entra,  # noqa: F401  (fixtures)
-                              exchange_online, m365, m365_policy, m365_tenant)
+from tests.contract.provider_contract import ProviderContract, run_action
+from tests.fakes.m365 import (BLOCK_GROUP, GB, SECRET, CLIENT_ID, FakeM365, add_leaver,  # noqa: F401  (fixtures)
+                              build, entra, exchange_online, m365, m365_policy, m365_tenant)
 
 NOW = dt.datetime.now(dt.timezone.utc)
 
@@ -124,6 +124,140 @@ def test_synced_user_without_ad_provider_needs_a_human(m365, entra):
         result = apply(entra, leaver, action)
         assert result.outcome == "needs_human" and "on-premises AD" in result.reason
     assert m365.snapshot(leaver.email) == before
+
+
+# -- revoke and reclaim: the Conditional Access block while the AD disable syncs ---------------
+
+def with_ad(tenant, block_group: str = BLOCK_GROUP):
+    """The tenant with an AD provider beside Entra (so synced users are AD's) and `policy.block_group` set."""
+    tenant.providers.append(PluginConfig(type="active_directory", name="ad", options=PluginOptions(),
+                                         where="tenant[0].provider[2]"))
+    tenant.policy = tenant.policy.model_copy(update={"block_group": block_group})
+    return build(tenant, "entra")
+
+
+def planned_actions(provider, termination) -> list[str]:
+    return [a.action for a in provider.plan(matched(provider, termination), termination)]
+
+
+def three_passes(provider, m365, leaver, action):
+    """Dry run changes nothing, the first run changes, the second finds nothing to do."""
+    since = NOW - dt.timedelta(seconds=5)
+    untouched = m365.snapshot(leaver.email)
+    dry = run_action(provider, leaver, action, dry_run=True, since=since)
+    assert dry.outcome == "planned" and m365.snapshot(leaver.email) == untouched
+    first = run_action(provider, leaver, action, since=since)
+    assert first.outcome == "changed" and first.before != first.after
+    assert m365.snapshot(leaver.email) != untouched
+    again = run_action(provider, leaver, action, since=since)
+    assert again is None or again.outcome == "unchanged"
+    return first
+
+
+def test_a_synced_leaver_is_blocked_until_sync_carries_the_ad_disable(m365, m365_tenant):
+    entra = with_ad(m365_tenant)
+    leaver = add_leaver(m365, 1, synced=True)
+    assert planned_actions(entra, leaver) == ["add_to_block_group", "revoke_sessions", "remove_auth_methods",
+                                              "remove_groups", "remove_licenses", "remove_from_block_group"]
+    added = three_passes(entra, m365, leaver, "add_to_block_group")
+    assert (added.before, added.after) == ({"block_group": False}, {"block_group": True})
+    assert BLOCK_GROUP in m365.snapshot(leaver.email)["groups"]
+    adds = [c for c in m365.calls if c[1] == "POST" and c[2].endswith("/members/$ref")]
+    assert len(adds) == 1                         # the second pass read the membership and sent nothing
+
+    for _ in range(2):                            # Entra still reads the account enabled: the block stays
+        with pytest.raises(NotYet) as waiting:
+            apply(entra, leaver, "remove_from_block_group")
+        assert waiting.value.delay == 300 and "directory sync" in waiting.value.message
+        assert BLOCK_GROUP in m365.snapshot(leaver.email)["groups"]
+
+    kept = apply(entra, leaver, "remove_groups")
+    assert f"kept {BLOCK_GROUP}: the Conditional Access block group: removed by remove_from_block_group" in kept.reason
+    assert BLOCK_GROUP not in kept.before["groups"] and BLOCK_GROUP in m365.snapshot(leaver.email)["groups"]
+
+    m365.sync(leaver.email)                       # the next sync cycle carries the AD disable
+    removed = three_passes(entra, m365, leaver, "remove_from_block_group")
+    assert (removed.before, removed.after) == ({"block_group": True}, {"block_group": False})
+    assert BLOCK_GROUP not in m365.snapshot(leaver.email)["groups"]
+    assert not {"add_to_block_group", "remove_from_block_group"} & set(planned_actions(entra, leaver))
+
+
+def test_a_dry_run_says_the_block_will_wait_for_the_sync(m365, m365_tenant):
+    entra = with_ad(m365_tenant)
+    leaver = add_leaver(m365, 1, synced=True)
+    before = m365.snapshot(leaver.email)
+    result = run_action(entra, leaver, "remove_from_block_group", dry_run=True)
+    assert result.outcome == "planned" and "directory sync" in result.reason
+    assert m365.snapshot(leaver.email) == before
+
+
+def test_a_leaver_not_in_the_block_group_is_unchanged_by_its_removal(m365, m365_tenant):
+    entra = with_ad(m365_tenant)
+    leaver = add_leaver(m365, 1, synced=True)
+    m365.sync(leaver.email)
+    subject = matched(entra, leaver)           # a person took them out by hand; the sync has run since
+    result = entra.apply(entra.planned("remove_from_block_group"), ActionContext(leaver, subject, since=NOW))
+    assert result.outcome == "unchanged"
+    assert not any(c[1] == "DELETE" and "/members/" in c[2] for c in m365.calls)
+
+
+def test_the_block_group_is_found_by_object_id_and_by_a_quoted_name(m365, m365_tenant):
+    quoted = m365.add_group("O'Brien's blocked")
+    for wanted in (m365.group_named(BLOCK_GROUP)["id"], "O'Brien's blocked"):
+        entra = with_ad(m365_tenant, wanted)
+        leaver = add_leaver(m365, len(m365.users), synced=True)
+        assert apply(entra, leaver, "add_to_block_group").outcome == "changed"
+    assert m365.groups[quoted]["members"] and m365.group_named(BLOCK_GROUP)["members"]
+
+
+@pytest.mark.parametrize("build_group,words", [
+    (lambda fake: "Nobody Has This Group", "no group 'Nobody Has This Group'"),
+    (lambda fake: "9d0c6b4e-0000-4000-8000-000000000404", "no group '9d0c6b4e"),
+    (lambda fake: [fake.add_group("Twice"), fake.add_group("twice")] and "Twice", "2 groups are named 'Twice'"),
+    (lambda fake: fake.add_group("Dyn", dynamic=True) and "Dyn", "dynamic membership"),
+    (lambda fake: fake.add_group("Synced", synced=True) and "Synced", "synced from on-premises AD"),
+    (lambda fake: fake.add_group("Team", unified=True) and "Team", "Microsoft 365 (Unified)"),
+    (lambda fake: fake.add_group("DL", mail_enabled=True) and "DL", "mail-enabled"),
+])
+def test_a_block_group_that_cannot_carry_a_ca_block_is_a_config_error(m365, m365_tenant, build_group, words):
+    entra = with_ad(m365_tenant, build_group(m365))
+    leaver = add_leaver(m365, 1, synced=True)
+    before = m365.snapshot(leaver.email)
+    for read in (entra.check_online, lambda: entra.prepare([leaver])):
+        entra.block_group_read = False
+        with pytest.raises(ConfigError) as refused:
+            read()
+        assert refused.value.where == "tenant[0].policy.block_group"
+        assert words in refused.value.message and "cloud-only security group" in refused.value.message
+    assert m365.snapshot(leaver.email) == before
+
+
+def test_a_plain_security_group_passes_and_the_check_is_one_read(m365, m365_tenant):
+    entra = with_ad(m365_tenant)
+    entra.check_online()
+    entra.prepare([add_leaver(m365, 1, synced=True)])
+    assert entra.block_group["id"] == m365.group_named(BLOCK_GROUP)["id"]
+    assert sum(1 for c in m365.calls if c[0] == "graph" and c[2] == "/groups") == 1
+
+
+def test_cloud_only_users_and_an_empty_block_group_get_no_block(m365, m365_tenant):
+    cloud = add_leaver(m365, 1)
+    synced = add_leaver(m365, 2, synced=True)
+    entra_with_block = with_ad(m365_tenant)
+    assert not {"add_to_block_group", "remove_from_block_group"} & set(planned_actions(entra_with_block, cloud))
+    kept = apply(entra_with_block, cloud, "remove_groups")       # the block group is no one else's business
+    assert BLOCK_GROUP not in kept.reason
+
+    entra_off = with_ad(m365_tenant, "")
+    assert not {"add_to_block_group", "remove_from_block_group"} & set(planned_actions(entra_off, synced))
+    assert entra_off.block_group is None
+
+
+def test_a_synced_user_without_ad_gets_no_block(m365, m365_tenant):
+    m365_tenant.policy = m365_tenant.policy.model_copy(update={"block_group": BLOCK_GROUP})
+    entra = build(m365_tenant, "entra")
+    leaver = add_leaver(m365, 1, synced=True)
+    assert not {"add_to_block_group", "remove_from_block_group"} & set(planned_actions(entra, leaver))
 
 
 # -- reclaim: groups and licences ------------------------------------------------------------

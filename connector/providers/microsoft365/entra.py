@@ -12,6 +12,11 @@ which method is the default, so deletes go in rounds and a method refused as the
 waits for the next round, or the next pass. Kinds v1.0 has no collection to delete from
 (`qrCodePin`, anything newer) are reported as kept, never sent; the password cannot be
 deleted at all (the reset replaced it).
+
+An AD disable reaches Entra only at the next directory sync (30 minutes by default), so a
+synced leaver could still sign in to cloud apps until then. With `policy.block_group` set,
+revoke adds them to that cloud-only security group, which a Conditional Access policy
+blocks, and reclaim takes them out only once Entra reads the account back disabled.
 """
 from __future__ import annotations
 
@@ -19,13 +24,14 @@ import datetime as dt
 import re
 import secrets
 from typing import Generator
+from urllib.parse import quote
 
 from ... import http
-from ...errors import NotYet, OffboardError, PermanentError, RetryableError
+from ...errors import ConfigError, NotYet, OffboardError, PermanentError, RetryableError
 from ...model import ActionContext, PlannedAction, Result, Subject, Termination
 from .exchange_api import Cmdlet
 from .graph import GraphCall
-from .provider import ROLE_READS, Microsoft365Provider, Step, successor_facts
+from .provider import GROUP_FIELDS, ROLE_READS, Microsoft365Provider, Step, odata_literal, successor_facts
 
 SHARED = "SharedMailbox"
 GB = 1024 ** 3
@@ -37,6 +43,8 @@ DELETABLE = {kind: f"{kind}Methods" for kind in ("email", "fido2", "microsoftAut
                                                   "platformCredential", "softwareOath", "temporaryAccessPass",
                                                   "windowsHelloForBusiness")} | {
     "external": "externalAuthenticationMethods"}
+SYNC_WAIT = 300.0                      # seconds between looks for the AD disable to reach Entra
+OBJECT_ID = re.compile(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", re.IGNORECASE)
 #: the words of Graph's refusals that only mean "not yet, delete the others first"
 ORDER_REFUSALS = ("default method", "default authentication method", "alternateMobile")
 
@@ -115,6 +123,22 @@ def licence_holds(mailbox: dict, statistics: dict | None) -> list[str]:
     return holds
 
 
+def block_group_flaw(group: dict) -> str:
+    """Why `group` cannot carry a Conditional Access block (a cloud-only security group), or ""."""
+    types = group.get("groupTypes") or []
+    if "DynamicMembership" in types:
+        return "it has dynamic membership (the connector cannot add members)"
+    if group.get("onPremisesSyncEnabled"):
+        return "it is synced from on-premises AD (its members cannot be changed in the cloud)"
+    if "Unified" in types:
+        return "it is a Microsoft 365 (Unified) group"
+    if group.get("mailEnabled"):
+        return "it is mail-enabled"
+    if not group.get("securityEnabled"):
+        return "it is not a security group"
+    return ""
+
+
 def conversion_wait(since: dt.datetime | None, now: dt.datetime) -> float:
     """15 s, 30 s, 60 s, 60 s ... : the next wait is the time waited so far plus the first, up to a minute."""
     first, longest = CONVERSION_WAITS
@@ -132,23 +156,58 @@ class EntraProvider(Microsoft365Provider):
     actions = {
         "block_sign_in": "revoke",
         "reset_password": "revoke",
+        "add_to_block_group": "revoke",
         "revoke_sessions": "revoke",
         "remove_auth_methods": "reclaim",
         "remove_groups": "reclaim",
         "remove_licenses": "reclaim",
+        "remove_from_block_group": "reclaim",
     }
     reads = {"block_sign_in": ("user",), "reset_password": ("user",), "revoke_sessions": ("user",),
-             "remove_auth_methods": ("methods",), "remove_groups": ("user", "memberOf"),
-             "remove_licenses": ("user", "memberOf", "mailbox", "statistics")}
+             "add_to_block_group": ("memberOf",), "remove_auth_methods": ("methods",),
+             "remove_groups": ("user", "memberOf"), "remove_licenses": ("user", "memberOf", "mailbox", "statistics"),
+             "remove_from_block_group": ("user", "memberOf")}
 
     def __init__(self, name, options, tenant, where=""):
         super().__init__(name, options, tenant, where)
         self.sku_names: dict[str, str] = {}
+        self.block_group: dict | None = None       # policy.block_group as read this pass (an instance lives one pass)
+        self.block_group_read = False
 
     # -- reading -----------------------------------------------------------
+    def check_online(self) -> None:
+        super().check_online()
+        self.block_group, self.block_group_read = self.read_block_group(), True
+
     def prepare(self, terminations: list[Termination]) -> None:
         self.sku_names = {s["skuId"]: s["skuPartNumber"] for s in self.subscribed_skus()}
+        if not self.block_group_read:
+            self.block_group, self.block_group_read = self.read_block_group(), True
         super().prepare(terminations)
+
+    def read_block_group(self) -> dict | None:
+        """`policy.block_group` (an object id or an exact display name) as a group fit for a CA block; None: off."""
+        wanted = self.tenant.policy.block_group.strip()
+        if not wanted:
+            return None
+        where = f"{self.where.partition('.provider')[0]}.policy.block_group"
+        if OBJECT_ID.fullmatch(wanted):
+            try:
+                found = [self.graph.request(GraphCall("GET", f"/groups/{wanted}?$select={GROUP_FIELDS}"))]
+            except http.NotFound:
+                found = []
+        else:
+            found = list(self.graph.pages(GraphCall(
+                "GET", f"/groups?$filter={quote(f'displayName eq {odata_literal(wanted)}')}&$select={GROUP_FIELDS}")))
+        need = "a Conditional Access block needs one cloud-only security group"
+        if not found:
+            raise ConfigError(f"no group {wanted!r} in Entra: {need}", where)
+        if len(found) > 1:
+            raise ConfigError(f"{len(found)} groups are named {wanted!r}: give the object id of the one meant "
+                              f"({need})", where)
+        if flaw := block_group_flaw(found[0]):
+            raise ConfigError(f"group {wanted!r} cannot be the block group: {flaw}; {need}", where)
+        return found[0]
 
     def observe(self, subject: Subject, seen: dict) -> Step:
         subject.state["user"] = seen["user"]
@@ -179,6 +238,11 @@ class EntraProvider(Microsoft365Provider):
             if user.get("accountEnabled") is not False:
                 wanted.append(("block_sign_in", "block sign-in"))
             wanted.append(("reset_password", "reset the password to a random one"))
+        blocking = self.blocks(user)
+        in_block_group = blocking and self.in_block_group(subject.state["groups"])
+        enabled = user.get("accountEnabled") is not False
+        if blocking and enabled and not in_block_group:
+            wanted.append(("add_to_block_group", "add to the Conditional Access block group until sync disables"))
         wanted.append(("revoke_sessions", "revoke refresh tokens and sessions"))
         if removable_methods(subject.state["methods"]):
             wanted.append(("remove_auth_methods", "remove MFA / authentication methods"))
@@ -186,7 +250,16 @@ class EntraProvider(Microsoft365Provider):
             wanted.append(("remove_groups", "remove group memberships"))
         if policy.remove_licenses and (direct_skus(user) or licence_groups(user)):
             wanted.append(("remove_licenses", "remove licences (after the mailbox is shared)"))
+        if blocking and (enabled or in_block_group):
+            wanted.append(("remove_from_block_group", "leave the block group once Entra reads the account disabled"))
         return [self.planned(name, description) for name, description in wanted]
+
+    def blocks(self, user: dict) -> bool:
+        """Does this user get the Conditional Access block while the AD disable syncs?"""
+        return self.block_group is not None and self.ad_owns(user)
+
+    def in_block_group(self, groups: list[dict]) -> bool:
+        return self.block_group is not None and any(g["id"] == self.block_group["id"] for g in groups)
 
     def leave(self, group: dict, subject: Subject) -> GraphCall | Cmdlet | str:
         """How the user leaves `group`, or why the cloud cannot do it."""
@@ -207,6 +280,8 @@ class EntraProvider(Microsoft365Provider):
             how = self.leave(group, subject)
             if group["id"] in licence_groups(user):
                 kept[name] = "assigns a licence: left to remove_licenses"
+            elif self.blocks(user) and self.in_block_group([group]):
+                kept[name] = "the Conditional Access block group: removed by remove_from_block_group"
             elif isinstance(how, str):
                 kept[name] = how
             else:
@@ -242,6 +317,26 @@ class EntraProvider(Microsoft365Provider):
         [user] = yield from self.fetch(seen, ctx.subject, "user")
         return (yield from self.since_intent(user, "signInSessionsValidFromDateTime", ctx,
                                              GraphCall("POST", f"/users/{ctx.subject.native_id}/revokeSignInSessions")))
+
+    def add_to_block_group(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        [member_of] = yield from self.fetch(seen, ctx.subject, "memberOf")
+        before = {"block_group": self.in_block_group(groups_of(member_of))}
+        reference = {"@odata.id": f"{self.graph.base}/directoryObjects/{ctx.subject.native_id}"}
+        return (yield from self.settle(before, {"block_group": True}, ctx,
+                                       GraphCall("POST", f"/groups/{self.block_group['id']}/members/$ref", reference)))
+
+    def remove_from_block_group(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Last in reclaim: the block goes only when Entra itself reads the AD disable (the sync carried it)."""
+        user, member_of = yield from self.fetch(seen, ctx.subject, "user", "memberOf")
+        before, after = {"block_group": self.in_block_group(groups_of(member_of))}, {"block_group": False}
+        if user.get("accountEnabled") is not False and (before != after or ctx.dry_run):
+            waiting = ("Entra still reads the account enabled: it stays in the block group until the directory "
+                       "sync carries the AD disable")
+            if ctx.dry_run:
+                return Result("planned", before, after, waiting)
+            raise NotYet(waiting, self.where, delay=SYNC_WAIT)
+        return (yield from self.settle(before, after, ctx, GraphCall(
+            "DELETE", f"/groups/{self.block_group['id']}/members/{ctx.subject.native_id}/$ref"), gone_ok=True))
 
     def since_intent(self, user: dict, stamp: str, ctx: ActionContext, write: GraphCall) -> Step:
         """A write that leaves only a timestamp: done when the stamp is not older than the first intent."""
