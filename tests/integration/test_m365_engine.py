@@ -13,19 +13,21 @@ from connector import config
 from connector.reconcile import reconcile
 from connector.sandbox import company
 from connector.store import Store
-from tests.fakes.m365 import CLIENT_ID, GB, SECRET, SECRET_ENV, add_leaver, m365, m365_policy  # noqa: F401
+from tests.fakes.m365 import (BLOCK_GROUP, CLIENT_ID, GB, SECRET, SECRET_ENV, add_leaver, m365,  # noqa: F401
+                              m365_policy)
 from tests.integration.conftest import secret_file
 
 NOW = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.timezone.utc)
 
 
-def tenant_config(fake, ad_block: dict | None = None, mailbox: str = "shared") -> config.Config:
+def tenant_config(fake, ad_block: dict | None = None, mailbox: str = "shared", block_group: str = "") -> config.Config:
     block = {"tenant_id": fake.tenant_id, "client_id": CLIENT_ID, "client_secret": f"env:{SECRET_ENV}",
              "authority": fake.authority, "graph_url": fake.graph_url, "exchange_url": fake.exchange_url}
     providers = ([ad_block] if ad_block else []) + [{"type": "entra", **block}, {"type": "exchange_online", **block}]
     return config.parse({"tenant": [{"id": "contoso", "name": "Contoso Ltd", "provider": providers, "policy": {
         "mailbox": mailbox, "mailbox_delegate": "manager", "forward_to": "none", "hide_from_gal": True,
-        "auto_reply": "{first_name} has left {company}. Please contact {manager_email}."}}]})
+        "auto_reply": "{first_name} has left {company}. Please contact {manager_email}.",
+        "block_group": block_group}}]})
 
 
 def run(cfg, store, termination, now=NOW):
@@ -106,13 +108,17 @@ def test_a_refused_permission_stops_that_provider_only(m365):
     assert m365.snapshot(leaver.email)["licences"]                      # later phases waited
 
 
-def test_hybrid_user_is_disabled_in_ad_and_signed_out_in_entra(m365, samba_dc, ad_admin, tmp_path):
-    n = 5
+def hybrid_leaver(m365, samba_dc, ad_admin, tmp_path, n: int):
+    """A person with an AD account on the real Samba DC and its synced Entra user; -> (person, leaver, AD block)."""
     person = company.Person(f"hybrid{n}", "Hy", f"Brid{n}", f"E{n}", f"leaver{n}.person@contoso.com",
                             groups=("Sales",))
     company.add_person(ad_admin, person)
     leaver = add_leaver(m365, n, synced=True)
-    ad_block = company.provider_block(samba_dc, secret_file(tmp_path, "ad", samba_dc.admin_password))
+    return person, leaver, company.provider_block(samba_dc, secret_file(tmp_path, "ad", samba_dc.admin_password))
+
+
+def test_hybrid_user_is_disabled_in_ad_and_signed_out_in_entra(m365, samba_dc, ad_admin, tmp_path):
+    person, leaver, ad_block = hybrid_leaver(m365, samba_dc, ad_admin, tmp_path, 5)
     cfg, store = tenant_config(m365, ad_block), Store.memory()
     before = m365.snapshot(leaver.email)
     run(cfg, store, leaver, now=dt.datetime.now(dt.timezone.utc))
@@ -126,3 +132,28 @@ def test_hybrid_user_is_disabled_in_ad_and_signed_out_in_entra(m365, samba_dc, a
     assert after["sessions"] != before["sessions"]
     ad_admin.search(company.BASE_DN, f"(sAMAccountName={person.sam})", attributes=["userAccountControl"])
     assert int(ad_admin.entries[0].userAccountControl.value) & 2
+
+
+def test_hybrid_user_is_blocked_in_the_cloud_until_sync_carries_the_ad_disable(m365, samba_dc, ad_admin, tmp_path):
+    person, leaver, ad_block = hybrid_leaver(m365, samba_dc, ad_admin, tmp_path, 7)
+    cfg, store = tenant_config(m365, ad_block, block_group=BLOCK_GROUP), Store.memory()
+    start = dt.datetime.now(dt.timezone.utc)
+    run(cfg, store, leaver, now=start)
+    journal = actions(store, leaver)
+    assert journal["active_directory/disable_account"] == journal["entra/add_to_block_group"] == "changed"
+    assert journal["entra/remove_groups"] == "changed"
+    assert journal["entra/remove_from_block_group"] == "pending"       # Entra still reads the account enabled
+    row = next(a for a in store.actions("contoso/E7") if a["action"] == "remove_from_block_group")
+    assert row["next_attempt_at"] and "directory sync" in row["reason"]
+    assert BLOCK_GROUP in m365.snapshot(leaver.email)["groups"]       # remove_groups left the block alone
+    assert store.termination("contoso/E7")["state"] != "done"
+
+    run(cfg, store, leaver, now=start + dt.timedelta(minutes=10))   # no sync yet: still waiting, still blocked
+    assert actions(store, leaver)["entra/remove_from_block_group"] == "pending"
+    assert BLOCK_GROUP in m365.snapshot(leaver.email)["groups"]
+
+    m365.sync(leaver.email)
+    run(cfg, store, leaver, now=start + dt.timedelta(minutes=20))
+    assert actions(store, leaver)["entra/remove_from_block_group"] == "changed"
+    assert BLOCK_GROUP not in m365.snapshot(leaver.email)["groups"]
+    assert store.termination("contoso/E7")["state"] == "done"
