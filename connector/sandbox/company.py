@@ -13,12 +13,21 @@ written into the DC's database directly) and DnsAdmins (made with the DNS role).
 
 The sandbox binds as the domain Administrator (`SambaDC.admin_user`): delegating
 just the rights the connector needs is a task for a real client's DC, not a demo.
+
+`generate(size)` grows Example Ltd into a company of 10 to 100,000 people for the cloud
+and HR systems (and the benchmarks): the same people, the same seed, the same company
+every time. Its first people are the ordinary staff above, so AD, Microsoft 365 and the HR
+feeds name one set of people; the rest are made up from fixed name lists, managed seven to
+a manager, in departments, with groups, licences and mailboxes, and an HR history that
+puts leavers in every state the engine must handle (`LEAVER_STATES`).
 """
 from __future__ import annotations
 
+import datetime as dt
+import random
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ldap3
 from ldap3.protocol.formatters.formatters import format_sid
@@ -222,3 +231,134 @@ def seed(target: ldap3.Connection | SambaDC) -> None:
         add_person(conn, person)
     if conn is not target:
         conn.unbind()
+
+
+# -- the generated company ---------------------------------------------------------------------
+FIRST_NAMES = ("Aisha Amir Anna Ben Bianca Carlos Chloe Daniel Dmitri Elena Emeka Fatima Felix Gabriel Hana "
+               "Hugo Ines Isaac Jade Jonas Julia Kai Keiko Lars Leila Liam Lucia Malik Maria Mateo Maya Mina "
+               "Nadia Nils Noah Olga Omar Paula Pedro Priya Quinn Rafael Rosa Ruth Sami Sara Sofia Tariq Tess "
+               "Tomas Uma Victor Wen Yara Yusuf Zoe").split()
+SURNAMES = ("Abbott Adeyemi Alvarez Andersen Baptiste Bauer Bell Brennan Castillo Chowdhury Costa Dahl Dimitrov "
+            "Duarte Eriksen Farouk Fischer Fontaine Garcia Gupta Haddad Hansen Herrera Hughes Ivanova Jensen "
+            "Kaur Keller Kowalski Larsen Lopez Mahmoud Marino Meyer Moreau Murphy Nakamura Nguyen Novak Okafor "
+            "Olsen Ortiz Park Patel Petrov Quinn Ramos Reyes Rossi Sato Schmidt Silva Singh Sousa Tanaka "
+            "Torres Varga Vogel Walsh Weber Yilmaz Young Zhang").split()
+DEPARTMENTS = ("Sales", "Engineering", "Finance", "Operations", "Marketing", "Support", "People")
+REPORTS_PER_MANAGER = 7
+#: what HR says about each leaver, and so what the engine must do with them
+LEAVER_STATES = (
+    "due",          # left a few days ago: offboard now
+    "today",        # leaves today at the tenant's revoke_at
+    "immediate",    # walked out today: no waiting for revoke_at
+    "future",       # leaves in a few weeks: scheduled
+    "moved",        # the date was changed after it was entered: rescheduled
+    "withdrawn",    # entered, then cancelled before the day: cancelled
+    "rehired",      # left, then hired again: a human decides what to restore
+    "long_gone",    # left long before the connector's lookback: not acted on
+)
+LEAVER_SHARE = 0.1
+SKUS = {"SPE_E3": 0.7, "O365_BUSINESS_PREMIUM": 0.3}       # the licence each person has, by share
+E3_GROUP = "E3 Licence"                                     # half of the E3 seats come through this group
+
+
+@dataclass
+class Employee:
+    """One person of the generated company, as every system of the sandbox knows them."""
+
+    number: str                 # the HR employee id (AD employeeID, Entra employeeId, BambooHR employeeNumber)
+    given: str
+    surname: str
+    email: str
+    manager: str = ""           # the manager's email
+    department: str = ""
+    title: str = ""
+    groups: tuple[str, ...] = ()
+    licence: str = "SPE_E3"
+    licence_by_group: bool = False
+    mailbox_gb: float = 2.0
+    litigation_hold: bool = False
+    synced: bool = False        # the account comes from on-premises AD (Example Ltd's own staff)
+    leaver: str = ""            # one of LEAVER_STATES, or "" for someone staying
+    history: list[tuple[str, dt.date]] = field(default_factory=list)   # HR events in order: (what, effective)
+
+    @property
+    def leaves_on(self) -> dt.date | None:
+        """The termination date HR shows now (None: nobody is leaving)."""
+        last = None
+        for what, day in self.history:
+            last = day if what in ("terminate", "move") else None if what in ("withdraw", "rehire") else last
+        return last
+
+
+@dataclass
+class Company:
+    domain: str
+    today: dt.date
+    people: list[Employee]
+
+    def leavers(self, state: str | None = None) -> list[Employee]:
+        return [p for p in self.people if p.leaver and (state is None or p.leaver == state)]
+
+    def groups(self) -> list[str]:
+        return sorted({g for p in self.people for g in p.groups})
+
+    def hr_rows(self) -> list[str]:
+        """The company's leavers as rows of the connector's CSV format (`employee_id,email,...,kind`)."""
+        rows = []
+        for p in self.people:
+            if p.leaves_on:
+                kind = "immediate" if p.leaver == "immediate" else "voluntary"
+                rows.append(f"{p.number},{p.email},{p.given},{p.surname},{p.manager},{p.leaves_on},,{kind}")
+        return rows
+
+
+def _history(state: str, today: dt.date, rng: random.Random) -> list[tuple[str, dt.date]]:
+    days = lambda n: today + dt.timedelta(days=n)      # noqa: E731
+    return {
+        "due": [("terminate", days(-rng.randint(1, 10)))],
+        "today": [("terminate", today)],
+        "immediate": [("terminate", today)],
+        "future": [("terminate", days(rng.randint(3, 30)))],
+        "moved": [("terminate", days(10)), ("move", days(rng.randint(11, 40)))],
+        "withdrawn": [("terminate", days(rng.randint(5, 20))), ("withdraw", today)],
+        "rehired": [("terminate", days(-60)), ("rehire", days(-5))],
+        "long_gone": [("terminate", days(-400))],
+    }[state]
+
+
+def generate(size: int, today: dt.date | None = None, seed: int = 2026) -> Company:
+    """A company of `size` people (10 to 100,000), the same for the same size, day and seed."""
+    if not 10 <= size <= 100_000:
+        raise ValueError(f"a sandbox company has 10 to 100,000 people, not {size}")
+    today = today or dt.date(2026, 11, 23)
+    rng = random.Random(seed)
+    people: list[Employee] = []
+    for i in range(size):
+        if i < len(ORDINARY):                      # Example Ltd's own staff, as AD has them
+            known = ORDINARY[i]
+            given, surname, email = known.given, known.surname, known.mail
+            number = known.employee_id or HENRY_EMPLOYEE_ID
+            manager = next((p for p, o in zip(people, ORDINARY) if o.sam == known.manager), None)
+            department = next((g for g in known.groups if g in DEPARTMENTS), "Management")
+        else:
+            given, surname = rng.choice(FIRST_NAMES), rng.choice(SURNAMES)
+            number = f"E{10000 + i}"
+            email = f"{given.lower()}.{surname.lower()}{i}@{MAIL_DOMAIN}"
+            manager = people[(i - 1) // REPORTS_PER_MANAGER]
+            department = DEPARTMENTS[(i - 1) % len(DEPARTMENTS)] if manager is people[0] else manager.department
+        licence = "SPE_E3" if rng.random() < SKUS["SPE_E3"] else "O365_BUSINESS_PREMIUM"
+        by_group = licence == "SPE_E3" and rng.random() < 0.5
+        groups = ("All Staff", department) + (("VPN Users",) if rng.random() < 0.6 else ()) \
+            + ((E3_GROUP,) if by_group else ())
+        size_gb = round(min(99.0, rng.lognormvariate(1.0, 1.0)), 1)
+        people.append(Employee(number, given, surname, email, manager.email if manager else "", department,
+                               "Managing Director" if not i else "", groups, licence, by_group, size_gb,
+                               rng.random() < 0.02, synced=i < len(ORDINARY)))
+    candidates = list(range(1, size))
+    rng.shuffle(candidates)
+    count = max(len(LEAVER_STATES), int(size * LEAVER_SHARE))
+    for n, i in enumerate(sorted(candidates[:count])):
+        person = people[i]
+        person.leaver = LEAVER_STATES[n % len(LEAVER_STATES)]
+        person.history = _history(person.leaver, today, rng)
+    return Company(MAIL_DOMAIN, today, people)

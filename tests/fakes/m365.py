@@ -32,7 +32,7 @@ import responses
 from connector import config, plugins
 from connector.model import Termination
 from connector.providers.microsoft365 import auth
-from tests.contract.graph_schema import SchemaViolation, graph_schema
+from connector.sandbox.contract import SchemaViolation, graph_schema
 
 TENANT_ID = "7f3c2a9e-1111-4c2b-9d7e-0a1b2c3d4e5f"
 CLIENT_ID = "5b8e1d2c-2222-4e3f-8a9b-1c2d3e4f5a6b"

@@ -2,7 +2,7 @@
 import pytest
 import requests
 
-from tests.contract.graph_schema import SchemaViolation, graph_schema
+from connector.sandbox.contract import SchemaViolation, graph_schema
 from tests.fakes.m365 import GRAPH, m365  # noqa: F401
 
 GOOD = [
