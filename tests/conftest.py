@@ -3,6 +3,8 @@ from importlib.metadata import EntryPoint
 from connector import plugins
 from tests.contract.provider_contract import pytest_generate_tests  # noqa: F401  (parametrizes action_name)
 
+pytest_plugins = ["tests.sandboxes"]       # the sandbox fixtures: m365, entra, reach, ...
+
 # The in-memory directory is provider type `fake` in every test, as if installed: a config
 # needs a provider (`check` refuses a tenant without one), and engine tests bring their own.
 FAKE_PROVIDER = EntryPoint("fake", "tests.fakes.directory:FakeDirectory", plugins.GROUPS["providers"])

@@ -82,7 +82,7 @@ class Identity(System):
     def handle(self, request: Request) -> Response:
         route = request.segments
         with self.lock:
-            self.calls.append((request.method, request.path))
+            self.calls.append((self.name, request.method, request.path))
             if route[:1] == ["common"] and route[1:] == ["discovery", "instance"]:
                 return self._instance_discovery(request)
             if not route or route[0] not in self.tenants:

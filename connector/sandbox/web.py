@@ -185,7 +185,8 @@ class Knobs:
 
 
 def retry_after_header(seconds: float) -> dict[str, str]:
-    return {"Retry-After": str(max(0, round(seconds + 0.49)))}
+    """Whole seconds, rounded up, as a server sends them."""
+    return {"Retry-After": str(max(0, -int(-seconds // 1)))}
 
 
 # -- systems and the sandbox -----------------------------------------------------------------
@@ -199,7 +200,7 @@ class System:
         self.knobs = Knobs()
         self.writes = WriteLog()            # the sandbox's own log once mounted
         self.violations: list[str] = []     # requests the vendor's spec does not allow
-        self.calls: list[tuple[str, str]] = []    # (method, path) of every request that reached `handle`
+        self.calls: list[tuple[str, str, str]] = []    # (service, method, path) of every request that reached `handle`
 
     def handle(self, request: Request) -> Response:
         raise NotImplementedError

@@ -89,7 +89,7 @@ class Workday(System):
     # -- HTTP ---------------------------------------------------------------------------------
     def handle(self, request: Request) -> Response:
         with self.lock:
-            self.calls.append((request.method, request.path))
+            self.calls.append((self.name, request.method, request.path))
             wait = self.knobs.throttled(self.tenant)
             if wait is not None:
                 return Response(429, retry_after_header(wait))

@@ -1,4 +1,4 @@
-"""The Entra provider against the fake Microsoft 365 tenant: contract, the rules of DESIGN.md, scale, failures."""
+"""The Entra provider against the sandbox's Microsoft 365 tenant: contract, the rules of DESIGN.md, scale, failures."""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,21 +9,25 @@ import pytest
 from connector.config import PluginConfig, PluginOptions
 from connector.errors import ConfigError, NotYet, RetryableError
 from connector.model import ActionContext, Termination
+from connector.sandbox.graph import DEFAULT_REFUSED, MOBILE_REFUSED, graph_error
+from connector.sandbox.microsoft365 import Microsoft365
+from connector.sandbox.web import Sandbox
 from tests.contract.provider_contract import ProviderContract, run_action
-from tests.fakes.m365 import (BLOCK_GROUP, GB, SECRET, CLIENT_ID, FakeM365, add_leaver,  # noqa: F401  (fixtures)
-                              build, entra, exchange_online, m365, m365_policy, m365_tenant)
+from tests.sandboxes import BLOCK_GROUP, GB, MODES, SECRET, SECRET_ENV, add_leaver, build
+
+SANDBOX_MODES = MODES
 
 NOW = dt.datetime.now(dt.timezone.utc)
 
 
 class Secrets:
-    """The client secret and every token the fake issued, read when the check runs (tokens come late)."""
+    """The client secret and every token the sandbox issued, read when the check runs (tokens come late)."""
 
-    def __init__(self, fake):
-        self.fake = fake
+    def __init__(self, tenant):
+        self.tenant = tenant
 
     def __iter__(self):
-        return iter([SECRET, *self.fake.tokens])
+        return iter([SECRET, *self.tenant.tokens])
 
 
 class TestEntraContract(ProviderContract):
@@ -344,7 +348,7 @@ def test_total_item_size_reads_the_exact_bytes(text, expected):
 
 def test_a_mailbox_size_that_cannot_be_read_keeps_the_licence(m365, entra):
     leaver = add_leaver(m365, 1, mailbox_kind="SharedMailbox")
-    m365.cmd_get_mailboxstatistics = lambda Identity: [{"DisplayName": Identity, "TotalItemSize": "Unlimited"}]
+    m365.exchange.cmd_get_mailboxstatistics = lambda Identity: [{"DisplayName": Identity, "TotalItemSize": "Unlimited"}]
     result = apply(entra, leaver, "remove_licenses")
     assert result.outcome == "needs_human" and "unreadable size ('Unlimited')" in result.reason
 
@@ -378,7 +382,7 @@ def test_no_mailbox_no_wait(m365, entra):
 # -- failures ----------------------------------------------------------------------------------
 
 def test_missing_permission_is_a_config_error_naming_it(m365, entra):
-    m365.denied.append(("DELETE", r"/users/[^/]+/authentication/.*", "UserAuthenticationMethod.ReadWrite.All"))
+    m365.graph.denied.append(("DELETE", r"/users/[^/]+/authentication/.*", "UserAuthenticationMethod.ReadWrite.All"))
     leaver = add_leaver(m365, 1)
     with pytest.raises(ConfigError) as refused:
         apply(entra, leaver, "remove_auth_methods")
@@ -386,23 +390,23 @@ def test_missing_permission_is_a_config_error_naming_it(m365, entra):
 
 
 def test_a_refused_read_stops_the_provider_in_prepare(m365, entra):
-    m365.denied.append(("GET", r"/users", "User.Read.All"))
+    m365.graph.denied.append(("GET", r"/users", "User.Read.All"))
     with pytest.raises(ConfigError, match="User.Read.All"):
         entra.prepare([add_leaver(m365, 1)])
 
 
 def test_a_refused_secret_is_a_config_error(m365, m365_tenant, monkeypatch):
-    monkeypatch.setenv("M365_FAKE_CLIENT_SECRET", "wrong")
+    monkeypatch.setenv(SECRET_ENV, "wrong")
     with pytest.raises(ConfigError, match="invalid_client"):
         build(m365_tenant, "entra").check_online()
 
 
 def test_throttling_storm_on_whole_responses(m365, entra):
     leavers = [add_leaver(m365, n) for n in range(3)]
-    m365.throttles["graph"] = 3
+    m365.graph.knobs.throttle_next = 3
     entra.prepare(leavers)
     assert all(entra.match(t).status == "matched" for t in leavers)
-    assert m365.throttles["graph"] == 0
+    assert m365.graph.knobs.throttle_next == 0
 
 
 def test_throttling_storm_inside_batches(m365, entra):
@@ -412,17 +416,16 @@ def test_throttling_storm_inside_batches(m365, entra):
     for t in leavers:
         subject = entra.match(t).subject
         items += [(a, ActionContext(t, subject, since=NOW)) for a in entra.plan(subject, t) if a.phase == "revoke"]
-    m365.throttles["batch_item"] = 45
+    m365.graph.knobs.throttle_next_item = 45
     results = entra.apply_many(items)
     assert [r.outcome for r in results] == ["changed"] * 90
-    assert m365.throttles["batch_item"] == 0
+    assert m365.graph.knobs.throttle_next_item == 0
     assert not any(m365.snapshot(t.email)["accountEnabled"] for t in leavers)
 
 
 # -- auth ------------------------------------------------------------------------------------------
 
-def test_certificate_credential_and_an_authority_msal_does_not_know(tmp_path):
-    import responses
+def test_certificate_credential_and_an_authority_msal_does_not_know(tmp_path, reach):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -434,15 +437,16 @@ def test_certificate_credential_and_an_authority_msal_does_not_know(tmp_path):
     pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()))
     auth.applications.clear()
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:   # any other host: ConnectionError
-        fake = FakeM365(rsps, SECRET, authority="https://login.sandbox.test", graph="https://graph.sandbox.test",
-                        exchange="https://exchange.sandbox.test")
-        block = {"type": "entra", "tenant_id": fake.tenant_id, "client_id": CLIENT_ID, "certificate_path": str(pem),
-                 "thumbprint": "A" * 40, "authority": fake.authority, "graph_url": fake.graph_url,
-                 "exchange_url": fake.exchange_url}
-        tenant = config.parse({"tenant": [{"id": "sandbox", "provider": [block]}]}).tenants[0]
-        build(tenant, "entra").check_online()
-    assert [c[0] for c in fake.calls] == ["login", "graph", "login", "exchange"]      # a token for each service
+    cloud = Microsoft365(thumbprint="A" * 40)      # any other host: ConnectionError (responses) or no answer (https)
+    cloud.urls = reach(cloud.mount(Sandbox()), {"login": "https://login.sandbox.test",
+                                                "graph": "https://graph.sandbox.test",
+                                                "exchange": "https://exchange.sandbox.test"})
+    block = {"type": "entra", **cloud.provider_block(""), "certificate_path": str(pem), "thumbprint": "A" * 40}
+    del block["client_secret"]
+    tenant = config.parse({"tenant": [{"id": "sandbox", "provider": [block]}]}).tenants[0]
+    build(tenant, "entra").check_online()
+    # the tenant's document, then a token for each service
+    assert [c[0] for c in cloud.calls] == ["login", "login", "graph", "login", "exchange"]
 
 
 # -- scale -------------------------------------------------------------------------------------------
@@ -473,15 +477,13 @@ def test_500_leavers_go_in_batches(m365, entra):
     assert entra.consumed_units()["EMS"] == 0
 
 
-# -- the fake bites where Graph does ---------------------------------------------------------------
+# -- the sandbox bites where Graph does ---------------------------------------------------------------
 
-def test_the_fake_behaves_like_graph_where_it_matters(m365):
+def test_the_sandbox_behaves_like_graph_where_it_matters(m365):
     import requests
 
-    from tests.fakes.m365 import GRAPH
-
-    m365.tokens["t"] = f"{GRAPH}/.default"
-    auth = {"Authorization": "Bearer t"}
+    GRAPH = m365.urls["graph"]
+    auth = {"Authorization": f"Bearer {m365.token(GRAPH)}"}
     leaver = add_leaver(m365, 1)
     get = lambda path, **headers: requests.get(f"{GRAPH}/v1.0{path}", headers={**auth, **headers})   # noqa: E731
     user = get("/users?$filter=employeeId eq 'E1'").json()["value"][0]
@@ -518,17 +520,17 @@ def test_mfa_methods_go_in_the_order_graph_accepts_and_what_v1_cannot_delete_is_
     assert "remove_auth_methods" not in [a.action for a in entra.plan(matched(entra, leaver), leaver)]
 
 
-def test_the_fake_refuses_the_orders_graph_refuses(m365):
+def test_the_sandbox_refuses_the_orders_graph_refuses(m365):
     import requests
 
-    from tests.fakes.m365 import DEFAULT_REFUSED, GRAPH, MOBILE_REFUSED
+    GRAPH = m365.urls["graph"]
 
     user = m365.add_user("mfa.leaver@contoso.com", default="phone",
                          methods=("password", "phone", "phone:alternateMobile", "microsoftAuthenticator"))
     mobile, alternate, app = (m["id"] for m in m365.methods[user][1:])
-    m365.tokens["t"] = f"{GRAPH}/.default"
+    token = m365.token(GRAPH)
     delete = lambda kind, method_id: requests.delete(              # noqa: E731
-        f"{GRAPH}/v1.0/users/{user}/authentication/{kind}/{method_id}", headers={"Authorization": "Bearer t"})
+        f"{GRAPH}/v1.0/users/{user}/authentication/{kind}/{method_id}", headers={"Authorization": f"Bearer {token}"})
     default_first = delete("phoneMethods", mobile)
     assert default_first.status_code == 400 and default_first.json()["error"]["message"] == DEFAULT_REFUSED
     m365.default_method[user] = app
@@ -565,19 +567,17 @@ def test_a_default_that_an_undeletable_method_holds_in_place_needs_a_human(m365,
 
 def test_a_refusal_with_nothing_else_to_blame_is_retried_next_pass(m365, entra):
     """Entra replicates: a default still refused when it is the last method waits for the next pass."""
-    from tests.fakes.m365 import DEFAULT_REFUSED, graph_error
-
     user = m365.add_user("mfa.leaver@contoso.com", employee_id="E77", default="phone",
                          methods=("password", "phone", "email"))
-    lagging, delete = {"refusals": 3}, m365.delete_method
+    lagging, delete = {"refusals": 3}, m365.graph.delete_method
 
-    def replicating(user_id, collection, method_id, **kw):
+    def replicating(call, user_id, collection, method_id):
         if method_id == m365.default_method.get(user_id) and lagging["refusals"]:
             lagging["refusals"] -= 1
             return graph_error(400, "badRequest", DEFAULT_REFUSED)
-        return delete(user_id, collection, method_id, **kw)
+        return delete(call, user_id, collection, method_id)
 
-    m365.delete_method = replicating
+    m365.graph.delete_method = replicating
     leaver = Termination("contoso", "E77", "mfa.leaver@contoso.com")
     with pytest.raises(RetryableError, match="refused to delete phone \\(mobile\\).*the next pass tries again"):
         apply(entra, leaver, "remove_auth_methods")
@@ -604,10 +604,10 @@ def test_batch_answers_424_429_503_are_retried(m365, entra, scope, status):
     entra.prepare(leavers)
     items = [(a, ActionContext(t, entra.match(t).subject, since=NOW)) for t in leavers
              for a in entra.plan(entra.match(t).subject, t) if a.phase == "revoke"]
-    m365.faults[scope] = [status] * 4
+    m365.graph.faults[scope] = [status] * 4
     results = entra.apply_many(items)
     assert [r.outcome for r in results] == ["changed"] * 9
-    assert m365.faults[scope] == []
+    assert m365.graph.faults[scope] == []
     assert not any(m365.snapshot(t.email)["accountEnabled"] for t in leavers)
 
 
@@ -618,7 +618,7 @@ def test_a_long_retry_after_is_handed_to_the_engine_not_slept(m365, entra, scope
     leaver = add_leaver(m365, 1)
     subject = matched(entra, leaver)
     block = next(a for a in entra.plan(subject, leaver) if a.action == "block_sign_in")
-    m365.faults[scope], m365.retry_after = [503], "120"
+    m365.graph.faults[scope], m365.graph.knobs.retry_after = [503], 120
     started = time.monotonic()
     [result] = entra.apply_many([(block, ActionContext(leaver, subject, since=NOW))])
     assert time.monotonic() - started < 5
@@ -632,10 +632,10 @@ def test_retries_inside_a_batch_are_bounded(m365, entra):
     leaver = add_leaver(m365, 1)
     subject = matched(entra, leaver)
     block = next(a for a in entra.plan(subject, leaver) if a.action == "block_sign_in")
-    m365.faults["batch_item"] = [503] * 100
+    m365.graph.faults["batch_item"] = [503] * 100
     [result] = entra.apply_many([(block, ActionContext(leaver, subject, since=NOW))])
     assert isinstance(result, RetryableError) and "HTTP 503" in result.message
-    assert 100 - len(m365.faults["batch_item"]) == BATCH_ATTEMPTS        # the re-read, tried that often; no write
+    assert 100 - len(m365.graph.faults["batch_item"]) == BATCH_ATTEMPTS        # the re-read, tried that often; no write
     assert m365.snapshot(leaver.email)["accountEnabled"] is True
 
 
@@ -707,57 +707,59 @@ def test_a_role_read_that_fails_fails_the_match_not_the_guard(m365, entra):
     m365.add_role("Exchange Administrator")
     group = m365.add_group("Tier0 Admins", role_assignable=True)
     m365.groups[group]["members"].add(m365.user_by_upn(leaver.email)["id"])
-    m365.failing[rf"/roleManagement/directory/roleEligibilityScheduleInstances"] = 500
+    m365.graph.failing[rf"/roleManagement/directory/roleEligibilityScheduleInstances"] = 500
     entra.prepare([leaver, other])                   # not a credential problem: the pass goes on
     for termination in (leaver, other):
         with pytest.raises(RetryableError, match="HTTP 500"):
             entra.match(termination)
-    m365.failing.clear()
+    m365.graph.failing.clear()
     entra.prepare([leaver])
     assert entra.match(leaver).status == "matched"
 
 
 def test_a_refused_role_read_names_the_permission(m365, entra):
-    m365.denied.append(("GET", r"/roleManagement/directory/roleAssignments", "RoleManagement.Read.Directory"))
+    m365.graph.denied.append(("GET", r"/roleManagement/directory/roleAssignments", "RoleManagement.Read.Directory"))
     with pytest.raises(ConfigError, match="RoleManagement.Read.Directory"):
         entra.prepare([add_leaver(m365, 1)])
 
 
 # -- answers are hostile: paging and bodies ---------------------------------------------------------
 
-def _reached(m365, host: str) -> list:
-    return [c.request for c in m365.rsps.calls if host in c.request.url]
+def _reached(reach, host: str) -> list:
+    return [c.request for rsps in reach.mocks for c in rsps.calls if host in c.request.url]
 
 
+@pytest.mark.parametrize("sandbox_mode", ["responses"])           # sees every request the client sent
 @pytest.mark.parametrize("provider_kind", ["entra", "exchange_online"])
-def test_a_next_link_to_another_host_is_not_followed(m365, m365_tenant, provider_kind):
+def test_a_next_link_to_another_host_is_not_followed(m365, m365_tenant, reach, provider_kind):
     from connector.errors import PermanentError
 
-    m365.next_link = "https://evil.example/v1.0/users?$skiptoken=2"
+    m365.graph.next_link = m365.exchange.next_link = "https://evil.example/v1.0/users?$skiptoken=2"
     provider = build(m365_tenant, provider_kind)
     with pytest.raises(PermanentError, match="points away from the configured host \\('evil.example'\\)"):
         provider.prepare([add_leaver(m365, 1)])
-    assert _reached(m365, "evil.example") == []
+    assert _reached(reach, "evil.example") == []
 
 
-def test_a_next_link_inside_a_batch_is_held_to_the_same_rule(m365, exchange_online):
+@pytest.mark.parametrize("sandbox_mode", ["responses"])
+def test_a_next_link_inside_a_batch_is_held_to_the_same_rule(m365, exchange_online, reach):
     from connector.errors import PermanentError
 
     leaver, other = add_leaver(m365, 1), add_leaver(m365, 2)
     exchange_online.prepare([leaver])                    # accepted domains read (once a pass) before the forgery
-    m365.next_link = "https://graph.microsoft.com.evil.example/v1.0/users?$skiptoken=2"
+    m365.graph.next_link = m365.exchange.next_link = "https://graph.microsoft.com.evil.example/v1.0/users?$skiptoken=2"
     exchange_online.prepare([leaver, other])             # the matching reads go in a $batch: each fails alone
     for termination in (leaver, other):
         with pytest.raises(PermanentError, match="points away"):
             exchange_online.match(termination)
-    assert _reached(m365, "evil.example") == []
+    assert _reached(reach, "evil.example") == []
 
 
 @pytest.mark.parametrize("provider_kind", ["entra", "exchange_online"])
 def test_a_self_pointing_next_link_stops(m365, m365_tenant, provider_kind):
     from connector.errors import PermanentError
 
-    m365.next_link = "SELF"
+    m365.graph.next_link = m365.exchange.next_link = "SELF"
     with pytest.raises(PermanentError, match="repeats a page already read"):
         build(m365_tenant, provider_kind).prepare([add_leaver(m365, 1)])
 
@@ -784,7 +786,7 @@ def test_a_body_that_is_not_a_json_object_is_a_typed_error(m365, entra, body, er
     from connector import errors
 
     error = getattr(errors, error) if isinstance(error, str) else error
-    m365.raw[r"/subscribedSkus"] = body
+    m365.graph.raw[r"/subscribedSkus"] = body
     with pytest.raises(error) as raised:
         entra.prepare([add_leaver(m365, 1)])
     assert words in raised.value.message

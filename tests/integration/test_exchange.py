@@ -1,4 +1,4 @@
-"""The Exchange Online provider against the fake tenant: contract, policy, ordering, the adapter's failures."""
+"""The Exchange Online provider against the sandbox's tenant: contract, policy, ordering, the adapter's failures."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,10 +10,12 @@ import pytest
 from connector.errors import NeedsHuman, PermanentError
 from connector.model import ActionContext, Termination
 from connector.providers.microsoft365.exchange import plain
+from connector.sandbox.tenant import Mailbox
 from tests.contract.provider_contract import ProviderContract
-from tests.fakes.m365 import (MANAGER, Mailbox, add_leaver, entra, exchange_online, m365, m365_policy,  # noqa: F401
-                              m365_tenant)
 from tests.integration.test_entra import Secrets, apply, matched
+from tests.sandboxes import MANAGER, MODES, add_leaver, build
+
+SANDBOX_MODES = MODES
 
 ACTIONS = ["clear_mobile_devices", "convert_mailbox_to_shared", "grant_mailbox_access", "set_auto_reply",
            "set_forwarding", "hide_from_gal"]
@@ -86,13 +88,13 @@ def test_no_mailbox_is_not_found(m365, exchange_online):
 
 def test_paging_and_throttling(m365, exchange_online):
     leaver = add_leaver(m365, 1)
-    m365.exchange_page = 1            # SELF, then the manager: two pages
+    m365.exchange.page = 1            # SELF, then the manager: two pages
     m365.mailboxes[leaver.email].permissions.append({"User": MANAGER, "AccessRights": ["FullAccess"],
                                                      "IsInherited": False, "Deny": False})
-    m365.throttles["exchange"] = 3
+    m365.exchange.knobs.throttle_next = 3
     subject = matched(exchange_online, leaver)
     assert "grant_mailbox_access" not in [a.action for a in exchange_online.plan(subject, leaver)]
-    assert m365.throttles["exchange"] == 0
+    assert m365.exchange.knobs.throttle_next == 0
 
 
 def test_preserve_then_reclaim_for_many(m365, entra, exchange_online):
@@ -117,23 +119,22 @@ def test_tenant_level_cmdlets_use_the_app_only_anchor_and_mailbox_cmdlets_the_up
     exchange_online.check_online()
     apply(exchange_online, leaver, "hide_from_gal")
     app = f"APP:SystemMailbox{{bb558c35-97f1-4cb9-8ff7-d53741dc928c}}@{m365.tenant_id}"
-    assert ("Get-AcceptedDomain", app) in m365.anchors
-    assert ("Get-Mailbox", f"UPN:{leaver.email}") in m365.anchors
-    assert ("Set-Mailbox", f"UPN:{leaver.email}") in m365.anchors
-    assert {anchor for name, anchor in m365.anchors if name == "Get-AcceptedDomain"} == {app}
+    assert ("Get-AcceptedDomain", app) in m365.exchange.anchors
+    assert ("Get-Mailbox", f"UPN:{leaver.email}") in m365.exchange.anchors
+    assert ("Set-Mailbox", f"UPN:{leaver.email}") in m365.exchange.anchors
+    assert {anchor for name, anchor in m365.exchange.anchors if name == "Get-AcceptedDomain"} == {app}
 
 
 @pytest.mark.parametrize("cmdlet,anchor", [("Get-AcceptedDomain", "UPN:leaver1.person@contoso.com"),
                                            ("Get-Mailbox", "APP:SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}@x"),
                                            ("Get-Mailbox", "")])
-def test_the_fake_refuses_a_wrong_anchor(m365, cmdlet, anchor):
+def test_the_sandbox_refuses_a_wrong_anchor(m365, cmdlet, anchor):
     import requests
 
-    from tests.fakes.m365 import EXCHANGE
-    m365.tokens["t"] = f"{EXCHANGE}/.default"
+    exchange = m365.urls["exchange"]
     params = {"Identity": "leaver1.person@contoso.com"} if cmdlet == "Get-Mailbox" else {}
-    answer = requests.post(f"{EXCHANGE}/adminapi/beta/{m365.tenant_id}/InvokeCommand",
-                           headers={"Authorization": "Bearer t", "X-AnchorMailbox": anchor},
+    answer = requests.post(f"{exchange}/adminapi/beta/{m365.tenant_id}/InvokeCommand",
+                           headers={"Authorization": f"Bearer {m365.token(exchange)}", "X-AnchorMailbox": anchor},
                            json={"CmdletInput": {"CmdletName": cmdlet, "Parameters": params}})
     assert answer.status_code == 400 and "anchor" in answer.text.lower()
 
@@ -147,10 +148,9 @@ def test_check_online_proves_the_exchange_credential_and_names_what_is_missing(m
                                                                                 denied, names):
     from connector.errors import ConfigError
 
-    from tests.fakes.m365 import build
     provider = build(m365_tenant, provider_kind)
     provider.check_online()
-    m365.exchange_denied = denied
+    m365.exchange.denied = denied
     with pytest.raises(ConfigError) as refused:
         provider.check_online()
     assert names in refused.value.message and "Get-AcceptedDomain" in str(refused.value)
@@ -161,7 +161,7 @@ def test_check_online_proves_the_exchange_credential_and_names_what_is_missing(m
 def test_an_exchange_answer_that_is_not_a_json_object_is_a_typed_error(m365, exchange_online, body, error):
     from connector import errors
 
-    m365.raw["exchange:Get-AcceptedDomain"] = body
+    m365.exchange.raw["Get-AcceptedDomain"] = body
     with pytest.raises(getattr(errors, error)) as raised:
         exchange_online.check_online()
     assert raised.value.where.endswith("Get-AcceptedDomain") and "JSON" in raised.value.message
@@ -171,7 +171,6 @@ def test_an_exchange_answer_that_is_not_a_json_object_is_a_typed_error(m365, exc
 
 @pytest.mark.parametrize("provider_kind", ["entra", "exchange_online"])
 def test_the_directory_manager_is_read_for_the_successor_rules(m365, m365_tenant, provider_kind):
-    from tests.fakes.m365 import build
     leaver = add_leaver(m365, 1, synced=True, immutable_id="u5Kx0m3Z3EmR8Xk2m9Q1vA==")
     m365.add_user("orphan@contoso.com", employee_id="E9", mailbox=Mailbox("orphan@contoso.com"))
     orphan = Termination("contoso", "E9", "orphan@contoso.com")

@@ -1,11 +1,12 @@
 """Microsoft 365 through the reconcile engine: the ordering rules of DESIGN.md, end to end.
 
-The tenant is the stateful Graph/Exchange fake (every Graph request checked against the
+The tenant is the sandbox's stateful Graph/Exchange (every Graph request checked against the
 v1.0 schema); the hybrid test adds the real Samba DC for the synced user's AD account.
 """
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import pytest
 
@@ -13,16 +14,17 @@ from connector import config
 from connector.reconcile import reconcile
 from connector.sandbox import company
 from connector.store import Store
-from tests.fakes.m365 import (BLOCK_GROUP, CLIENT_ID, GB, SECRET, SECRET_ENV, add_leaver, m365,  # noqa: F401
-                              m365_policy)
+from tests.sandboxes import BLOCK_GROUP, GB, MODES, SECRET, SECRET_ENV, add_leaver
+
+SANDBOX_MODES = MODES
+HYBRID = itertools.count(5, 100)          # one AD account per test run: the DC lives for the whole session
 from tests.integration.conftest import secret_file
 
 NOW = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.timezone.utc)
 
 
-def tenant_config(fake, ad_block: dict | None = None, mailbox: str = "shared", block_group: str = "") -> config.Config:
-    block = {"tenant_id": fake.tenant_id, "client_id": CLIENT_ID, "client_secret": f"env:{SECRET_ENV}",
-             "authority": fake.authority, "graph_url": fake.graph_url, "exchange_url": fake.exchange_url}
+def tenant_config(cloud, ad_block: dict | None = None, mailbox: str = "shared", block_group: str = "") -> config.Config:
+    block = cloud.provider_block(f"env:{SECRET_ENV}")
     providers = ([ad_block] if ad_block else []) + [{"type": "entra", **block}, {"type": "exchange_online", **block}]
     return config.parse({"tenant": [{"id": "contoso", "name": "Contoso Ltd", "provider": providers, "policy": {
         "mailbox": mailbox, "mailbox_delegate": "manager", "forward_to": "none", "hide_from_gal": True,
@@ -99,7 +101,7 @@ def test_an_admin_is_never_touched(m365):
 
 def test_a_refused_permission_stops_that_provider_only(m365):
     leaver = add_leaver(m365, 4)
-    m365.denied.append(("POST", r"/users/[^/]+/revokeSignInSessions", "User.RevokeSessions.All"))
+    m365.graph.denied.append(("POST", r"/users/[^/]+/revokeSignInSessions", "User.RevokeSessions.All"))
     cfg, store = tenant_config(m365), Store.memory()
     report = run(cfg, store, leaver)
     assert report.exit_code == 1
@@ -118,7 +120,7 @@ def hybrid_leaver(m365, samba_dc, ad_admin, tmp_path, n: int):
 
 
 def test_hybrid_user_is_disabled_in_ad_and_signed_out_in_entra(m365, samba_dc, ad_admin, tmp_path):
-    person, leaver, ad_block = hybrid_leaver(m365, samba_dc, ad_admin, tmp_path, 5)
+    person, leaver, ad_block = hybrid_leaver(m365, samba_dc, ad_admin, tmp_path, next(HYBRID))
     cfg, store = tenant_config(m365, ad_block), Store.memory()
     before = m365.snapshot(leaver.email)
     run(cfg, store, leaver, now=dt.datetime.now(dt.timezone.utc))
@@ -135,7 +137,7 @@ def test_hybrid_user_is_disabled_in_ad_and_signed_out_in_entra(m365, samba_dc, a
 
 
 def test_hybrid_user_is_blocked_in_the_cloud_until_sync_carries_the_ad_disable(m365, samba_dc, ad_admin, tmp_path):
-    person, leaver, ad_block = hybrid_leaver(m365, samba_dc, ad_admin, tmp_path, 7)
+    person, leaver, ad_block = hybrid_leaver(m365, samba_dc, ad_admin, tmp_path, next(HYBRID))
     cfg, store = tenant_config(m365, ad_block, block_group=BLOCK_GROUP), Store.memory()
     start = dt.datetime.now(dt.timezone.utc)
     run(cfg, store, leaver, now=start)
@@ -143,10 +145,10 @@ def test_hybrid_user_is_blocked_in_the_cloud_until_sync_carries_the_ad_disable(m
     assert journal["active_directory/disable_account"] == journal["entra/add_to_block_group"] == "changed"
     assert journal["entra/remove_groups"] == "changed"
     assert journal["entra/remove_from_block_group"] == "pending"       # Entra still reads the account enabled
-    row = next(a for a in store.actions("contoso/E7") if a["action"] == "remove_from_block_group")
+    row = next(a for a in store.actions(leaver.id) if a["action"] == "remove_from_block_group")
     assert row["next_attempt_at"] and "directory sync" in row["reason"]
     assert BLOCK_GROUP in m365.snapshot(leaver.email)["groups"]       # remove_groups left the block alone
-    assert store.termination("contoso/E7")["state"] != "done"
+    assert store.termination(leaver.id)["state"] != "done"
 
     run(cfg, store, leaver, now=start + dt.timedelta(minutes=10))   # no sync yet: still waiting, still blocked
     assert actions(store, leaver)["entra/remove_from_block_group"] == "pending"
@@ -156,4 +158,4 @@ def test_hybrid_user_is_blocked_in_the_cloud_until_sync_carries_the_ad_disable(m
     run(cfg, store, leaver, now=start + dt.timedelta(minutes=20))
     assert actions(store, leaver)["entra/remove_from_block_group"] == "changed"
     assert BLOCK_GROUP not in m365.snapshot(leaver.email)["groups"]
-    assert store.termination("contoso/E7")["state"] == "done"
+    assert store.termination(leaver.id)["state"] == "done"

@@ -1,9 +1,8 @@
-"""The Graph schema check catches the typos it exists for, alone and wired into the fake tenant."""
+"""The Graph schema check catches the typos it exists for, alone and wired into the sandbox's Graph."""
 import pytest
 import requests
 
 from connector.sandbox.contract import SchemaViolation, graph_schema
-from tests.fakes.m365 import GRAPH, m365  # noqa: F401
 
 GOOD = [
     ("GET", "/v1.0/users?$filter=employeeId eq 'E1'&$select=id,accountEnabled,licenseAssignmentStates", None),
@@ -44,14 +43,14 @@ def test_a_typo_fails(method, url, body):
         graph_schema().check(method, url, body)
 
 
-def test_the_fake_checks_every_request_batch_included(m365):
-    m365.tokens["t"] = f"{GRAPH}/.default"         # a token as if msal had asked for it
-    answer = requests.post(f"{GRAPH}/v1.0/$batch", headers={"Authorization": "Bearer t"}, json={"requests": [
+def test_the_sandbox_checks_every_request_batch_included(m365):
+    graph = m365.urls["graph"]
+    answer = requests.post(f"{graph}/v1.0/$batch", headers={"Authorization": f"Bearer {m365.token(graph)}"}, json={"requests": [
         {"id": "1", "method": "PATCH", "url": "/users/u1", "headers": {"Content-Type": "application/json"},
          "body": {"acountEnabled": False}}]})
     assert answer.status_code == 400
-    assert any("acountEnabled" in v for v in m365.violations)
-    m365.violations.clear()                # the fixture fails any test that leaves one behind
+    assert any("acountEnabled" in v for v in m365.graph.violations)
+    m365.graph.violations.clear()          # the fixture fails any test that leaves one behind
 
 
 def test_every_method_collection_the_provider_deletes_from_is_in_v1():

@@ -1,0 +1,433 @@
+"""Microsoft Graph v1.0: the subset the `entra` provider uses, over the tenants of `tenant.py`.
+
+Writes really change the tenant, and it bites where Graph bites: properties outside the
+default set come back only when named in `$select`; batch sub-requests with a body need a
+Content-Type; more than 20 sub-requests is a 400; `$skip` on users is refused; `$search`
+and `$count` need `ConsistencyLevel: eventual`; synced objects, dynamic groups and
+mail-enabled groups refuse cloud writes; a member added twice is a 400; a licence inherited from a group cannot be removed
+from the user; the default MFA method cannot be deleted while others remain, nor a
+`mobile` phone while an `alternateMobile` exists; PIM answers `AadPremiumLicenseRequired`
+in a tenant without P2. Throttling is per tenant and, as in Graph, judged per request
+inside a `$batch` (the batch answers 200 with 429 sub-responses). Every request, batch
+sub-requests included, is checked against the v1.0 CSDL first.
+
+Faults are injected per scope (`faults["batch_item"] = [424, 503]`: the next sub-requests
+answer those), as are forged `@odata.nextLink`s (`next_link`), raw bodies (`raw`), paths
+that keep failing (`failing`) and permissions the app lacks (`denied`).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from requests.structures import CaseInsensitiveDict
+
+from .contract import SchemaViolation, graph_schema
+from .tenant import NOT_BLOCKING_DEFAULT, method_kind, stamp
+from .web import Request, Response, System, json_response, retry_after_header
+
+if TYPE_CHECKING:
+    from .identity import Grant, Identity
+    from .tenant import Tenant
+
+DEFAULT_USER_SELECT = ("businessPhones", "displayName", "givenName", "id", "jobTitle", "mail", "mobilePhone",
+                       "officeLocation", "preferredLanguage", "surname", "userPrincipalName")
+PAGE = 100
+BATCH_LIMIT = 20
+#: what each injected status answers with
+FAULTS = {424: ("FailedDependency", "The request failed because of a failed dependency."),
+          429: ("TooManyRequests", "Too many requests"),
+          503: ("ServiceUnavailable", "The service is temporarily unavailable.")}
+DEFAULT_REFUSED = "Cannot delete default method with other methods configured. Please change default method before deletion."
+MOBILE_REFUSED = ("A user can't have an alternateMobile number without a mobile number: delete the alternateMobile "
+                  "number first.")
+SYNCED_REFUSED = ("Unable to update the specified properties for on-premises mastered Directory Sync objects or "
+                  "objects currently undergoing migration.")
+GUID = r"([^/?]+)"
+USER_FILTER = ("employeeId", "userPrincipalName", "mail", "id")
+GROUP_DEFAULT_SELECT = ("id", "displayName", "description", "groupTypes", "mail", "mailEnabled", "securityEnabled")
+
+
+def graph_error(status: int, code: str, message: str, headers: dict | None = None) -> Response:
+    return json_response(status, {"error": {"code": code, "message": message}}, headers)
+
+
+@dataclass
+class Call:
+    """One Graph request (or batch sub-request) as a handler sees it."""
+
+    tenant: Tenant
+    grant: Grant
+    caller: str
+    method: str
+    url: str
+    query: dict[str, str]
+    body: Any
+    headers: CaseInsensitiveDict
+
+
+class Graph(System):
+    name = "graph"
+
+    def __init__(self, identity: Identity, tenants: dict[str, Tenant]):
+        super().__init__()
+        self.identity, self.tenants = identity, tenants
+        self.faults: dict[str, list[int]] = {"graph": [], "batch": [], "batch_item": []}
+        self.denied: list[tuple[str, str, str]] = []     # (method, path regex, permission) the app lacks
+        self.next_link: str | None = None                # forged on every collection page; "SELF": the page itself
+        self.raw: dict[str, str] = {}                    # path regex -> a 200 body as it is
+        self.failing: dict[str, int] = {}                # path regex -> the status it answers, batched or not
+        self.batch_view: dict[str, list[dict]] | None = None     # the methods as the $batch being run found them
+
+    def routes(self):
+        """(method and path pattern, handler, what a write is called in the write log or None for a read)."""
+        return [
+            (r"POST /\$batch", self.batch, None),
+            (r"GET /users", self.list_users, None),
+            (rf"GET /users/{GUID}", self.get_user, None),
+            (rf"PATCH /users/{GUID}", self.patch_user, "PATCH users/{id}"),
+            (rf"POST /users/{GUID}/revokeSignInSessions", self.revoke_sessions, "POST users/{id}/revokeSignInSessions"),
+            (rf"POST /users/{GUID}/assignLicense", self.assign_license, "POST users/{id}/assignLicense"),
+            (rf"GET /users/{GUID}/memberOf", self.member_of, None),
+            (rf"GET /users/{GUID}/manager", self.manager_of, None),
+            (r"GET /roleManagement/directory/(roleAssignments|roleEligibilityScheduleInstances)", self.role_reads, None),
+            (rf"GET /users/{GUID}/authentication/methods", self.list_methods, None),
+            (rf"DELETE /users/{GUID}/authentication/(\w+)/{GUID}", self.delete_method,
+             "DELETE users/{id}/authentication/{kind}/{id}"),
+            (r"GET /groups", self.list_groups, None),
+            (rf"GET /groups/{GUID}", self.get_group, None),
+            (rf"POST /groups/{GUID}/members/\$ref", self.add_member, "POST groups/{id}/members/$ref"),
+            (rf"DELETE /groups/{GUID}/members/{GUID}/\$ref", self.remove_member, "DELETE groups/{id}/members/{id}/$ref"),
+            (r"GET /subscribedSkus", self.subscribed_skus, None),
+        ]
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    def handle(self, request: Request) -> Response:
+        with self.lock:
+            path = request.path.split("/v1.0", 1)[-1]
+            self.calls.append(("graph", request.method, path))
+            grant = self.identity.grant(request)
+            if grant is None or not request.path.startswith("/v1.0/"):
+                return graph_error(401, "InvalidAuthenticationToken", "Access token is empty or invalid.")
+            tenant = self.tenants[grant.tenant_id]
+            fault = self._fault("graph", tenant) or (self._fault("batch", tenant) if path == "/$batch" else None)
+            if fault:
+                return fault
+            raw = next((text for pattern, text in self.raw.items() if re.fullmatch(pattern, path)), None)
+            if raw is not None:
+                return Response(200, {"Content-Type": "text/html" if raw.startswith("<") else "application/json"},
+                                raw.encode())
+            with tenant.lock:
+                return self.dispatch(Call(tenant, grant, f"{grant.client_id}@{request.peer}", request.method,
+                                          request.url, {}, request.json(), request.headers))
+
+    def _fault(self, scope: str, tenant: Tenant) -> Response | None:
+        """The injected answer due in `scope` (an entry of `faults`), else a throttled one, or None."""
+        if self.faults[scope]:
+            status = self.faults[scope].pop(0)
+            return graph_error(status, *FAULTS[status], retry_after_header(self.knobs.retry_after))
+        if scope == "batch":                                   # the envelope spends nothing of the tenant's budget
+            return None
+        wait = self.knobs.throttled(tenant.tenant_id, item=scope == "batch_item")
+        if wait is None:
+            return None
+        return graph_error(429, *FAULTS[429], retry_after_header(wait))
+
+    def dispatch(self, call: Call) -> Response:
+        try:
+            graph_schema().check(call.method, call.url, call.body)
+        except SchemaViolation as e:
+            self.violations.append(str(e))
+            return graph_error(400, "BadRequest", f"Resource not found for the segment or property: {e}")
+        parts = urlsplit(call.url)
+        path = parts.path.split("/v1.0", 1)[-1]
+        call.query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        for denied_method, pattern, permission in self.denied:
+            if call.method == denied_method and re.fullmatch(pattern, path):
+                return graph_error(403, "Authorization_RequestDenied",
+                                   f"Missing scope permissions on the request. API requires one of '{permission}'. "
+                                   "Scopes on the request 'User.Read.All'")
+        for pattern, status in self.failing.items():
+            if re.fullmatch(pattern, path):
+                return graph_error(status, "InternalServerError" if status == 500 else "Failing", f"HTTP {status}",
+                                   retry_after_header(self.knobs.retry_after))
+        for route, handler, write in self.routes():
+            found = re.fullmatch(route, f"{call.method} {path}")
+            if not found:
+                continue
+            try:
+                answer = handler(call, *found.groups())
+            except KeyError:
+                answer = graph_error(404, "Request_ResourceNotFound",
+                                     f"Resource '{path.split('/')[2]}' does not exist or one of its queried "
+                                     "reference-property objects are not present.")
+            response = answer if isinstance(answer, Response) else \
+                Response(204) if answer is None else json_response(200, answer)
+            if write:
+                keys = f" {','.join(sorted(call.body))}" if call.method == "PATCH" and isinstance(call.body, dict) else ""
+                self.wrote(write + keys, "/".join(found.groups()), call.caller, response.status)
+            return response
+        return graph_error(400, "BadRequest", f"the sandbox has no route for {call.method} {path}")
+
+    # -- $batch ----------------------------------------------------------------------------------
+    def batch(self, call: Call):
+        """Graph runs sub-requests side by side (no `dependsOn` here): where order matters (MFA methods), each one
+        is judged on the tenant as the batch found it."""
+        subs = call.body.get("requests", [])
+        if len(subs) > BATCH_LIMIT:
+            return graph_error(400, "BadRequest", f"The number of batch requests exceeds the limit of {BATCH_LIMIT}.")
+        base = call.url.split("/v1.0", 1)[0]
+        out = []
+        self.batch_view = {user: list(methods) for user, methods in call.tenant.methods.items()}
+        try:
+            for sub in subs:
+                self.calls.append(("graph-sub", sub["method"], sub["url"].split("?")[0]))
+                sub_headers = CaseInsensitiveDict(sub.get("headers") or {})
+                if "body" in sub and "Content-Type" not in sub_headers:
+                    answer = graph_error(400, "BadRequest", "Content-Type header is required for a request with a body.")
+                else:
+                    answer = self._fault("batch_item", call.tenant) or self.dispatch(Call(
+                        call.tenant, call.grant, call.caller, sub["method"], base + "/v1.0" + sub["url"], {},
+                        sub.get("body"), sub_headers))
+                out.append({"id": sub["id"], "status": answer.status, "headers": answer.headers,
+                            "body": answer.json()})
+        finally:
+            self.batch_view = None
+        return {"responses": out}
+
+    # -- collections --------------------------------------------------------------------------------
+    @staticmethod
+    def _select(call: Call) -> list[str] | None:
+        return call.query["$select"].split(",") if "$select" in call.query else None
+
+    def _page(self, items: list[dict], call: Call) -> dict:
+        start = int(call.query.get("$skiptoken", 0))
+        size = int(call.query.get("$top", PAGE))
+        page = {"value": items[start:start + size]}
+        if start + size < len(items):
+            parts = urlsplit(call.url)
+            page["@odata.nextLink"] = parts._replace(
+                query=urlencode({**call.query, "$skiptoken": start + size})).geturl()
+        if self.next_link:
+            page["@odata.nextLink"] = call.url if self.next_link == "SELF" else self.next_link
+        return page
+
+    @staticmethod
+    def render_user(tenant: Tenant, user_id: str, select: list[str] | None) -> dict:
+        user = dict(tenant.users[user_id])
+        user["licenseAssignmentStates"] = tenant.licence_states(user_id)
+        user["assignedLicenses"] = [{"skuId": s, "disabledPlans": []}
+                                    for s in dict.fromkeys(x["skuId"] for x in user["licenseAssignmentStates"])]
+        return {k: user.get(k) for k in (select or DEFAULT_USER_SELECT)} | {"id": user_id}
+
+    def list_users(self, call: Call):
+        advanced = call.headers.get("ConsistencyLevel") == "eventual"
+        if "$skip" in call.query:
+            return graph_error(400, "Request_BadRequest", "'$skip' is not supported by the service.")
+        if ("$search" in call.query or "$count" in call.query) and not advanced:
+            return graph_error(400, "Request_BadRequest", "$search and $count need the ConsistencyLevel: eventual header.")
+        tenant = call.tenant
+        users = list(tenant.users)
+        if "$filter" in call.query:
+            found = self.parse_filter(call.query["$filter"], advanced)
+            if isinstance(found, Response):
+                return found
+            predicate, values = found
+            candidates = set()                       # the index narrows, the predicate decides
+            for prop, value in values:
+                candidates.update([value] if prop == "id" else tenant.named(value.split(":", 1)[-1]))
+            users = [u for u in users if u in candidates and predicate(tenant.users[u])]
+        return self._page([self.render_user(tenant, u, self._select(call)) for u in users], call)
+
+    @staticmethod
+    def parse_filter(text: str, advanced: bool, fields: tuple[str, ...] = USER_FILTER):
+        """`a eq 'x' or proxyAddresses/any(p:p eq 'y')`: what matching needs, compared case-insensitively.
+        -> (the predicate, the (property, value) pairs it compares), or the refusal."""
+        tests, values = [], []
+        for clause in re.split(r"\s+or\s+(?=(?:[^']*'[^']*')*[^']*$)", text):
+            simple = re.fullmatch(r"(\w+) eq '((?:[^']|'')*)'", clause.strip())
+            anyof = re.fullmatch(r"proxyAddresses/any\((\w+):\1 eq '((?:[^']|'')*)'\)", clause.strip())
+            if simple and simple.group(1) in fields:
+                prop, value = simple.group(1), simple.group(2).replace("''", "'").lower()
+                tests.append(lambda u, p=prop, v=value: (u.get(p) or "").lower() == v)
+                values.append((prop, value))
+            elif anyof:
+                value = anyof.group(2).replace("''", "'").lower()
+                tests.append(lambda u, v=value: v in (p.lower() for p in u["proxyAddresses"]))
+                values.append(("proxyAddresses", value))
+            elif re.search(r"endsWith|\bne\b|\bnot\b", clause) and not advanced:
+                return graph_error(400, "Request_UnsupportedQuery", "Unsupported or invalid query filter clause "
+                                   "specified for property; needs ConsistencyLevel: eventual and $count=true.")
+            else:
+                return graph_error(400, "Request_UnsupportedQuery", f"the sandbox does not understand filter {clause!r}")
+        return (lambda item: any(test(item) for test in tests)), values
+
+    # -- users --------------------------------------------------------------------------------------
+    def get_user(self, call: Call, user_id):
+        call.tenant.users[user_id]
+        return self.render_user(call.tenant, user_id, self._select(call))
+
+    def patch_user(self, call: Call, user_id):
+        user, body = call.tenant.users[user_id], call.body
+        if user["onPremisesSyncEnabled"] and {"accountEnabled", "passwordProfile"} & set(body):
+            return graph_error(400, "Request_BadRequest", SYNCED_REFUSED)
+        if "accountEnabled" in body:
+            user["accountEnabled"] = body["accountEnabled"]
+        if "passwordProfile" in body:
+            if len(body["passwordProfile"].get("password", "")) < 8:
+                return graph_error(400, "Request_BadRequest", "The specified password does not comply with password "
+                                   "complexity requirements.")
+            user["lastPasswordChangeDateTime"] = stamp()
+        return None
+
+    def revoke_sessions(self, call: Call, user_id):
+        call.tenant.users[user_id]["signInSessionsValidFromDateTime"] = stamp()
+        return {"value": True}
+
+    def assign_license(self, call: Call, user_id):
+        tenant, body = call.tenant, call.body
+        user = tenant.users[user_id]
+        if set(body) != {"addLicenses", "removeLicenses"}:
+            return graph_error(400, "Request_BadRequest", "addLicenses and removeLicenses are both required.")
+        for sku in body["removeLicenses"]:
+            if sku not in user["direct"]:
+                inherited = any(s["skuId"] == sku for s in tenant.licence_states(user_id))
+                return graph_error(400, "Request_BadRequest", "User license is inherited from a group membership and "
+                                   "it cannot be removed directly from the user." if inherited else
+                                   f"License {sku} does not correspond to a valid company License.")
+        user["direct"] = [s for s in user["direct"] if s not in body["removeLicenses"]]
+        user["direct"] += [a["skuId"] for a in body["addLicenses"] if a["skuId"] not in user["direct"]]
+        return self.render_user(tenant, user_id, None)
+
+    def member_of(self, call: Call, user_id):
+        """Direct groups, and the directory roles held directly (active, built-in, tenant-wide), as Graph lists them."""
+        tenant = call.tenant
+        tenant.users[user_id]
+        select = self._select(call)
+        out = []
+        for group in tenant.groups.values():
+            if user_id in group["members"]:
+                out.append({"@odata.type": "#microsoft.graph.group",
+                            **{k: group.get(k) for k in (select or ["id", "displayName", "mail"])}})
+        for a in tenant.assignments:
+            role = tenant.roles[a["roleDefinitionId"]]
+            if a["principalId"] == user_id and not a["eligible"] and a["directoryScopeId"] == "/" and role["isBuiltIn"]:
+                out.append({"@odata.type": "#microsoft.graph.directoryRole", "id": role["id"],
+                            "displayName": role["displayName"]})
+        return self._page(out, call)
+
+    def manager_of(self, call: Call, user_id):
+        manager = call.tenant.users[user_id]["manager"]
+        if manager is None:
+            raise KeyError(user_id)
+        return {"@odata.type": "#microsoft.graph.user", **self.render_user(call.tenant, manager, self._select(call))}
+
+    def role_reads(self, call: Call, collection):
+        """Assignments or PIM eligibilities of one principal, `$filter=principalId eq '...'`, `$expand=roleDefinition`."""
+        tenant = call.tenant
+        eligible = collection == "roleEligibilityScheduleInstances"
+        if eligible and not tenant.pim_licensed:
+            return graph_error(400, "AadPremiumLicenseRequired",
+                               "The tenant needs to have Microsoft Entra ID P2 or Microsoft Entra ID Governance license.")
+        found = re.fullmatch(r"principalId eq '([^']+)'", call.query.get("$filter", ""))
+        if not found:
+            return graph_error(400, "BadRequest", f"the sandbox answers only $filter=principalId eq '...', not {call.query}")
+        expand = call.query.get("$expand") == "roleDefinition"
+        out = []
+        for a in tenant.assignments:
+            if a["principalId"] == found.group(1) and a["eligible"] == eligible:
+                item = {k: v for k, v in a.items() if k != "eligible"}
+                if eligible:
+                    item.update(memberType="Direct", startDateTime=stamp(), endDateTime=None)
+                if expand:
+                    item["roleDefinition"] = dict(tenant.roles[a["roleDefinitionId"]])
+                out.append(item)
+        return self._page(out, call)
+
+    def list_methods(self, call: Call, user_id):
+        return self._page(list(call.tenant.methods[user_id]), call)
+
+    def delete_method(self, call: Call, user_id, collection, method_id):
+        tenant = call.tenant
+        methods = tenant.methods[user_id]
+        method = next((m for m in methods if m["id"] == method_id), None)
+        if method is None:
+            raise KeyError(method_id)
+        kind = method_kind(method)
+        if kind == "password":
+            return graph_error(400, "badRequest", "The password method cannot be deleted.")
+        if collection != (f"{kind}Methods" if kind != "external" else "externalAuthenticationMethods"):
+            return graph_error(404, "itemNotFound", f"No {collection} with id {method_id}.")
+        found = (self.batch_view or {}).get(user_id, methods)
+        others = [m for m in found if m is not method and method_kind(m) not in NOT_BLOCKING_DEFAULT]
+        if tenant.default_method.get(user_id) == method_id and others:
+            return graph_error(400, "badRequest", DEFAULT_REFUSED)
+        if method.get("phoneType") == "mobile" and any(m.get("phoneType") == "alternateMobile" for m in found):
+            return graph_error(400, "badRequest", MOBILE_REFUSED)
+        methods.remove(method)
+        return None
+
+    # -- groups -------------------------------------------------------------------------------------
+    @staticmethod
+    def render_group(group: dict, select: list[str] | None) -> dict:
+        return {k: group.get(k) for k in (select or GROUP_DEFAULT_SELECT)} | {"id": group["id"]}
+
+    def list_groups(self, call: Call):
+        groups = list(call.tenant.groups.values())
+        if "$filter" in call.query:
+            found = self.parse_filter(call.query["$filter"], False, fields=("displayName", "id"))
+            if isinstance(found, Response):
+                return found
+            groups = [g for g in groups if found[0](g)]
+        return self._page([self.render_group(g, self._select(call)) for g in groups], call)
+
+    def get_group(self, call: Call, group_id):
+        return self.render_group(call.tenant.groups[group_id], self._select(call))
+
+    @staticmethod
+    def _membership_refusal(group: dict) -> Response | None:
+        """What Graph answers a cloud write to the members of a group the cloud does not own."""
+        if "DynamicMembership" in group["groupTypes"]:
+            return graph_error(400, "Request_BadRequest", "Insufficient privileges: members of a group with dynamic "
+                               "membership cannot be changed.")
+        if group["onPremisesSyncEnabled"]:
+            return graph_error(400, "Request_BadRequest", SYNCED_REFUSED)
+        if group["mailEnabled"] and "Unified" not in group["groupTypes"]:
+            return graph_error(400, "Request_BadRequest", "Cannot Update a mail-enabled security groups and or "
+                               "distribution list.")
+        return None
+
+    def add_member(self, call: Call, group_id):
+        tenant, group = call.tenant, call.tenant.groups[group_id]
+        base = call.url.split("/v1.0", 1)[0]
+        reference = re.fullmatch(re.escape(base) + r"/v1\.0/(?:directoryObjects|users)/([^/]+)",
+                                 str(call.body.get("@odata.id", "")))
+        if not reference:
+            return graph_error(400, "Request_BadRequest", "Invalid URL format specified in @odata.id.")
+        if reference.group(1) not in tenant.users:
+            return graph_error(404, "Request_ResourceNotFound", f"Resource '{reference.group(1)}' does not exist or "
+                               "one of its queried reference-property objects are not present.")
+        if refused := self._membership_refusal(group):
+            return refused
+        if reference.group(1) in group["members"]:
+            return graph_error(400, "Request_BadRequest", "One or more added object references already exist for the "
+                               "following modified properties: 'members'.")
+        group["members"].add(reference.group(1))
+        return None
+
+    def remove_member(self, call: Call, group_id, user_id):
+        group = call.tenant.groups[group_id]
+        if refused := self._membership_refusal(group):
+            return refused
+        if user_id not in group["members"]:
+            raise KeyError(user_id)
+        group["members"].discard(user_id)
+        return None
+
+    def subscribed_skus(self, call: Call):
+        consumed = call.tenant.consumed()
+        return self._page([{**s, "consumedUnits": consumed[s["skuId"]]} for s in call.tenant.skus.values()], call)
+

@@ -1,0 +1,208 @@
+"""A Microsoft 365 tenant's objects, as Graph and Exchange Online both see them.
+
+One state behind two APIs: a group that Exchange edits is the group Graph lists, a
+licence Graph removes is the one `subscribedSkus` stops counting, and a mailbox belongs
+to a user. Derived values are computed the way Graph computes them (licence assignment
+states from direct and group licences, consumed units); `snapshot` reads a person's
+offboarding-relevant state straight from here, not through a provider, so a test can
+compare before and after.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+GB = 1024 ** 3
+#: kinds that do not hold the default method in place (not MFA methods a default could fall back to)
+NOT_BLOCKING_DEFAULT = {"password", "qrCodePin"}
+
+
+def stamp(when: dt.datetime | None = None) -> str:
+    return (when or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def method_kind(method: dict) -> str:
+    return method["@odata.type"].removeprefix("#microsoft.graph.").removesuffix("AuthenticationMethod")
+
+
+@dataclass
+class Mailbox:
+    upn: str
+    kind: str = "UserMailbox"
+    size: int = 2 * GB
+    litigation_hold: bool = False
+    in_place_holds: list[str] = field(default_factory=list)
+    compliance_tag_hold: bool = False
+    archive: bool = False
+    forwarding: str | None = None
+    hidden: bool = False
+    permissions: list[dict] = field(default_factory=list)
+    auto_reply: dict = field(default_factory=lambda: {"AutoReplyState": "Disabled", "InternalMessage": "",
+                                                      "ExternalMessage": ""})
+    devices: list[dict] = field(default_factory=list)
+    converting_to: str | None = None
+    reads_until_converted: int = 0
+    conversion_reads: int = 1          # Get-Mailbox reads that still show the old type after Set-Mailbox -Type
+
+    def read_type(self) -> str:
+        """The conversion to shared is asynchronous: it shows only on a later read."""
+        if self.converting_to:
+            if self.reads_until_converted == 0:
+                self.kind, self.converting_to = self.converting_to, None
+            else:
+                self.reads_until_converted -= 1
+        return self.kind
+
+
+class Tenant:
+    def __init__(self, tenant_id: str, domain: str = "contoso.com"):
+        self.tenant_id, self.domain = tenant_id, domain
+        self.users: dict[str, dict] = {}
+        self.groups: dict[str, dict] = {}
+        self.roles: dict[str, dict] = {}                 # role definitions: id -> {id, displayName, isBuiltIn}
+        self.assignments: list[dict] = []                # {id, principalId, roleDefinitionId, directoryScopeId, eligible}
+        self.pim_licensed = True                         # Entra ID P2: PIM eligibilities can be read
+        self.skus: dict[str, dict] = {}
+        self.methods: dict[str, list[dict]] = {}
+        self.default_method: dict[str, str] = {}          # user id -> id of the default MFA method
+        self.mailboxes: dict[str, Mailbox] = {}
+        self.accepted_domains = [{"DomainName": domain, "DomainType": "Authoritative", "Default": True},
+                                 {"DomainName": f"{domain.split('.')[0]}.onmicrosoft.com",
+                                  "DomainType": "Authoritative", "Default": False}]
+        self.lock = threading.RLock()
+        self._by_name: dict[str, set[str]] = {}          # lowercased employeeId/UPN/mail/proxy -> user ids
+
+    # -- building the tenant -------------------------------------------------
+    @staticmethod
+    def _id() -> str:
+        return str(uuid.uuid4())
+
+    def add_sku(self, part: str, prepaid: int = 100) -> str:
+        sku_id = self._id()
+        self.skus[sku_id] = {"skuId": sku_id, "skuPartNumber": part, "prepaidUnits": {"enabled": prepaid}}
+        return sku_id
+
+    def sku(self, part: str) -> str:
+        return next(s for s, v in self.skus.items() if v["skuPartNumber"] == part)
+
+    def add_group(self, name: str, *, dynamic: bool = False, synced: bool = False, mail_enabled: bool = False,
+                  unified: bool = False, licences: tuple[str, ...] = (), role_assignable: bool = False) -> str:
+        group_id = self._id()
+        types = (["Unified"] if unified else []) + (["DynamicMembership"] if dynamic else [])
+        mail = f"{name.lower().replace(' ', '-')}@{self.domain}" if mail_enabled or unified else None
+        self.groups[group_id] = {"id": group_id, "displayName": name, "groupTypes": types,
+                                 "mailEnabled": mail_enabled or unified, "securityEnabled": not unified,
+                                 "onPremisesSyncEnabled": True if synced else None, "mail": mail,
+                                 "isAssignableToRole": role_assignable,
+                                 "licences": [self.sku(p) for p in licences], "members": set()}
+        return group_id
+
+    def add_role(self, name: str, *, custom: bool = False) -> str:
+        role_id = self._id()
+        self.roles[role_id] = {"id": role_id, "displayName": name, "isBuiltIn": not custom}
+        return role_id
+
+    def assign_role(self, principal_id: str, name: str, *, scope: str = "/", eligible: bool = False) -> None:
+        """An active (or, with `eligible`, a PIM-eligible) assignment of a role to a user or a role-assignable group."""
+        group = self.groups.get(principal_id)
+        if group is not None and not group["isAssignableToRole"]:
+            raise ValueError(f"{group['displayName']} is not role-assignable: Entra refuses the assignment")
+        role = next(r for r in self.roles.values() if r["displayName"] == name)
+        self.assignments.append({"id": self._id(), "principalId": principal_id, "roleDefinitionId": role["id"],
+                                 "directoryScopeId": scope, "eligible": eligible})
+
+    def add_user(self, upn: str, *, employee_id: str | None = None, synced: bool = False, enabled: bool = True,
+                 licences: tuple[str, ...] = (), groups: tuple[str, ...] = (), roles: tuple[str, ...] = (),
+                 methods: tuple[str, ...] = ("password",), default: str = "", mailbox: Mailbox | None = None,
+                 proxies: tuple[str, ...] = (), manager: str = "", immutable_id: str = "",
+                 given: str = "", surname: str = "") -> str:
+        """`methods` are kinds (`phone` is a mobile; `phone:alternateMobile` names the type); `default` is one of them.
+        `immutable_id` is a synced user's onPremisesImmutableId: the base64 objectGUID of its AD account."""
+        user_id = self._id()
+        local_given, _, local_family = upn.split("@")[0].partition(".")
+        given, surname = given or local_given.title(), surname or local_family.title()
+        old = stamp(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+        self.users[user_id] = {
+            "id": user_id, "userPrincipalName": upn, "mail": upn, "displayName": f"{given} {surname}".strip(),
+            "givenName": given, "surname": surname, "employeeId": employee_id,
+            "proxyAddresses": [f"SMTP:{upn}"] + [f"smtp:{p}" for p in proxies], "accountEnabled": enabled,
+            "onPremisesSyncEnabled": True if synced else None, "signInSessionsValidFromDateTime": old,
+            "onPremisesImmutableId": immutable_id or None,
+            "lastPasswordChangeDateTime": old, "businessPhones": [], "jobTitle": None, "mobilePhone": None,
+            "officeLocation": None, "preferredLanguage": None, "direct": [self.sku(p) for p in licences],
+            "manager": self.user_by_upn(manager)["id"] if manager else None}
+        user = self.users[user_id]
+        for name in (employee_id, upn, *(p.split(":", 1)[1] for p in user["proxyAddresses"])):
+            if name:
+                self._by_name.setdefault(name.lower(), set()).add(user_id)
+        for name in groups:
+            self.group_named(name)["members"].add(user_id)
+        for name in roles:
+            self.assign_role(user_id, name)
+        self.methods[user_id] = []
+        for spec in methods:
+            kind, _, phone_type = spec.partition(":")
+            method = {"@odata.type": f"#microsoft.graph.{kind}AuthenticationMethod", "id": self._id()}
+            if kind == "phone":
+                method.update(phoneType=phone_type or "mobile", phoneNumber="+1 4255550100", smsSignInState="notSupported")
+            self.methods[user_id].append(method)
+            if spec == default:
+                self.default_method[user_id] = method["id"]
+        if mailbox:
+            mailbox.upn = upn
+            self.mailboxes[upn.lower()] = mailbox
+        return user_id
+
+    def sync(self, upn: str) -> None:
+        """The directory sync carries the AD disable of a synced user to Entra (at its next cycle)."""
+        user = self.user_by_upn(upn)
+        assert user["onPremisesSyncEnabled"], f"{upn} is not synced"
+        user["accountEnabled"] = False
+
+    def group_named(self, name: str) -> dict:
+        return next(g for g in self.groups.values() if g["displayName"] == name)
+
+    def user_by_upn(self, upn: str) -> dict:
+        return next(u for u in self.users.values() if u["userPrincipalName"].lower() == upn.lower())
+
+    def named(self, name: str) -> list[str]:
+        """Ids of the users that may carry `name` as employee id, UPN, mail or proxy address (a superset: check)."""
+        return [u for u in self._by_name.get(name.lower(), ()) if u in self.users]
+
+    # -- derived state, as Graph computes it --------------------------------
+    def licence_states(self, user_id: str) -> list[dict]:
+        user = self.users[user_id]
+        states = [{"skuId": s, "assignedByGroup": None, "state": "Active", "disabledPlans": []} for s in user["direct"]]
+        for group in self.groups.values():
+            if group["licences"] and user_id in group["members"]:
+                states += [{"skuId": s, "assignedByGroup": group["id"], "state": "Active", "disabledPlans": []}
+                           for s in group["licences"]]
+        return states
+
+    def consumed(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.skus, 0)
+        for user_id in self.users:
+            for sku in {s["skuId"] for s in self.licence_states(user_id)}:
+                counts[sku] += 1
+        return counts
+
+    def snapshot(self, upn: str) -> dict:
+        """Everything a leaver's offboarding can change, read from the state (not through a provider)."""
+        user = self.user_by_upn(upn)
+        user_id = user["id"]
+        mailbox = self.mailboxes.get(upn.lower())
+        return {
+            "accountEnabled": user["accountEnabled"], "password": user["lastPasswordChangeDateTime"],
+            "sessions": user["signInSessionsValidFromDateTime"],
+            "licences": sorted((self.skus[s["skuId"]]["skuPartNumber"], s["assignedByGroup"] or "")
+                               for s in self.licence_states(user_id)),
+            "groups": sorted(g["displayName"] for g in self.groups.values() if user_id in g["members"]),
+            "methods": sorted(m["@odata.type"] + (f":{m['phoneType']}" if "phoneType" in m else "")
+                              for m in self.methods[user_id]),
+            "mailbox": mailbox and {"type": mailbox.converting_to or mailbox.kind, "forwarding": mailbox.forwarding,
+                                    "hidden": mailbox.hidden, "permissions": json.dumps(mailbox.permissions),
+                                    "auto_reply": json.dumps(mailbox.auto_reply), "devices": json.dumps(mailbox.devices)},
+        }
