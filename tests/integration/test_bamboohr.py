@@ -1,4 +1,4 @@
-"""BambooHR source against the stateful, spec-checked fake in tests/fakes/bamboohr.py."""
+"""BambooHR source against the sandbox's stateful, spec-checked BambooHR, behind responses and over HTTPS."""
 from __future__ import annotations
 
 import datetime as dt
@@ -8,22 +8,24 @@ from pathlib import Path
 
 import pytest
 import requests
-import responses
 
 from connector import config
 from connector.errors import ConfigError, SourceError
 from connector.sources.bamboohr import BambooHRSource
-from tests.fakes.bamboohr import API_KEY, BASE_URL, BambooHRFake, SpecViolation
+from connector.sandbox.bamboohr import BambooHR
+from connector.sandbox.web import Sandbox
+from tests.sandboxes import MODES
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bamboohr"
+SANDBOX_MODES = MODES
 
 
 @pytest.fixture
-def fake():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        fake = BambooHRFake(rsps)
-        yield fake
-    assert not fake.violations
+def fake(reach):
+    """The sandbox's BambooHR; a request the spec does not allow fails the test (`reach`)."""
+    hr = BambooHR()
+    hr.url = reach(Sandbox(hr), {"bamboohr": hr.vendor_url})["bamboohr"]
+    return hr
 
 
 @pytest.fixture
@@ -45,10 +47,10 @@ def company(fake):
     return ids
 
 
-def make_source(monkeypatch, key: str = API_KEY, **options) -> BambooHRSource:
+def make_source(monkeypatch, fake, key: str | None = None, **options) -> BambooHRSource:
     """Built through config.parse and the entry point, as the daemon builds it."""
-    monkeypatch.setenv("CONTOSO_BAMBOOHR_KEY", key)
-    block = {"type": "bamboohr", "base_url": BASE_URL, "api_key": "env:CONTOSO_BAMBOOHR_KEY", **options}
+    monkeypatch.setenv("CONTOSO_BAMBOOHR_KEY", key or fake.api_key)
+    block = {"type": "bamboohr", "base_url": fake.url, "api_key": "env:CONTOSO_BAMBOOHR_KEY", **options}
     tenant = config.parse({"tenant": [{"id": "contoso", "source": [block], "provider": [{"type": "fake"}]}]}).tenants[0]
     plugin = tenant.sources[0]
     return BambooHRSource(plugin.name, plugin.options, tenant, plugin.where)
@@ -56,7 +58,7 @@ def make_source(monkeypatch, key: str = API_KEY, **options) -> BambooHRSource:
 
 @pytest.fixture
 def source(monkeypatch, fake):
-    return make_source(monkeypatch)
+    return make_source(monkeypatch, fake)
 
 
 def by_id(pull) -> dict:
@@ -177,12 +179,12 @@ def test_recorded_shapes(fake, source):
 def test_fields_remap_reads_the_number_from_a_custom_field(monkeypatch, fake):
     eid = fake.hire("", "kenji.watanabe@contoso.com", "Kenji", "Watanabe", customADNumber="E1042")
     fake.terminate(eid, on=fake.today)
-    source = make_source(monkeypatch, fields={"employee_id": "customADNumber"})
+    source = make_source(monkeypatch, fake, fields={"employee_id": "customADNumber"})
     assert list(leaving(source.pull())) == ["E1042"]
 
 
 def test_field_the_report_leaves_out_is_a_source_error(monkeypatch, fake, company):
-    source = make_source(monkeypatch, fields={"employee_id": "customADNumbr"})
+    source = make_source(monkeypatch, fake, fields={"employee_id": "customADNumbr"})
     with pytest.raises(SourceError, match="customADNumbr"):
         source.pull()
 
@@ -207,7 +209,7 @@ def test_long_429_is_a_source_error_naming_the_wait(fake, company, source, sleep
 
 def test_401_is_a_config_error(monkeypatch, fake, company):
     with pytest.raises(ConfigError, match="401"):
-        make_source(monkeypatch, key="revoked-key").pull()
+        make_source(monkeypatch, fake, key="revoked-key").pull()
 
 
 def test_5xx_is_a_source_error_after_short_retries(fake, company, source, sleeps):
@@ -244,8 +246,8 @@ def test_check_online_is_one_read(fake, source):
                                          "json": {"fields": ["id"], "filters": {"employeeIds": ["41"]}}}),
     ("POST", "/api/v1/reports/custom", {"params": {"format": "json", "onlyCurrent": "no"}, "json": {"fields": []}}),
 ])
-def test_fake_fails_requests_the_spec_does_not_allow(fake, method, path, kwargs):
-    with pytest.raises(SpecViolation):
-        requests.request(method, BASE_URL + path, auth=(API_KEY, "x"), **kwargs)
+def test_the_sandbox_refuses_requests_the_spec_does_not_allow(fake, method, path, kwargs):
+    answer = requests.request(method, fake.url + path, auth=(fake.api_key, "x"), **kwargs)
+    assert answer.status_code == 400
     assert len(fake.violations) == 1
-    fake.violations.clear()
+    fake.violations.clear()              # the fixture fails any test that leaves one behind

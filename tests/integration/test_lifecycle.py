@@ -1,6 +1,6 @@
 """The life of a termination from a real-shaped HR API: future dates, changes, cancellations, rehires.
 
-BambooHR is the spec-checked stateful fake; the directory is the in-memory one; one
+BambooHR is the sandbox's spec-checked stateful one; the directory is the in-memory one; one
 controllable clock drives both, so "becomes due at 17:00 Chicago" is tested exactly.
 """
 from __future__ import annotations
@@ -9,29 +9,32 @@ import datetime as dt
 import json
 
 import pytest
-import responses
 
 from connector import config
 from connector.reconcile import reconcile
 from connector.store import Store
-from tests.fakes.bamboohr import API_KEY, BASE_URL, BambooHRFake
+from connector.sandbox.bamboohr import BambooHR
+from connector.sandbox.web import Sandbox
 from tests.fakes.directory import FakeDirectory, FakeOptions
+from tests.sandboxes import MODES
+
+SANDBOX_MODES = MODES
 
 
 class World:
-    def __init__(self, fake: BambooHRFake, tmp_path):
-        self.hr = fake
+    def __init__(self, hr: BambooHR, tmp_path):
+        self.hr = hr
         self.config = config.parse({"tenant": [{
             "id": "contoso", "timezone": "America/Chicago",
-            "source": [{"type": "bamboohr", "base_url": BASE_URL, "api_key": "env:CONTOSO_BAMBOOHR_KEY"}],
+            "source": [{"type": "bamboohr", "base_url": hr.url, "api_key": "env:CONTOSO_BAMBOOHR_KEY"}],
             "provider": [{"type": "fake", "name": "ad"}]}]})
         self.store = Store.open(str(tmp_path / "state.db"))
         self.directory = FakeDirectory("ad", FakeOptions(), self.config.tenants[0], accounts={
             "k": FakeDirectory.account("k", "1042", "kenji.watanabe@contoso.com"),
             "p": FakeDirectory.account("p", "1001", "priya.natarajan@contoso.com")})
-        self.kenji = fake.hire("1042", "kenji.watanabe@contoso.com", "Kenji", "Watanabe",
-                               supervisor_email="priya.natarajan@contoso.com")
-        fake.hire("1001", "priya.natarajan@contoso.com", "Priya", "Natarajan")
+        self.kenji = hr.hire("1042", "kenji.watanabe@contoso.com", "Kenji", "Watanabe",
+                             supervisor_email="priya.natarajan@contoso.com")
+        hr.hire("1001", "priya.natarajan@contoso.com", "Priya", "Natarajan")
 
     def at(self, when: dt.datetime, **kw):
         self.hr.now = when                      # HR's "today" and the engine's clock move together
@@ -42,13 +45,12 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONTOSO_BAMBOOHR_KEY", API_KEY)
+def world(tmp_path, monkeypatch, reach):
     monkeypatch.setattr("time.sleep", lambda seconds: None)     # retry waits are not the subject here
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        fake = BambooHRFake(rsps)
-        yield World(fake, tmp_path)
-        assert not fake.violations
+    hr = BambooHR()
+    monkeypatch.setenv("CONTOSO_BAMBOOHR_KEY", hr.api_key)
+    hr.url = reach(Sandbox(hr), {"bamboohr": hr.vendor_url})["bamboohr"]
+    return World(hr, tmp_path)
 
 
 def chicago(y, m, d, hh, mm=0) -> dt.datetime:
