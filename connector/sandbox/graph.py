@@ -113,7 +113,8 @@ class Graph(System):
             if grant is None or not request.path.startswith("/v1.0/"):
                 return graph_error(401, "InvalidAuthenticationToken", "Access token is empty or invalid.")
             tenant = self.tenants[grant.tenant_id]
-            fault = self._fault("graph", tenant) or (self._fault("batch", tenant) if path == "/$batch" else None)
+            batch = path == "/$batch"
+            fault = self._fault("graph", tenant, budget=not batch) or (self._fault("batch", tenant) if batch else None)
             if fault:
                 return fault
             raw = next((text for pattern, text in self.raw.items() if re.fullmatch(pattern, path)), None)
@@ -124,14 +125,14 @@ class Graph(System):
                 return self.dispatch(Call(tenant, grant, f"{grant.client_id}@{request.peer}", request.method,
                                           request.url, {}, request.json(), request.headers))
 
-    def _fault(self, scope: str, tenant: Tenant) -> Response | None:
+    def _fault(self, scope: str, tenant: Tenant, budget: bool = True) -> Response | None:
         """The injected answer due in `scope` (an entry of `faults`), else a throttled one, or None."""
         if self.faults[scope]:
             status = self.faults[scope].pop(0)
             return graph_error(status, *FAULTS[status], retry_after_header(self.knobs.retry_after))
-        if scope == "batch":                                   # the envelope spends nothing of the tenant's budget
+        if scope == "batch":
             return None
-        wait = self.knobs.throttled(tenant.tenant_id, item=scope == "batch_item")
+        wait = self.knobs.throttled(tenant.tenant_id, item=scope == "batch_item", budget=budget)
         if wait is None:
             return None
         return graph_error(429, *FAULTS[429], retry_after_header(wait))

@@ -5,9 +5,9 @@ A request reaches a system either as a `responses` callback inside the test proc
 `server.HttpsServer`); both build the same `Request` and go through `Sandbox.handle`, so the
 two modes share one state, one spec check, one write log and one set of knobs. Systems are
 mounted by name: over HTTPS, `graph` answers below `https://127.0.0.1:PORT/graph`; behind
-`responses`, below whatever vendor URL the test gives it. `/_sandbox/` is the control
-surface a test in another process reads and turns: the write log, the spec violations, the
-knobs.
+`responses`, below whatever vendor URL the test gives it. `_sandbox` is the control surface
+a test in another process reads and turns: the write log, the spec violations, the knobs
+(mounted like a system, so behind `responses` too when a test names a URL for it).
 """
 from __future__ import annotations
 
@@ -162,13 +162,14 @@ class Knobs:
         self.retry_after = 0.0          # the Retry-After of those 429s and of the outage's 503
         self.bucket: TokenBucket | None = None
 
-    def throttled(self, key: str, item: bool = False) -> float | None:
-        """Seconds to tell the client to wait, or None: the request may go. Each call spends one request."""
+    def throttled(self, key: str, item: bool = False, budget: bool = True) -> float | None:
+        """Seconds to tell the client to wait, or None: the request may go. A request with a `budget`
+        spends one token of `key`'s bucket (a $batch envelope has none: its sub-requests do)."""
         counter = "throttle_next_item" if item else "throttle_next"
         if getattr(self, counter) > 0:
             setattr(self, counter, getattr(self, counter) - 1)
             return self.retry_after
-        wait = self.bucket.take(key) if self.bucket else 0.0
+        wait = self.bucket.take(key) if self.bucket and budget else 0.0
         return wait or None
 
     def update(self, settings: KnobSettings) -> None:
@@ -230,6 +231,8 @@ class Sandbox:
         return [v for system in self.systems.values() for v in system.violations]
 
     def handle(self, name: str, request: Request) -> Response:
+        if name == CONTROL:
+            return self.control(request)
         system = self.systems[name]
         knobs = system.knobs
         if knobs.outage:
@@ -263,9 +266,7 @@ class Sandbox:
         host = environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}"
         request = Request(environ["REQUEST_METHOD"], f"{environ['wsgi.url_scheme']}://{host}/{name}",
                           "/" + rest, query, headers, body, f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}")
-        if name == CONTROL:
-            response = self.control(request)
-        elif name in self.systems:
+        if name == CONTROL or name in self.systems:
             response = self.handle(name, request)
         else:
             response = text_response(404, f"no system {name!r} here; mounted: {', '.join(self.systems)}")
