@@ -346,6 +346,11 @@ def cmd_demo(args) -> int:
     return demo_main(args)
 
 
+def cmd_sandbox(args) -> int:
+    from .sandbox.world import main as sandbox_main
+    return sandbox_main(args)
+
+
 class Parser(argparse.ArgumentParser):
     """Usage errors are config errors too: one line on stderr and exit 1 (DESIGN.md), not argparse's 2."""
 
@@ -398,6 +403,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("path")
     c = sub.add_parser("demo", parents=[common], help="the whole pipeline against a throwaway sandbox")
     c.add_argument("--keep", action="store_true", help="leave the sandbox folder behind")
+    c = sub.add_parser("sandbox", parents=[common], help="serve the emulated systems over HTTPS, print a config for them")
+    c.add_argument("--port", type=int, default=8443, help="port on 127.0.0.1 (0: any free one; default 8443)")
+    c.add_argument("--size", type=int, default=50, help="people in the generated company, 10 to 100000 (default 50)")
     return p
 
 
@@ -412,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:           # --help, --version, or a usage error already printed on one line
         return e.code if isinstance(e.code, int) else 1
     try:
-        if args.command == "demo":
-            return cmd_demo(args)
+        if args.command in ("demo", "sandbox"):
+            return cmd_demo(args) if args.command == "demo" else cmd_sandbox(args)
         cfg = configmod.load(args.config)
         setup_logging("DEBUG" if args.debug else cfg.connector.log_level)
         return COMMANDS[args.command](args, cfg)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .exchange import Exchange
 from .graph import Graph
-from .identity import Identity
+from .identity import App, Identity
 from .tenant import Tenant
 from .web import Sandbox, System
 
@@ -36,6 +36,11 @@ class Microsoft365(Tenant):
             system.calls = self.calls
         self.identity.register(tenant_id, client_id, secret=secret, thumbprint=thumbprint)
         self.urls = dict(VENDOR_URLS)
+
+    @property
+    def app(self) -> App:
+        """The app registration the connector signs in as."""
+        return self.identity.apps[(self.tenant_id, self.client_id)]
 
     @property
     def systems(self) -> tuple[System, ...]:

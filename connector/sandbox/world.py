@@ -1,0 +1,173 @@
+"""The generated company in every emulated system at once, and `offboard sandbox`, which serves it.
+
+The same people are in Microsoft 365 (users, managers, groups of every kind the cloud
+treats differently, licences direct and through a group, MFA methods, mailboxes, some on
+hold or too big to unlicense), in BambooHR (with the employment-status history that puts
+each leaver in its state) and in Workday's termination report. `offboard sandbox` serves
+them over HTTPS on 127.0.0.1 and writes a config that points the connector at them, so
+every command can be tried without a real tenant; `make demo` is the AD side.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import shutil
+import signal
+import tempfile
+import textwrap
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from .bamboohr import BambooHR
+from .company import E3_GROUP, Company, generate
+from .microsoft365 import Microsoft365
+from .server import HttpsServer
+from .tenant import GB, Mailbox
+from .web import Sandbox
+from .workday import Workday
+
+TENANT = "example"
+DEFAULT_SIZE = 50
+HIRED = dt.date(2020, 1, 6)
+
+
+@dataclass
+class World:
+    company: Company
+    cloud: Microsoft365
+    bamboohr: BambooHR
+    workday: Workday
+    sandbox: Sandbox
+
+
+def build(size: int = DEFAULT_SIZE, today: dt.date | None = None, *, client_secret: str = "",
+          bamboohr_key: str = "", workday_password: str = "") -> World:
+    company = generate(size, today or dt.datetime.now(dt.timezone.utc).date())
+    cloud = Microsoft365(domain=company.domain, secret=client_secret or secrets.token_urlsafe(24))
+    populate_cloud(cloud, company)
+    hr = BambooHR(TENANT, bamboohr_key or secrets.token_hex(20),
+                  now=dt.datetime.combine(company.today, dt.time(9), dt.timezone.utc))
+    populate_bamboohr(hr, company)
+    wd = Workday(TENANT, password=workday_password or secrets.token_urlsafe(18))
+    populate_workday(wd, company)
+    sandbox = cloud.mount(Sandbox())
+    sandbox.add(hr)
+    sandbox.add(wd)
+    return World(company, cloud, hr, wd, sandbox)
+
+
+def populate_cloud(cloud: Microsoft365, company: Company) -> None:
+    """Each group a kind the cloud treats differently: a distribution list Exchange must edit, Teams groups,
+    a group synced from AD that refuses cloud edits, and the group the E3 licence comes through."""
+    for part in ("SPE_E3", "O365_BUSINESS_PREMIUM"):
+        cloud.add_sku(part, prepaid=len(company.people) + 10)
+    kinds = {"All Staff": {"mail_enabled": True}, "VPN Users": {"synced": True}, E3_GROUP: {"licences": ("SPE_E3",)}}
+    for name in company.groups():
+        cloud.add_group(name, **kinds.get(name, {"unified": True}))
+    cloud.add_role("Global Administrator")
+    for p in company.people:
+        box = Mailbox(p.email, size=int(p.mailbox_gb * GB), litigation_hold=p.litigation_hold,
+                      devices=[{"Identity": f"{p.email}/ExchangeActiveSyncDevices/Phone", "DeviceModel": "iPhone",
+                                "DeviceWipeRequestTime": None, "Status": "DeviceOk"}])
+        cloud.add_user(p.email, employee_id=p.number, given=p.given, surname=p.surname, synced=p.synced,
+                       licences=() if p.licence_by_group else (p.licence,), groups=p.groups, manager=p.manager,
+                       methods=("password", "phone", "microsoftAuthenticator"), default="phone", mailbox=box)
+
+
+def populate_bamboohr(hr: BambooHR, company: Company) -> None:
+    steps = {"terminate": hr.terminate, "move": hr.change_termination_date, "rehire": hr.rehire}
+    for p in company.people:
+        eid = hr.hire(p.number, p.email, p.given, p.surname, p.manager, on=HIRED)
+        for what, day in p.history:
+            if what == "withdraw":
+                hr.cancel_termination(eid)
+            else:
+                steps[what](eid, day)
+
+
+def populate_workday(wd: Workday, company: Company) -> None:
+    """The report lists who is leaving now: a withdrawn termination or a rehire is not in it."""
+    for p in company.people:
+        if p.leaves_on:
+            wd.hire(p.number, p.given, p.surname, p.email, p.manager)
+            wd.terminate(p.number, p.leaves_on, "Terminate Employee > Involuntary > Misconduct"
+                         if p.leaver == "immediate" else "Terminate Employee > Voluntary > Resignation")
+
+
+def _secret(folder: Path, name: str, value: str) -> str:
+    path = folder / name
+    path.touch(mode=0o600)
+    path.write_text(value)
+    return f"file:{path}"
+
+
+def write_config(world: World, url: str, folder: Path) -> Path:
+    """A config whose tenant reads BambooHR and offboards in Entra and Exchange, all in the sandbox at `url`."""
+    cloud, hr, wd = world.cloud, world.bamboohr, world.workday
+    m365 = {**cloud.provider_block(_secret(folder, "m365-client-secret", cloud.app.secret)),
+            "authority": f"{url}/login", "graph_url": f"{url}/graph", "exchange_url": f"{url}/exchange"}
+    block = "".join(f'{key} = "{value}"\n' for key, value in m365.items())
+    config = folder / "config.toml"
+    config.write_text(textwrap.dedent(f"""\
+        # written by `offboard sandbox`: Example Ltd ({len(world.company.people)} people), served at {url}
+        # the connector trusts the sandbox's CA through REQUESTS_CA_BUNDLE={folder / 'tls' / 'ca.pem'}
+        [connector]
+        state = "{folder / 'state.db'}"
+
+        [[tenant]]
+        id = "{TENANT}"
+        name = "Example Ltd"
+        timezone = "UTC"
+        protected = ["svc-*"]
+
+        [[tenant.source]]
+        type = "bamboohr"
+        base_url = "{url}/bamboohr"
+        api_key = "{_secret(folder, 'bamboohr-api-key', hr.api_key)}"
+
+        # the same leavers from Workday instead (the report lists no withdrawn or rehired person):
+        # [[tenant.source]]
+        # type = "workday"
+        # url = "{url}/workday{wd.report_path()}"
+        # username = "{wd.username}"
+        # password = "{_secret(folder, 'workday-password', wd.password)}"
+
+        [[tenant.provider]]
+        type = "entra"
+        """) + block + '\n[[tenant.provider]]\ntype = "exchange_online"\n' + block)
+    return config
+
+
+def main(args) -> int:
+    """`offboard sandbox [--port N] [--size N]`: serve until interrupted."""
+    try:
+        world = build(args.size)
+    except ValueError as e:
+        raise ConfigError(str(e), "--size") from None
+    folder = Path(tempfile.mkdtemp(prefix="offboard-sandbox-"))
+    try:
+        with HttpsServer(world.sandbox, folder / "tls", port=args.port) as server:
+            config = write_config(world, server.url, folder)
+            leavers = world.company.leavers()
+            print(textwrap.dedent(f"""\
+                Example Ltd: {len(world.company.people)} people, {len(leavers)} leavers in HR, served at {server.url}
+                  login, graph, exchange, bamboohr, workday below it; the write log at {server.url}/_sandbox/writes
+                config: {config}
+                Try it:
+                  export REQUESTS_CA_BUNDLE={server.ca_file}
+                  offboard --config {config} check --online
+                  offboard --config {config} plan
+                  offboard --config {config} reconcile --once
+                  offboard --config {config} status --all
+                Ctrl-C stops the sandbox and removes {folder}.
+                """), flush=True)
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            while not stop.wait(1):
+                pass
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
