@@ -34,17 +34,19 @@ def hr_rows(today: dt.date) -> list[str]:
     ]
 
 
-def write_sandbox(folder: Path, dc, today: dt.date, extra_tenant: str = "") -> Path:
-    """Write the HR CSV, the bind password file and a config pointing at the sandbox DC."""
-    (folder / "hr").mkdir(parents=True, exist_ok=True)
-    header = "employee_id,email,first_name,last_name,manager_email,termination_date,termination_time,kind\n"
-    (folder / "hr" / "leavers.csv").write_text(header + "\n".join(hr_rows(today)) + "\n")
-    secret = folder / "ad-bind-password"
-    secret.write_text(dc.admin_password)
-    secret.chmod(0o600)
-    config = folder / "config.toml"
-    config.write_text(textwrap.dedent(f"""\
-        # written by `offboard demo`: the sandbox DC of Example Ltd
+def secret_file(folder: Path, name: str, value: str) -> str:
+    """The value in a file only its owner reads; -> its secret reference."""
+    path = folder / name
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(value)
+    return f"file:{path}"
+
+
+def config_head(folder: Path, comment: str, extra_tenant: str = "") -> str:
+    """The top of a sandbox config: a state file in `folder` and Example Ltd's tenant, up to its sources."""
+    return textwrap.dedent(f"""\
+        # {comment}
         [connector]
         state = "{folder / 'state.db'}"
 
@@ -53,13 +55,23 @@ def write_sandbox(folder: Path, dc, today: dt.date, extra_tenant: str = "") -> P
         name = "Example Ltd"
         timezone = "UTC"
         protected = ["svc-*"]
-        {extra_tenant}
-        [[tenant.source]]
-        type = "csv"
-        path = "{folder / 'hr' / '*.csv'}"
+        """) + extra_tenant + "\n"
 
-        [[tenant.provider]]
-        """) + "".join(f'{key} = "{value}"\n' for key, value in company.provider_block(dc, f"file:{secret}").items()))
+
+def toml_table(name: str, values: dict) -> str:
+    return f"[[{name}]]\n" + "".join(f'{key} = "{value}"\n' for key, value in values.items())
+
+
+def write_sandbox(folder: Path, dc, today: dt.date, extra_tenant: str = "") -> Path:
+    """Write the HR CSV, the bind password file and a config pointing at the sandbox DC."""
+    (folder / "hr").mkdir(parents=True, exist_ok=True)
+    header = "employee_id,email,first_name,last_name,manager_email,termination_date,termination_time,kind\n"
+    (folder / "hr" / "leavers.csv").write_text(header + "\n".join(hr_rows(today)) + "\n")
+    secret = secret_file(folder, "ad-bind-password", dc.admin_password)
+    config = folder / "config.toml"
+    config.write_text(config_head(folder, "written by `offboard demo`: the sandbox DC of Example Ltd", extra_tenant)
+                      + toml_table("tenant.source", {"type": "csv", "path": folder / "hr" / "*.csv"}) + "\n"
+                      + toml_table("tenant.provider", company.provider_block(dc, secret)))
     return config
 
 

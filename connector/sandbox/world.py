@@ -22,13 +22,13 @@ from pathlib import Path
 from ..errors import ConfigError
 from .bamboohr import BambooHR
 from .company import E3_GROUP, Company, generate
+from .demo import TENANT, config_head, secret_file, toml_table
 from .microsoft365 import Microsoft365
 from .server import HttpsServer
 from .tenant import GB, Mailbox
 from .web import Sandbox
 from .workday import Workday
 
-TENANT = "example"
 DEFAULT_SIZE = 50
 HIRED = dt.date(2020, 1, 6)
 
@@ -96,47 +96,23 @@ def populate_workday(wd: Workday, company: Company) -> None:
                          if p.leaver == "immediate" else "Terminate Employee > Voluntary > Resignation")
 
 
-def _secret(folder: Path, name: str, value: str) -> str:
-    path = folder / name
-    path.touch(mode=0o600)
-    path.write_text(value)
-    return f"file:{path}"
-
-
 def write_config(world: World, url: str, folder: Path) -> Path:
     """A config whose tenant reads BambooHR and offboards in Entra and Exchange, all in the sandbox at `url`."""
     cloud, hr, wd = world.cloud, world.bamboohr, world.workday
-    m365 = {**cloud.provider_block(_secret(folder, "m365-client-secret", cloud.app.secret)),
-            "authority": f"{url}/login", "graph_url": f"{url}/graph", "exchange_url": f"{url}/exchange"}
-    block = "".join(f'{key} = "{value}"\n' for key, value in m365.items())
+    cloud.urls = {name: f"{url}/{name}" for name in cloud.urls}
+    m365 = cloud.provider_block(secret_file(folder, "m365-client-secret", cloud.app.secret))
+    workday = {"type": "workday", "url": f"{url}/workday{wd.report_path()}", "username": wd.username,
+               "password": secret_file(folder, "workday-password", wd.password)}
     config = folder / "config.toml"
-    config.write_text(textwrap.dedent(f"""\
-        # written by `offboard sandbox`: Example Ltd ({len(world.company.people)} people), served at {url}
-        # the connector trusts the sandbox's CA through REQUESTS_CA_BUNDLE={folder / 'tls' / 'ca.pem'}
-        [connector]
-        state = "{folder / 'state.db'}"
-
-        [[tenant]]
-        id = "{TENANT}"
-        name = "Example Ltd"
-        timezone = "UTC"
-        protected = ["svc-*"]
-
-        [[tenant.source]]
-        type = "bamboohr"
-        base_url = "{url}/bamboohr"
-        api_key = "{_secret(folder, 'bamboohr-api-key', hr.api_key)}"
-
-        # the same leavers from Workday instead (the report lists no withdrawn or rehired person):
-        # [[tenant.source]]
-        # type = "workday"
-        # url = "{url}/workday{wd.report_path()}"
-        # username = "{wd.username}"
-        # password = "{_secret(folder, 'workday-password', wd.password)}"
-
-        [[tenant.provider]]
-        type = "entra"
-        """) + block + '\n[[tenant.provider]]\ntype = "exchange_online"\n' + block)
+    config.write_text(
+        config_head(folder, f"written by `offboard sandbox`: Example Ltd ({len(world.company.people)} people) at "
+                            f"{url}; the connector trusts it through REQUESTS_CA_BUNDLE={folder / 'tls' / 'ca.pem'}")
+        + toml_table("tenant.source", {"type": "bamboohr", "base_url": f"{url}/bamboohr",
+                                       "api_key": secret_file(folder, "bamboohr-api-key", hr.api_key)})
+        + "\n# the same leavers from Workday instead (the report lists no withdrawn or rehired person):\n"
+        + "".join(f"# {line}\n" for line in toml_table("tenant.source", workday).splitlines())
+        + "\n" + toml_table("tenant.provider", {"type": "entra", **m365})
+        + "\n" + toml_table("tenant.provider", {"type": "exchange_online", **m365}))
     return config
 
 

@@ -266,6 +266,25 @@ def test_workday_runs_the_report_as_it_stands_now(reach):
     assert requests.get(base, params={"format": "json"}, auth=(wd.username, "wrong"), timeout=10).status_code == 401
 
 
+def test_the_workday_source_reads_the_sandbox_report(reach, monkeypatch):
+    from connector import config
+    from connector.sources.workday import WorkdaySource
+
+    wd = Workday()
+    wd.hire("21001", "Logan", "McNeil", "Logan.McNeil@contoso.com", "teresa.brooks@contoso.com")
+    wd.terminate("21001", dt.date(2026, 3, 13))
+    base = reach(Sandbox(wd), {"workday": "https://wd5-services1.myworkday.com"})["workday"]
+    monkeypatch.setenv("WORKDAY_PASSWORD", wd.password)
+    block = {"type": "workday", "url": base + wd.report_path(), "username": wd.username,
+             "password": "env:WORKDAY_PASSWORD"}
+    tenant = config.parse({"tenant": [{"id": "contoso", "source": [block], "provider": [{"type": "fake"}]}]}).tenants[0]
+    plugin = tenant.sources[0]
+    [leaver] = WorkdaySource(plugin.name, plugin.options, tenant, plugin.where).pull().terminations
+    assert (leaver.employee_id, leaver.email, leaver.termination_date) == (
+        "21001", "logan.mcneil@contoso.com", dt.date(2026, 3, 13))
+    assert wd.calls[-1][2].endswith("/Terminations")
+
+
 def test_bamboohr_answers_a_rate_limit_with_429_and_retry_after(reach):
     hr = BambooHR()
     base = reach(Sandbox(hr), {"bamboohr": hr.vendor_url})["bamboohr"]
