@@ -17,7 +17,6 @@ that keep failing (`failing`) and permissions the app lacks (`denied`).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any

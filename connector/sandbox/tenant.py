@@ -166,7 +166,7 @@ class Tenant:
         return next(g for g in self.groups.values() if g["displayName"] == name)
 
     def user_by_upn(self, upn: str) -> dict:
-        return next(u for u in self.users.values() if u["userPrincipalName"].lower() == upn.lower())
+        return next(self.users[u] for u in self.named(upn) if self.users[u]["userPrincipalName"].lower() == upn.lower())
 
     def named(self, name: str) -> list[str]:
         """Ids of the users that may carry `name` as employee id, UPN, mail or proxy address (a superset: check)."""
