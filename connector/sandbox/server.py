@@ -56,10 +56,6 @@ class HttpsServer:
         self._thread.start()
         return self
 
-    def serve_forever(self) -> None:
-        self.server.prepare()
-        self.server.serve()
-
     def stop(self) -> None:
         self.server.stop()
         if self._thread:

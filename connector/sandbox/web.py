@@ -112,10 +112,6 @@ class WriteLog:
         return [w for w in found if (system is None or w.system == system)
                 and (ok is None or (w.status < 400) == ok)]
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
 
 # -- the knobs -----------------------------------------------------------------------------
 class TokenBucket:

@@ -29,7 +29,6 @@ from .tenant import GB, Mailbox
 from .web import Sandbox
 from .workday import Workday
 
-DEFAULT_SIZE = 50
 HIRED = dt.date(2020, 1, 6)
 
 
@@ -42,7 +41,7 @@ class World:
     sandbox: Sandbox
 
 
-def build(size: int = DEFAULT_SIZE, today: dt.date | None = None, *, client_secret: str = "",
+def build(size: int, today: dt.date | None = None, *, client_secret: str = "",
           bamboohr_key: str = "", workday_password: str = "") -> World:
     company = generate(size, today or dt.datetime.now(dt.timezone.utc).date())
     cloud = Microsoft365(domain=company.domain, secret=client_secret or secrets.token_urlsafe(24))
