@@ -2,14 +2,21 @@
 
 Short waits (a few seconds of Retry-After) are retried here with tenacity; longer
 ones surface as RetryableError(delay) so the engine parks the action in the
-journal's `next_attempt_at` instead of blocking a worker.
+journal's `next_attempt_at` instead of blocking a worker. A server names the
+delay, so every delay is bounded (0 to MAX_DELAY): `Retry-After: 1e12` must not
+overflow a date in the engine, and `nan` must not become "retry now, forever".
+Credentials go only over TLS: a plain-http URL is refused unless its host is
+this machine (tests, the sandbox), whatever the caller was handed.
 """
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import logging
+import math
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import tenacity
@@ -21,6 +28,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = (5, 30)          # connect, read
 INLINE_WAIT_LIMIT = 30.0   # seconds of Retry-After we wait for in place
+MAX_DELAY = 3600.0         # a longer wait is parked for an hour, then the server is asked again
 RETRYABLE = {408, 424, 425, 429, 500, 502, 503, 504}   # 424: a Graph $batch dependency failed (throttled)
 CONFIG = {401, 403}
 
@@ -29,15 +37,43 @@ def retry_after(resp: requests.Response, default: float = 30.0) -> float:
     return parse_retry_after(resp.headers.get("Retry-After"), default)
 
 
-def parse_retry_after(value: str | None, default: float = 30.0) -> float:
-    """Seconds to wait from a Retry-After value (seconds or an HTTP date), e.g. inside a Graph batch sub-response."""
-    if not value:
+def parse_retry_after(value: Any, default: float = 30.0) -> float:
+    """Seconds to wait from a Retry-After value (seconds or an HTTP date), e.g. inside a Graph batch sub-response.
+
+    Anything unreadable is `default`; the result is always within 0..MAX_DELAY.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or value == "":
         return default
     try:
-        return max(0.0, float(value))
+        return bounded_delay(float(value), default)
+    except (ValueError, OverflowError):     # not a number (maybe a date); an integer beyond any float
+        pass
+    try:
+        return bounded_delay(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), default)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return default
+
+
+def bounded_delay(delay: float, default: float = 30.0) -> float:
+    """A delay the engine can add to a date: NaN is `default`, the rest is clamped to 0..MAX_DELAY."""
+    return default if math.isnan(delay) else min(max(delay, 0.0), MAX_DELAY)
+
+
+def is_loopback(host: str | None) -> bool:
+    if (host or "").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time()) if when else default
+        return False
+
+
+def require_tls(url: str, where: str) -> None:
+    """Refuse to send anything over plain http to another machine; loopback (tests, the sandbox) may."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname)):
+        raise ConfigError(f"refusing {parts.scheme}://{parts.hostname}: credentials go only over https "
+                          f"(plain http only to this machine)", where)
 
 
 class NotFound(PermanentError):
@@ -53,7 +89,7 @@ def error_for(status: int, message: str, where: str, delay: float = 30.0) -> Off
     if status in CONFIG:
         return ConfigError(f"HTTP {status}: {message}", where)
     if status in RETRYABLE:
-        return RetryableError(f"HTTP {status}: {message}", where, delay=delay)
+        return RetryableError(f"HTTP {status}: {message}", where, delay=bounded_delay(delay))
     return PermanentError(f"HTTP {status}: {message}", where)
 
 
@@ -79,6 +115,7 @@ def send(sess: requests.Session, method: str, url: str, where: str, *, attempts:
     `describe(resp)` may return a better message from the body (Graph's error.message).
     Connection failures and timeouts are retryable; short Retry-After waits are taken here.
     """
+    require_tls(url, where)
     kwargs.setdefault("timeout", TIMEOUT)
 
     @tenacity.retry(retry=tenacity.retry_if_exception(_short), wait=_wait,

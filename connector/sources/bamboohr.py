@@ -18,6 +18,7 @@ reaches the engine on the cursor path, where absence means nothing.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from .. import http
@@ -25,7 +26,7 @@ from ..config import Duration, HttpsUrl, SecretRef
 from ..errors import InputRejected, SourceError
 from ..model import Termination
 from .base import Pull, Source, fetch_json
-from .records import FeedOptions, to_termination
+from .records import FeedOptions, label, to_active, to_termination
 
 DEFAULT_FIELDS = {"employee_id": "employeeNumber", "email": "workEmail", "first_name": "firstName",
                   "last_name": "lastName", "manager_email": "supervisorEmail",
@@ -33,6 +34,7 @@ DEFAULT_FIELDS = {"employee_id": "employeeNumber", "email": "workEmail", "first_
 STATUS_FIELDS = ("employmentHistoryStatus", "lastChanged")
 TERMINATED = "Terminated"
 NO_DATE = "0000-00-00"     # how BambooHR's JSON writes a date that is not set
+EMPLOYEE_ID = re.compile(r"[0-9]{1,18}")
 
 
 class BambooHROptions(FeedOptions):
@@ -63,7 +65,8 @@ class BambooHRSource(Source):
         ids = _changed_ids(changed, self.where)
         if not ids:
             return Pull(cursor=since, complete=False)
-        return self._pull(self._report(ids), changed.get("latest") or since, complete=False)
+        latest = changed.get("latest")
+        return self._pull(self._report(ids), _stamp(latest, self.where) if latest else since, complete=False)
 
     def check_online(self) -> None:
         self._call("GET", "/api/v1/employees/changed",
@@ -83,16 +86,9 @@ class BambooHRSource(Source):
 
     def _termination(self, employee: dict) -> Termination | None:
         record = {k: None if v == NO_DATE else v for k, v in employee.items()}
-        if record.get("employmentHistoryStatus") == TERMINATED:
-            return to_termination(record, tenant=self.tenant.id, source=self.name, fields=self.fields,
-                                  where=f"{self.where}: employee {employee['id']}")
-        value = {name: str(record.get(self.fields[name]) or "").strip()
-                 for name in ("employee_id", "email", "first_name", "last_name")}
-        if not value["employee_id"]:
-            return None    # nothing the engine could have on file for this person
-        return Termination(tenant=self.tenant.id, employee_id=value["employee_id"], email=value["email"].lower(),
-                           first_name=value["first_name"], last_name=value["last_name"], source=self.name,
-                           active=True)
+        convert = to_termination if record.get("employmentHistoryStatus") == TERMINATED else to_active
+        return convert(record, tenant=self.tenant.id, source=self.name, fields=self.fields,
+                       where=f"{self.where}: employee {label(employee['id'])}")
 
     def _report(self, ids: list[int] | None = None) -> list[dict]:
         request = {"title": "offboard-connector", "fields": self.report_fields}
@@ -121,15 +117,23 @@ def _changed_ids(body: Any, where: str) -> list[int]:
     changed = body.get("employees") if isinstance(body, dict) else None
     if changed == []:          # PHP writes an empty map as []
         return []
-    if not isinstance(changed, dict) or not all(k.isdigit() and isinstance(v, dict) for k, v in changed.items()):
+    if not isinstance(changed, dict) or not all(EMPLOYEE_ID.fullmatch(k) and isinstance(v, dict)
+                                                for k, v in changed.items()):
         raise SourceError("employees/changed is not what the schema says (no `employees` map of ids)", where)
     return sorted(int(k) for k, v in changed.items() if v.get("action") != "Deleted")
 
 
+def _stamp(value: Any, where: str) -> str:
+    """A `lastChanged` or `latest` value, the next poll's `since`: an ISO 8601 date-time with its offset."""
+    try:
+        if isinstance(value, str) and len(value) <= 64 and dt.datetime.fromisoformat(value).tzinfo:
+            return value
+    except ValueError:
+        pass
+    raise SourceError("a lastChanged value is not an ISO 8601 date-time with its offset", where)
+
+
 def _latest(employees: list[dict], where: str) -> str | None:
     """The newest `lastChanged` read: the cursor from which the next poll starts."""
-    stamps = [e["lastChanged"] for e in employees if e.get("lastChanged")]
-    try:
-        return max(stamps, key=dt.datetime.fromisoformat) if stamps else None
-    except (TypeError, ValueError):
-        raise SourceError("a lastChanged value is not an ISO 8601 date-time with its offset", where) from None
+    stamps = [_stamp(e["lastChanged"], where) for e in employees if e.get("lastChanged")]
+    return max(stamps, key=dt.datetime.fromisoformat) if stamps else None

@@ -31,7 +31,11 @@ class Source(Plugin):
 
 
 def fetch_json(session, method: str, url: str, where: str, **kwargs: Any) -> Any:
-    """One request to an HR feed; a failed or non-JSON answer is a SourceError (401/403 stay ConfigError)."""
+    """One request to an HR feed; a failed or non-JSON answer is a SourceError (401/403 stay ConfigError).
+
+    Non-JSON includes JSON nested deeper than the parser's recursion limit: a RecursionError
+    would otherwise escape every handler and stop the pass for every tenant.
+    """
     try:
         resp = http.send(session, method, url, where, **kwargs)
     except RetryableError as e:
@@ -40,5 +44,5 @@ def fetch_json(session, method: str, url: str, where: str, **kwargs: Any) -> Any
         raise SourceError(f"{urlsplit(url).path}: {e.message}", where) from None
     try:
         return resp.json()
-    except ValueError:
-        raise SourceError(f"{urlsplit(url).path}: the answer is not JSON", where) from None
+    except (ValueError, RecursionError):
+        raise SourceError(f"{urlsplit(url).path}: the answer is not JSON (or nests too deep)", where) from None

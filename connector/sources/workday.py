@@ -61,7 +61,8 @@ class WorkdaySource(Source):
         out = Pull(complete=True)
         date = self.fields["termination_date"]
         for i, entry in enumerate(entries, 1):
-            match = ZONED_DATE.match(str(entry.get(date) or ""))
+            value = entry.get(date)
+            match = ZONED_DATE.match(value) if isinstance(value, str) else None
             record = {**entry, date: match.group(1)} if match else entry
             try:
                 out.terminations.append(to_termination(record, tenant=self.tenant.id, source=self.name,

@@ -167,11 +167,11 @@ def test_the_store_is_a_persistent_replay_guard_for_signed_webhooks(tmp_path):
                        "timestamp": int(time.time())}).encode()
     headers = {"X-Offboard-Signature": sign(body, b"k3y-for-tests")}
     store = Store.open(str(tmp_path / "s.db"))
-    assert verify_and_parse(body, headers, b"k3y-for-tests", time.time(), store).employee_id == "E1"
+    assert verify_and_parse(body, headers, {"contoso": b"k3y-for-tests"}, time.time(), store).employee_id == "E1"
     store.close()
     reopened = Store.open(str(tmp_path / "s.db"))      # a restart forgets nothing
     with pytest.raises(ReplayedBody):
-        verify_and_parse(body, headers, b"k3y-for-tests", time.time(), reopened)
+        verify_and_parse(body, headers, {"contoso": b"k3y-for-tests"}, time.time(), reopened)
 
 
 # -- leases -------------------------------------------------------------------------------
