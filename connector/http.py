@@ -44,9 +44,11 @@ def parse_retry_after(value: Any, default: float = 30.0) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, (str, int, float)) or value == "":
         return default
+    if isinstance(value, int) and abs(value) > MAX_DELAY:
+        value = math.inf if value > 0 else 0.0       # an integer beyond any float would raise in float()
     try:
         return bounded_delay(float(value), default)
-    except (ValueError, OverflowError):     # not a number (maybe a date); an integer beyond any float
+    except ValueError:                              # not a number: maybe an HTTP date
         pass
     try:
         return bounded_delay(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), default)

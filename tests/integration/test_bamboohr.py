@@ -251,3 +251,41 @@ def test_the_sandbox_refuses_requests_the_spec_does_not_allow(fake, method, path
     assert answer.status_code == 400
     assert len(fake.violations) == 1
     fake.violations.clear()              # the fixture fails any test that leaves one behind
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("since, body", [
+    (None, DEEP),
+    ("2026-03-01T00:00:00+00:00", '{"latest": ' + DEEP + ', "employees": []}'),
+    (None, "<!DOCTYPE html><html><body>Sign in to BambooHR</body></html>"),
+    ("2026-03-01T00:00:00+00:00", '{"latest": {"$date": 1}, "employees": {"41": {"action": "Updated"}}}'),
+    ("2026-03-01T00:00:00+00:00", '{"latest": "2026-03-02", "employees": {"41": {"action": "Updated"}}}'),
+    ("2026-03-01T00:00:00+00:00", r'{"employees": {"\u00b2": {"action": "Updated"}}}'),     # isdigit, not int()
+    ("2026-03-01T00:00:00+00:00", '{"employees": {"' + "9" * 5000 + '": {"action": "Updated"}}}'),
+], ids=["100000-deep JSON", "deep JSON inside", "200 with HTML", "cursor not text", "cursor without offset",
+        "superscript id", "5000-digit id"])
+def test_hostile_answer_is_a_source_error_not_a_crash(fake, company, source, since, body):
+    fake.queue(200, body)
+    with pytest.raises(SourceError):
+        source.pull(since)
+
+
+def test_hostile_employee_rows_are_rejected_one_by_one(fake, company, source):
+    fake.terminate(company["kenji"], on=dt.date(9999, 12, 31))
+    fake.terminate(company["ana"], on=fake.today)
+    fake.employees[company["ana"]].first = "Ana\u202e"
+    fake.employees[company["priya"]].email = "p" * 300 + "@contoso.com"    # active, but no less hostile
+    pull = source.pull()
+    assert pull.terminations == []
+    assert sorted((e.where.rsplit(" ", 1)[1], e.message.split()[-1]) for e in pull.rejected) == [
+        (str(company["priya"]), "254"), (str(company["kenji"]), "1970-01-01..2100-12-31"), (str(company["ana"]), "characters")]
+
+
+def test_the_key_never_goes_over_plain_http_even_past_the_config(monkeypatch, fake):
+    source = make_source(monkeypatch, fake)
+    source.options = source.options.model_construct(**{**dict(source.options), "base_url": "http://contoso.bamboohr.com"})
+    with pytest.raises(ConfigError, match="only over https"):
+        source.pull()
+    assert fake.requests == []

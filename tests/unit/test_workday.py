@@ -104,3 +104,28 @@ def test_bad_report_url_is_a_config_error_at_its_key(monkeypatch, url, message):
     with pytest.raises(ConfigError, match=message) as e:
         make_source(monkeypatch, url)
     assert e.value.where.endswith("tenant[0].source[0].url")
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000,
+                                  '{"Report_Entry": [' + "{" * 100_000 + "}" * 100_000 + "]}",
+                                  "<!DOCTYPE html><html><title>Workday sign in</title></html>"],
+                         ids=["100000-deep JSON", "deep entry", "200 with HTML"])
+def test_hostile_answer_is_a_source_error_not_a_crash(monkeypatch, serve, text):
+    serve(text=text)
+    with pytest.raises(SourceError):
+        make_source(monkeypatch).pull()
+
+
+def test_hostile_entries_are_rejected_one_by_one(monkeypatch, serve, report):
+    first, second, third = report["Report_Entry"]
+    first["Termination_Date"] = "9999-12-31-07:00"
+    second["Termination_Date"] = {"Date": [["2026-04-01"]]}
+    third["Email_-_Work"] = "jo.whitfield@contoso.com"
+    third["Legal_Name_-_First_Name"] = "Jo\r\nBcc: everyone@contoso.com"
+    serve(report)
+    pull = make_source(monkeypatch).pull()
+    assert pull.terminations == []
+    assert [(e.where.rsplit(" ", 1)[1], e.message) for e in pull.rejected] == [
+        ("1", "termination_date '9999-12-31' is outside 1970-01-01..2100-12-31"),
+        ("2", "Termination_Date is not text"),
+        ("3", "Legal_Name_-_First_Name contains control or bidi-override characters")]
