@@ -133,3 +133,15 @@ def test_a_person_reported_active_is_held_to_the_same_text_rules():
     assert to_active({"email": "ann@contoso.com"}, tenant="t", source="s", where="w") is None
     with pytest.raises(InputRejected, match="not text"):
         to_active({"employee_id": {"$gt": ""}}, tenant="t", source="s", where="w")
+
+
+def test_a_rejected_record_names_its_leaver_only_when_the_id_itself_is_readable():
+    with pytest.raises(InputRejected) as e:
+        to_termination({**RECORD, "first_name": "Ann\x07"}, tenant="t", source="s", where="w")
+    assert e.value.ids == ("t/E1",)                  # still present: the bad row does not cancel E1
+    with pytest.raises(InputRejected) as e:
+        to_termination({**RECORD, "employee_id": "E1\x1b[2J"}, tenant="t", source="s", where="w")
+    assert e.value.ids == ()
+    with pytest.raises(InputRejected) as e:
+        to_active({"employee_id": "E1", "first_name": ["x"]}, tenant="t", source="s", where="w")
+    assert e.value.ids == ("t/E1",)
