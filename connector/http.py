@@ -11,7 +11,6 @@ this machine (tests, the sandbox), whatever the caller was handed.
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import logging
 import math
 import time
@@ -22,6 +21,7 @@ import requests
 import tenacity
 
 from . import __version__
+from .config import is_loopback
 from .errors import ConfigError, OffboardError, PermanentError, RetryableError
 
 log = logging.getLogger(__name__)
@@ -61,19 +61,10 @@ def bounded_delay(delay: float, default: float = 30.0) -> float:
     return default if math.isnan(delay) else min(max(delay, 0.0), MAX_DELAY)
 
 
-def is_loopback(host: str | None) -> bool:
-    if (host or "").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host or "").is_loopback
-    except ValueError:
-        return False
-
-
 def require_tls(url: str, where: str) -> None:
     """Refuse to send anything over plain http to another machine; loopback (tests, the sandbox) may."""
     parts = urlsplit(url)
-    if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname)):
+    if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname or "")):
         raise ConfigError(f"refusing {parts.scheme}://{parts.hostname}: credentials go only over https "
                           f"(plain http only to this machine)", where)
 

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any, BinaryIO, Callable, Mapping, Protocol
 
-from ..config import Secret
+from ..config import Config, Secret
 from ..errors import ConfigError, InputRejected, OffboardError
 from ..model import Termination
 from .base import Pull, Source
@@ -95,10 +95,10 @@ def sign(body: bytes, secret: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def webhook_secret_for(config) -> Callable[[str], Secret | None]:
+def webhook_secret_for(config: Config) -> Callable[[str], Secret | None]:
     """Which secret signs a tenant's bodies: its own `webhook_secret`; else `[webhook] secret`, but only
     where one tenant alone takes webhooks. A tenant without a webhook source accepts none (None)."""
-    takers = [t for t in config.tenants if any(s.type == "webhook" for s in t.sources)]
+    takers = [t for t in config.tenants if t.takes_webhooks]
     shared = config.webhook.secret if config.webhook and len(takers) == 1 else None
     return {t.id: t.webhook_secret or shared for t in takers}.get
 

@@ -13,7 +13,7 @@ from connector.reconcile import reconcile
 from connector.sources.records import MAX_LENGTH, to_active, to_termination
 from connector.store import Store
 from tests.fakes.directory import FakeDirectory
-from tests.helpers import load, utc, write_config, write_csv
+from tests.helpers import FAKE_PROVIDER, load, utc, write_config, write_csv
 
 NOW = utc(2026, 11, 23, 23, 30)          # 17:30 in Chicago: past the default revoke_at
 HUGE = "x" * (200 << 10)                 # over csv's 128 KiB field limit
@@ -26,15 +26,9 @@ def leaver(eid, email, date="2026-11-23", first="Ann"):
 @pytest.fixture
 def two_tenants(tmp_path):
     """contoso reads a hostile CSV drop; fabrikam, a good one, through the same pass."""
-    fabrikam = f"""
-        [[tenant]]
-        id = "fabrikam"
-        timezone = "Europe/Berlin"
-        [[tenant.source]]
-        type = "csv"
-        path = "{tmp_path / 'fabrikam' / '*.csv'}"
-        """
-    cfg = load(write_config(tmp_path, providers=fabrikam))
+    fabrikam = (f'[[tenant]]\nid = "fabrikam"\ntimezone = "Europe/Berlin"\n'
+                f'[[tenant.source]]\ntype = "csv"\npath = "{tmp_path / "fabrikam" / "*.csv"}"\n')
+    cfg = load(write_config(tmp_path, providers=FAKE_PROVIDER + fabrikam + FAKE_PROVIDER))
     write_csv(tmp_path / "fabrikam", "feed.csv", [leaver("F1", "fay@fabrikam.com")])
     directories = {t.id: FakeDirectory("ad", {}, t, accounts={
         "u1": FakeDirectory.account("u1", "F1", "fay@fabrikam.com"),

@@ -247,20 +247,34 @@ def test_read_body_reads_only_the_declared_bytes_of_a_kept_alive_connection():
     assert read_body(io.BytesIO(b"x" * MAX_BODY), None, terminated=True) == b"x" * MAX_BODY
 
 
-def webhook_config(*tenants, shared=True):
-    """A config with `[webhook] secret` (if `shared`) and tenants given as (id, own secret or None, takes webhooks)."""
-    from types import SimpleNamespace as NS
-    return NS(webhook=NS(secret="SHARED") if shared else None,
-              tenants=[NS(id=i, webhook_secret=own, sources=[NS(type="webhook" if takes else "csv")])
-                       for i, own, takes in tenants])
+def webhook_secrets(monkeypatch, *tenants, shared=True):
+    """`webhook_secret_for` over a parsed config: tenants as (id, own secret or None, takes webhooks)."""
+    for name in ("SHARED", "CONTOSO", "FABRIKAM"):
+        monkeypatch.setenv(f"WH_{name}", name)
+    raw = {"tenant": [{"id": i, "source": [{"type": "webhook"} if takes else {"type": "csv", "path": "/srv/hr/*.csv"}],
+                       "provider": [{"type": "fake"}], **({"webhook_secret": f"env:WH_{own}"} if own else {})}
+                      for i, own, takes in tenants]}
+    if shared:
+        raw["webhook"] = {"secret": "env:WH_SHARED"}
+    lookup = webhook_secret_for(config.parse(raw))
+    return lambda tenant: (secret := lookup(tenant)) and secret.reveal()
 
 
-def test_the_shared_secret_serves_only_where_one_tenant_alone_takes_webhooks():
-    one = webhook_secret_for(webhook_config(("contoso", None, True), ("fabrikam", None, False)))
+def test_the_shared_secret_serves_only_where_one_tenant_alone_takes_webhooks(monkeypatch):
+    one = webhook_secrets(monkeypatch, ("contoso", None, True), ("fabrikam", None, False))
     assert (one("contoso"), one("fabrikam"), one("initech")) == ("SHARED", None, None)
-    two = webhook_config(("contoso", None, True), ("fabrikam", "FABRIKAM", True))
-    lookup = webhook_secret_for(two)
-    assert (lookup("contoso"), lookup("fabrikam")) == (None, "FABRIKAM")   # two takers: no tenant borrows the shared one
-    own = webhook_secret_for(webhook_config(("contoso", "CONTOSO", True), shared=False))
+    two = webhook_secrets(monkeypatch, ("contoso", "CONTOSO", True), ("fabrikam", "FABRIKAM", True))
+    assert (two("contoso"), two("fabrikam")) == ("CONTOSO", "FABRIKAM")
+    own = webhook_secrets(monkeypatch, ("contoso", "CONTOSO", True), shared=False)
     assert own("contoso") == "CONTOSO"
-    assert webhook_secret_for(webhook_config(("contoso", None, True), shared=False))("contoso") is None
+
+
+def test_with_two_webhook_tenants_the_shared_secret_signs_for_neither(monkeypatch):
+    """`check` refuses such a config; a caller that built one anyway still gets no shared fallback."""
+    from types import SimpleNamespace as NS
+    cfg = NS(webhook=NS(secret="SHARED"), tenants=[NS(id="contoso", webhook_secret=None, takes_webhooks=True),
+                                                   NS(id="fabrikam", webhook_secret="FAB", takes_webhooks=True)])
+    lookup = webhook_secret_for(cfg)
+    assert (lookup("contoso"), lookup("fabrikam")) == (None, "FAB")
+    with pytest.raises(config.ConfigError, match="each needs its own webhook_secret"):
+        webhook_secrets(monkeypatch, ("contoso", None, True), ("fabrikam", "FABRIKAM", True))
