@@ -304,11 +304,7 @@ def approve(store: Store, row: dict, scope: str | None) -> None:
         entry = {"scope": scope or "*", "reason": a["reason"]}
         if entry not in approvals:
             approvals.append(entry)
-    statuses = ("needs_human",) if scope is None else ()
-    with store.transaction():
-        for a in waiting if scope else []:
-            store.reopen_action(a["id"])
-        store.reopen(tid, statuses, approvals=json.dumps(approvals))
+    store.reopen(tid, [a["id"] for a in waiting], approvals=json.dumps(approvals))
 
 
 UNKEYED = ("no audit_key configured: this proves the log is intact against careless edits, "

@@ -137,12 +137,9 @@ class StateStore(ABC):
         """By employee id or email (case-insensitive), as a technician names a person."""
 
     @abstractmethod
-    def reopen(self, termination_id: str, statuses: Iterable[str] = ("failed", "needs_human"), **extra: Any) -> int:
-        """A person's go-ahead: actions in `statuses` run again, at the next pass if already due."""
-
-    @abstractmethod
-    def reopen_action(self, action_id: str) -> None:
-        """One action runs again (an approval scoped to PROVIDER/ACTION)."""
+    def reopen(self, termination_id: str, action_ids: Iterable[str] | None = None, **extra: Any) -> int:
+        """A person's go-ahead: these actions (default: every failed or needs_human one) run again,
+        at the next pass if already due."""
 
     # -- the action journal --------------------------------------------------------------
     @abstractmethod

@@ -310,16 +310,15 @@ class SqliteStore(StateStore):
         return self._one("terminations", "tenant = ? and (lower(employee_id) = lower(?) or lower(email) = lower(?))",
                          [tenant, who, who], order_by="first_seen_at desc")
 
-    def reopen_action(self, action_id: str) -> None:
+    def reopen(self, termination_id: str, action_ids: Iterable[str] | None = None, **extra: Any) -> int:
+        if action_ids is None:
+            where, args = "status in ('failed', 'needs_human')", []
+        else:
+            action_ids = list(action_ids)
+            where, args = f"id in ({','.join('?' * len(action_ids)) or 'null'})", action_ids
         with self.transaction():
-            self.conn.execute("update actions set status = 'pending', next_attempt_at = null where id = ?", [action_id])
-
-    def reopen(self, termination_id: str, statuses: Iterable[str] = ("failed", "needs_human"), **extra: Any) -> int:
-        statuses = list(statuses) or [""]
-        with self.transaction():
-            cur = self.conn.execute(
-                "update actions set status = 'pending', next_attempt_at = null where termination_id = ? "
-                f"and status in ({','.join('?' * len(statuses))})", [termination_id, *statuses])
+            cur = self.conn.execute("update actions set status = 'pending', next_attempt_at = null "
+                                    f"where termination_id = ? and {where}", [termination_id, *args])
             due = self.termination(termination_id)["due_at"] <= iso(now())
             self.set_state(termination_id, "due" if due else "scheduled", "", **extra)
             return cur.rowcount
