@@ -16,8 +16,10 @@ import fnmatch
 import ipaddress
 import os
 import re
+import threading
 import tomllib
 import zoneinfo
+from collections import OrderedDict
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -39,7 +41,11 @@ class Secret:
     line or a JSON dump shows its reference instead.
     """
 
-    _revealed: set[str] = set()   # every value ever resolved: the log filter masks them
+    #: values resolved lately, newest last: the log filter masks them. Bounded, so a daemon that lives
+    #: for months through rotations and reloads does not grow; a value in use is refreshed on each use.
+    _revealed: OrderedDict[str, None] = OrderedDict()
+    _revealed_lock = threading.Lock()
+    REMEMBERED = 512
 
     def __init__(self, ref: str, where: str = ""):
         self.ref = ref
@@ -68,14 +74,27 @@ class Secret:
                 value = path.read_text().rstrip("\r\n")
             except OSError as e:
                 raise ConfigError(f"cannot read secret file {path}: {e.strerror}", self.where) from None
-        if value:
-            Secret._revealed.add(value)
+        remember_secret(value)
         return value
 
 
+def remember_secret(value: str) -> None:
+    """Mask `value` in logs and in the store from now on (it is resolved again on every use, so a
+    rotated `file:` or `credential:` secret is read afresh; only the mask list is kept)."""
+    if not value:
+        return
+    with Secret._revealed_lock:
+        Secret._revealed[value] = None
+        Secret._revealed.move_to_end(value)
+        while len(Secret._revealed) > Secret.REMEMBERED:
+            Secret._revealed.popitem(last=False)
+
+
 def mask_secrets(text: str) -> str:
-    """Replace every secret value resolved in this process by `***`."""
-    for value in Secret._revealed:
+    """Replace every secret value resolved lately in this process by `***`."""
+    with Secret._revealed_lock:
+        values = list(Secret._revealed)
+    for value in values:
         if len(value) >= 4 and value in text:
             text = text.replace(value, "***")
     return text
@@ -175,6 +194,23 @@ def _listen(value: str) -> str:
     return value
 
 
+def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IP address or CIDR as a string, got {type(value).__name__}")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"not an IP address or CIDR: {value!r}") from None
+
+
+def _url_or_secret(value: Any) -> str | Secret:
+    if isinstance(value, str) and SECRET_RE.match(value):
+        return Secret(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected an https:// URL or a secret reference, got {type(value).__name__}")
+    return _https_url(value)
+
+
 def _tenant_id(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
         raise ValueError(f"tenant id must be letters, digits, '.', '_' or '-'; got {value!r}")
@@ -190,6 +226,8 @@ Duration = Annotated[float, BeforeValidator(_duration)]
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
 Recipient = Annotated[str, AfterValidator(_recipient)]
+#: `10.0.0.5` or `10.0.0.0/8` (host bits allowed) -> an ip_network
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, PlainValidator(_network)]
 
 
 # -- models -----------------------------------------------------------------------
@@ -330,11 +368,41 @@ class ConnectorSettings(Section):
     audit_key: SecretRef | None = None                    # keys the audit chain (HMAC)
     lease_seconds: Positive = 60                          # a dead holder's lease is taken over after this
     workers: Positive = 4                                 # tenants worked on at once
+    retention_days: NonNegative = 0                       # personal data of finished terminations; 0: keep
+    shutdown_grace: Duration = 30.0                       # SIGTERM: in-flight actions finish within this
 
 
 class WebhookSettings(Section):
     listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:8086"
     secret: SecretRef | None = None       # only where one tenant alone takes webhooks
+    trusted_proxies: list[Network] = []   # whose X-Forwarded-For is believed (connector.net.client_address)
+    allow_from: list[Network] = []        # where requests may come from (the client address); empty: anywhere
+
+
+class AlertTarget(Section):
+    """One incoming webhook (Slack, Teams). Its URL carries its own credential: give a secret reference."""
+
+    type: Literal["slack", "teams"]
+    url: Annotated[str | Secret, PlainValidator(_url_or_secret)]
+
+    def endpoint(self) -> str:
+        """The URL to post to, resolved now; masked in logs and the store from here on."""
+        url = self.url.reveal() if isinstance(self.url, Secret) else self.url
+        if isinstance(self.url, Secret):
+            try:
+                _https_url(url)
+            except ValueError as e:
+                raise ConfigError(f"{self.url.ref} does not hold a usable URL: {e}", self.url.where) from None
+        remember_secret(url)
+        return url
+
+
+class AlertSettings(Section):
+    """`[alerts]`: a hold, a new needs_human or a provider failing too long is told once to each target."""
+
+    targets: list[AlertTarget] = Field([], alias="target")
+    psa_ticket: bool = True               # also a note on the termination's PSA ticket, where it has one
+    provider_failing_after: Duration = 1800.0
 
 
 class PsaSettings(Section):
@@ -356,6 +424,7 @@ class Config(Section):
     path: str = Field("", exclude=True)
     connector: ConnectorSettings = Field(default_factory=ConnectorSettings)
     webhook: WebhookSettings | None = None
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     psa: PsaSettings | None = None
     tenants: list[Tenant] = Field([], alias="tenant")
 

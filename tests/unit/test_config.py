@@ -238,3 +238,95 @@ def test_check_catches_rules_across_keys_offline(tmp_path, capsys):
     (tmp_path / "c.toml").write_text(base() + AD.replace("ldaps://", "ldap://"))
     assert main(["--config", str(tmp_path / "c.toml"), "check"]) == 1
     assert "tenant[0].provider[1].url: ldap:// without start_tls" in capsys.readouterr().err
+
+
+DAEMON_KEYS = """
+[connector]
+retention_days = 365
+shutdown_grace = "45s"
+
+[webhook]
+trusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1"]
+allow_from = ["192.0.2.0/24", "2001:db8::/32"]
+
+[alerts]
+psa_ticket = false
+provider_failing_after = "2h"
+
+[[alerts.target]]
+type = "teams"
+url = "credential:teams-webhook"
+
+[[alerts.target]]
+type = "slack"
+url = "https://hooks.slack.example/services/T0/B0/x"
+"""
+
+
+def test_the_daemon_keys_are_typed(tmp_path):
+    cfg = load_text(tmp_path, DAEMON_KEYS + base())
+    assert (cfg.connector.retention_days, cfg.connector.shutdown_grace) == (365, 45.0)
+    assert [str(n) for n in cfg.webhook.trusted_proxies] == ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]
+    assert [str(n) for n in cfg.webhook.allow_from] == ["192.0.2.0/24", "2001:db8::/32"]
+    assert (cfg.alerts.psa_ticket, cfg.alerts.provider_failing_after) == (False, 7200.0)
+    teams, slack = cfg.alerts.targets
+    assert teams.type == "teams" and isinstance(teams.url, Secret) and teams.url.where == "alerts.target[0].url"
+    assert slack.endpoint() == "https://hooks.slack.example/services/T0/B0/x"
+    assert mask_secrets("posted to https://hooks.slack.example/services/T0/B0/x") == "posted to ***"
+
+
+def test_the_daemon_keys_default_to_keep_everything_and_believe_no_proxy(tmp_path):
+    cfg = load_text(tmp_path, "[webhook]\n" + base())
+    assert (cfg.connector.retention_days, cfg.connector.shutdown_grace) == (0, 30.0)
+    assert cfg.webhook.trusted_proxies == [] and cfg.webhook.allow_from == []
+    assert cfg.alerts.targets == [] and cfg.alerts.psa_ticket is True and cfg.alerts.provider_failing_after == 1800.0
+
+
+def test_an_alert_url_from_a_credential_is_checked_when_resolved(tmp_path, monkeypatch):
+    (tmp_path / "teams-webhook").write_text("https://contoso.webhook.office.example/hook/1\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    cfg = load_text(tmp_path, DAEMON_KEYS + base())
+    assert cfg.alerts.targets[0].endpoint() == "https://contoso.webhook.office.example/hook/1"
+    (tmp_path / "teams-webhook").write_text("http://attacker.example/\n")
+    with pytest.raises(ConfigError, match="alerts.target.0..url: credential:teams-webhook does not hold a usable URL"):
+        cfg.alerts.targets[0].endpoint()
+
+
+@pytest.mark.parametrize("text, where", [
+    ('[webhook]\ntrusted_proxies = ["10.0.0.0/33"]\n', "webhook.trusted_proxies[0]"),
+    ('[webhook]\nallow_from = ["everyone"]\n', "webhook.allow_from[0]"),
+    ('[webhook]\nallow_from = "10.0.0.0/8"\n', "webhook.allow_from"),
+    ('[connector]\nretention_days = -1\n', "connector.retention_days"),
+    ('[connector]\nshutdown_grace = "soon"\n', "connector.shutdown_grace"),
+    ('[alerts]\nprovider_failing_after = "forever"\n', "alerts.provider_failing_after"),
+    ('[[alerts.target]]\ntype = "pager"\nurl = "https://x.example/"\n', "alerts.target[0].type"),
+    ('[[alerts.target]]\ntype = "slack"\nurl = "http://hooks.example/"\n', "alerts.target[0].url"),
+    ('[[alerts.target]]\ntype = "slack"\n', "alerts.target[0].url"),
+])
+def test_bad_daemon_keys_name_their_path(tmp_path, text, where):
+    message = error_of(tmp_path, text + base())
+    assert message.startswith(str(tmp_path / "c.toml") + ": " + where + ":"), message
+
+
+def test_the_mask_list_is_bounded_and_keeps_what_is_in_use(monkeypatch):
+    monkeypatch.setattr(Secret, "_revealed", type(Secret._revealed)())
+    monkeypatch.setenv("IN_USE", "the-current-secret")
+    in_use = Secret("env:IN_USE")
+    for i in range(Secret.REMEMBERED * 3):
+        monkeypatch.setenv("ROTATING", f"rotated-value-{i:05d}")
+        Secret("env:ROTATING").reveal()
+        if i % 100 == 0:
+            in_use.reveal()
+    assert len(Secret._revealed) == Secret.REMEMBERED
+    assert mask_secrets("the-current-secret rotated-value-01535") == "*** ***"
+    assert "rotated-value-00000" in mask_secrets("rotated-value-00000")     # long gone, no longer masked
+
+
+def test_a_rotated_file_secret_is_read_afresh(tmp_path):
+    path = tmp_path / "s"
+    path.write_text("first-value\n")
+    secret = Secret(f"file:{path}")
+    assert secret.reveal() == "first-value"
+    path.write_text("second-value\n")
+    assert secret.reveal() == "second-value"
+    assert mask_secrets("first-value second-value") == "*** ***"
