@@ -19,7 +19,8 @@ from .errors import ConfigError, OffboardError
 from .model import Termination
 from .reconcile import reconcile, status_rows
 from .reconcile.engine import Report, unresolvable_secrets
-from .store import PERSON_HOLD, Store, iso, now as utcnow
+from .retention import purge_expired
+from .store import EVERY_TENANT, PERSON_HOLD, Store, iso, now as utcnow
 
 OPEN = ["scheduled", "due", "in_progress", "held", "needs_human"]
 ALL = OPEN + ["done", "cancelled"]
@@ -211,8 +212,20 @@ def cmd_run(args, cfg: Config) -> int:
 def cmd_status(args, cfg: Config) -> int:
     store = open_store(cfg, scratch=True)
     rows = status_rows(store, tenant=args.tenant, states=ALL if args.all else OPEN)
-    emit(args, rows, render_terminations(rows))
+    stops = stopped_work(store, args.tenant)
+    if args.json:
+        for line in stops:
+            print(f"offboard: warning: {line}", file=sys.stderr)
+    emit(args, rows, "\n".join(stops + [""] if stops else []) + render_terminations(rows))
     return 0
+
+
+def stopped_work(store: Store, tenant: str | None) -> list[str]:
+    """Why no new work starts: the global pause, a tenant's pause or safety hold (what `status` shows first)."""
+    lines = [f"PAUSED every tenant since {p['paused_at']}: {p['reason']} (`offboard resume`)"
+             for p in store.pauses() if p["scope"] == EVERY_TENANT]
+    lines += [f"HELD {t}: {reason}" for t, reason in sorted(store.held_tenants().items()) if tenant in (None, t)]
+    return lines
 
 
 def resolve_id(store: Store, ident: str, tenant: str | None) -> dict:
@@ -261,6 +274,8 @@ def cmd_decide(args, cfg: Config) -> int:
             else f"{args.tenant}: no safety hold"
         emit(args, [{"tenant": args.tenant, verb: ids, "holds_left": left}], human)
         return 0
+    if decision == "hold" and args.id is None:
+        return hold_tenant(args, cfg, store)
     row = resolve_id(store, args.id, args.tenant)
     tid, state = row["id"], row["state"]
     if decision == "approve":
@@ -279,6 +294,64 @@ def cmd_decide(args, cfg: Config) -> int:
         store.audit(f"person_{decision}", tid, None, previous_state=state)
     new = store.termination(tid)
     emit(args, [{"id": tid, "state": new["state"], "previous_state": state}], f"{tid}: {state} -> {new['state']}")
+    return 0
+
+
+def hold_tenant(args, cfg: Config, store: Store) -> int:
+    """`hold --tenant T`: no new work starts for that tenant until `resume --tenant T`; its feeds are still read."""
+    if not args.tenant:
+        raise ConfigError("give a termination id, or --tenant T to hold a whole tenant", "hold")
+    cfg.tenant(args.tenant)
+    return set_pause(args, store, args.tenant, f"{PERSON_HOLD}: {args.reason}" if args.reason else PERSON_HOLD)
+
+
+def cmd_pause(args, cfg: Config) -> int:
+    """`pause`: no new work starts for any tenant until `resume`; actions in flight finish, feeds are still read."""
+    return set_pause(args, open_store(cfg), EVERY_TENANT, f"paused by a person: {args.reason}" if args.reason
+                     else "paused by a person")
+
+
+def set_pause(args, store: Store, scope: str, reason: str) -> int:
+    if store.pause(scope, reason):
+        store.audit("person_paused", None, None, scope=scope, reason=reason)
+    pause = next(p for p in store.pauses() if p["scope"] == scope)
+    what = "every tenant" if scope == EVERY_TENANT else scope
+    emit(args, [{"paused": scope, "since": pause["paused_at"], "reason": pause["reason"]}],
+         f"{what}: no new work starts until `offboard resume{'' if scope == EVERY_TENANT else ' --tenant ' + scope}` "
+         f"(paused since {pause['paused_at']}: {pause['reason']})")
+    return 0
+
+
+def cmd_resume(args, cfg: Config) -> int:
+    """`resume` lifts `pause`; `resume --tenant T` lifts `hold --tenant T`. Work goes on at the next pass."""
+    store = open_store(cfg)
+    scope = args.tenant or EVERY_TENANT
+    if args.tenant:
+        cfg.tenant(args.tenant)
+    lifted = store.resume(scope)
+    if lifted:
+        store.audit("person_resumed", None, None, scope=scope, paused_at=lifted["paused_at"])
+    what = "every tenant" if scope == EVERY_TENANT else scope
+    left = stopped_work(store, args.tenant)
+    emit(args, [{"resumed": scope, "was_paused": bool(lifted), "still_stopped": left}],
+         "\n".join([f"{what}: resumed" if lifted else f"{what}: was not paused"] + left))
+    return 0
+
+
+def cmd_purge(args, cfg: Config) -> int:
+    """Blank the personal data of terminations finished more than `retention_days` ago (the daemon does it daily)."""
+    if not cfg.connector.retention_days:
+        raise ConfigError("retention_days is 0 (keep everything): set it to purge", "connector.retention_days")
+    store = open_store(cfg, scratch=args.dry_run)
+    result = purge_expired(cfg, store)
+    count = sum(len(ids) for ids in result["purged"].values())
+    human = (f"{'would purge' if args.dry_run else 'purged'} the personal data of {count} termination(s) finished "
+             f"more than {cfg.connector.retention_days} days ago"
+             + "".join(f"\n  {t}: {', '.join(ids)}" for t, ids in result["purged"].items()))
+    if result["audit_rows_kept"]:
+        human += (f"\n{result['audit_rows_kept']} audit row(s) written by an older version keep their data "
+                  "(their hash covers it)")
+    emit(args, [{**result, "dry_run": args.dry_run, "retention_days": cfg.connector.retention_days}], human)
     return 0
 
 
@@ -387,12 +460,20 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("history", parents=[common], help="the audit trail of one person")
     c.add_argument("id"); c.add_argument("--tenant")
     for name, text in (("approve", "release a held or needs_human termination, or a tenant's safety hold"),
-                       ("hold", "pause a termination"), ("cancel", "never act on a termination"),
+                       ("hold", "pause a termination, or with --tenant T (no id) a whole tenant"), ("cancel", "never act on a termination"),
                        ("retry", "retry failed actions now")):
         c = sub.add_parser(name, parents=[common], help=text)
-        c.add_argument("id", nargs="?" if name == "approve" else None); c.add_argument("--tenant")
+        c.add_argument("id", nargs="?" if name in ("approve", "hold") else None); c.add_argument("--tenant")
         if name == "approve":
             c.add_argument("--action", metavar="PROVIDER/ACTION", help="approve only this action's reason")
+        if name == "hold":
+            c.add_argument("--reason", help="with --tenant: why (shown in status)")
+    c = sub.add_parser("pause", parents=[common], help="no new work for any tenant until `resume`")
+    c.add_argument("--reason", help="why (shown in status)")
+    c = sub.add_parser("resume", parents=[common], help="lift `pause`, or with --tenant T a tenant's `hold --tenant T`")
+    c.add_argument("--tenant")
+    c = sub.add_parser("purge", parents=[common], help="blank personal data older than connector.retention_days")
+    c.add_argument("--dry-run", action="store_true")
     c = sub.add_parser("audit", parents=[common], help="audit log tools")
     c.add_argument("verb", choices=["verify", "head"])
     c = sub.add_parser("backup", parents=[common], help="a consistent copy of the state store, while it is in use")
@@ -407,7 +488,8 @@ def parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"check": cmd_check, "plan": cmd_plan, "reconcile": cmd_reconcile, "run": cmd_run, "status": cmd_status,
             "history": cmd_history, "approve": cmd_decide, "hold": cmd_decide, "cancel": cmd_decide,
-            "retry": cmd_decide, "audit": cmd_audit, "backup": cmd_backup}
+            "retry": cmd_decide, "audit": cmd_audit, "backup": cmd_backup, "pause": cmd_pause, "resume": cmd_resume,
+            "purge": cmd_purge}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,6 +165,10 @@ def _intake(tenant: Tenant, store: Store, report: Report, leases: Leases, *, ful
 
 def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, providers: list[Provider],
              down: dict[str, OffboardError], *, employee, dry_run, now, on_demand) -> None:
+    if pause := store.paused(tenant.id):       # a person's pause: intake still records, nothing new starts
+        report.holds[tenant.id] = f"{pause['reason']} since {pause['paused_at']} (`offboard resume" + \
+            ("`)" if pause["scope"] != tenant.id else f" --tenant {tenant.id}`)")
+        return
     holds = store.open_holds(tenant.id)
     if holds:
         report.holds[tenant.id] = "; ".join(h["reason"] for h in holds)

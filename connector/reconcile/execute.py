@@ -214,8 +214,9 @@ class Executor:
                     future.result()
 
     def still_ours(self, lv: Leaver) -> bool:
-        """False once a person cancelled or held the termination (or another worker took it) mid-pass."""
-        return self.owns(lv.id) and self.store.state_of(lv.id) == "in_progress"
+        """False once a person cancelled or held the termination, or paused its tenant or every tenant,
+        or another worker took it, mid-pass: the action in flight finishes, no further one starts."""
+        return self.owns(lv.id) and self.store.state_of(lv.id) == "in_progress" and not self.store.paused(self.tenant.id)
 
     @staticmethod
     def _may_start(lv: Leaver, action: PlannedAction) -> bool:

@@ -16,7 +16,7 @@ from ..config import Tenant
 from ..errors import ConfigError, InputRejected, OffboardError, SourceError
 from ..model import Termination
 from ..sources.base import Pull
-from ..store import Store, iso
+from ..store import PERSONAL_FIELDS, Store, iso
 from .schedule import due_at
 
 OPEN_BEFORE_DUE = ("scheduled", "held")
@@ -91,7 +91,8 @@ def record(tenant: Tenant, store: Store, terminations: list[Termination], now: d
             row.update(state="scheduled", first_seen_at=stamp, reason="")
             seen_new.append(row)
         else:
-            changed = {k: row[k] for k in SCHEDULE_FIELDS if row[k] and row[k] != old.get(k)}
+            changed = {k: row[k] for k in SCHEDULE_FIELDS if row[k] and row[k] != old.get(k)
+                       and not (old.get("purged_at") and k in PERSONAL_FIELDS)}   # blanked by retention, not changed
             if on_demand and old["state"] in FINISHED:
                 writes.append({**row, "state": "scheduled", "reason": ""})
                 events.append(("termination_reopened", t.id, run_id, {"previous_state": old["state"]}))

@@ -14,6 +14,13 @@ Rows written before the key was configured carry no mac. The newest row must be 
 stripping every mac does not pass for a log that predates the key; a cut tail is caught by
 the heads runs record, and against someone who can also edit those, by the `audit head`
 kept off the machine.
+
+Retention: a row's hash covers the SHA-256 of its data, not the data itself (`data_sha256`),
+so the retention purge can blank a finished termination's personal data (names, addresses,
+before- and after-states) in the journal and the audit log, and the chain, its macs and the
+heads kept off the machine still verify. A blanked row reads PURGED; the only edit the store
+allows on an audit row is that one. Rows written before data_sha256 existed hash their data
+directly and keep it.
 """
 from __future__ import annotations
 
@@ -28,6 +35,10 @@ from ..config import mask_secrets
 
 GENESIS = "0" * 64
 PERSON_HOLD = "held by a person"
+PURGED = '{"purged":true}'        # an audit row's data after the retention purge
+EVERY_TENANT = "*"                # the scope of `offboard pause`
+#: a termination's personal data: blanked by the retention purge (the employee id stays: it is the key)
+PERSONAL_FIELDS = ("email", "first_name", "last_name", "manager_email", "reason")
 
 
 def now() -> dt.datetime:
@@ -52,8 +63,13 @@ def dumps(value: Any) -> str:
     return mask_secrets(json.dumps(value, sort_keys=True, default=str, separators=(",", ":")))
 
 
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def audit_hash(row: dict) -> str:
-    body = json.dumps([row["seq"], row["at"], row["run_id"], row["termination_id"], row["event"], row["data"],
+    data = f"sha256:{row['data_sha256']}" if row.get("data_sha256") else row["data"]
+    body = json.dumps([row["seq"], row["at"], row["run_id"], row["termination_id"], row["event"], data,
                        row["prev_hash"]], separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
 
@@ -61,7 +77,7 @@ def audit_hash(row: dict) -> str:
 def chain(rows: list[dict], last_seq: int, last_hash: str, key: bytes | None) -> list[dict]:
     """Number, link and (with a key) sign new audit rows after the head (last_seq, last_hash)."""
     for seq, row in enumerate(rows, start=last_seq + 1):
-        row.update(seq=seq, prev_hash=last_hash)
+        row.update(seq=seq, prev_hash=last_hash, data_sha256=sha256(row["data"]))
         row["hash"] = last_hash = audit_hash(row)
         if key:
             row["mac"] = sign(key, row["hash"])
@@ -194,6 +210,37 @@ class StateStore(ABC):
         """Release the tenant's oldest open hold, exactly the terminations it listed (arrivals after it
         form holds of their own): held ones are approved, held cancellations are carried out."""
 
+    # -- a person's pauses: `pause` (every tenant) and `hold --tenant T` ------------------------
+    @abstractmethod
+    def pause(self, scope: str, reason: str) -> bool:
+        """Stop new work for `scope` (a tenant id, or EVERY_TENANT) until `resume`; False when it already was
+        (the first pause's time and reason stay)."""
+
+    @abstractmethod
+    def resume(self, scope: str) -> dict | None:
+        """Lift the pause of `scope`; the pause that was lifted ({scope, paused_at, reason}), or None."""
+
+    @abstractmethod
+    def pauses(self) -> list[dict]:
+        """Every pause in force, {scope, paused_at, reason}, EVERY_TENANT first."""
+
+    @abstractmethod
+    def held_tenants(self) -> dict[str, str]:
+        """tenant -> why no new work starts there: a person's hold, or an open safety hold (not the global pause)."""
+
+    def paused(self, tenant: str | None = None) -> dict | None:
+        """The pause that stops `tenant` (the global one first), or with no tenant the global pause, or None."""
+        pauses = {p["scope"]: p for p in self.pauses()}
+        return pauses.get(EVERY_TENANT) or (pauses.get(tenant) if tenant else None)
+
+    # -- retention --------------------------------------------------------------------------
+    @abstractmethod
+    def purge(self, tenant: str, before: dt.datetime, states: Iterable[str]) -> tuple[list[str], int]:
+        """Blank the personal data of the tenant's terminations in `states` that finished before `before`:
+        PERSONAL_FIELDS and approvals, the journal's before/after/reason, their audit rows' data (PURGED).
+        Each purged termination gets a `termination_purged` audit row. Returns (ids purged, audit rows kept
+        in clear because they predate data_sha256)."""
+
     # -- webhook replay guard (connector.sources.webhook.ReplayGuard) ------------------------
     @abstractmethod
     def seen(self, digest: str) -> bool: ...
@@ -246,7 +293,8 @@ class StateStore(ABC):
                 return False, f"row {count + 1} is missing (next is {seq})", count
             if row["prev_hash"] != prev:
                 return False, f"row {seq} does not follow row {seq - 1} (a row was changed or removed)", count
-            if audit_hash(row) != row["hash"]:
+            if audit_hash(row) != row["hash"] or (
+                    row.get("data_sha256") and row["data"] != PURGED and sha256(row["data"]) != row["data_sha256"]):
                 return False, f"row {seq} was edited after it was written", count
             if self.audit_key and (row.get("mac") or signed):
                 if not hmac.compare_digest(row.get("mac") or "", sign(self.audit_key, row["hash"])):

@@ -32,7 +32,7 @@ import sqlite_utils
 
 from ..config import mask_secrets
 from ..errors import ConfigError
-from .base import GENESIS, StateStore, chain, dumps, iso, now, stamp
+from .base import EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, dumps, iso, now, stamp
 
 BUSY_SECONDS = 30
 
@@ -82,7 +82,23 @@ def _leases_and_audit_macs(db: sqlite_utils.Database) -> None:
     db["audit"].add_column("mac", str)
 
 
-MIGRATIONS = [_v1, _approvals_and_hold_kinds, _leases_and_audit_macs]
+AUDIT_COLUMNS = ("seq", "at", "run_id", "termination_id", "event", "prev_hash", "hash", "mac", "data_sha256")
+
+
+def _pauses_and_purges(db: sqlite_utils.Database) -> None:
+    """A person's pauses (every tenant, or one); the retention purge: `purged_at`, and audit rows whose hash
+    covers their data's SHA-256, so blanking the data to PURGED is the one edit the audit log allows."""
+    db["pauses"].create({"scope": str, "paused_at": str, "reason": str}, pk="scope", not_null={"paused_at"})
+    db["terminations"].add_column("purged_at", str)
+    db["audit"].add_column("data_sha256", str)
+    db.execute("DROP TRIGGER audit_no_update")
+    same = " AND ".join(f"NEW.{c} IS OLD.{c}" for c in AUDIT_COLUMNS)
+    db.execute(f"CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
+               f"WHEN NOT (NEW.data = '{PURGED}' AND OLD.data_sha256 IS NOT NULL AND {same}) "
+               "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only (a retention purge may only blank data)'); END")
+
+
+MIGRATIONS = [_v1, _approvals_and_hold_kinds, _leases_and_audit_macs, _pauses_and_purges]
 
 
 def effective_uid() -> int:
@@ -407,6 +423,53 @@ class SqliteStore(StateStore):
                 done = [tid for tid in listed if self.set_state(tid, "scheduled", "", expect=("held",),
                                                                 approved_at=at)]
             return hold, done
+
+    # -- a person's pauses ---------------------------------------------------------------------
+    def pause(self, scope: str, reason: str) -> bool:
+        with self.transaction():
+            return self.conn.execute("insert or ignore into pauses (scope, paused_at, reason) values (?, ?, ?)",
+                                     [scope, iso(now()), reason]).rowcount == 1
+
+    def resume(self, scope: str) -> dict | None:
+        with self.transaction():
+            row = self._one("pauses", "scope = ?", [scope])
+            self.conn.execute("delete from pauses where scope = ?", [scope])
+            return row
+
+    def pauses(self) -> list[dict]:
+        return self._rows("pauses", order_by=f"scope != '{EVERY_TENANT}', scope")
+
+    def held_tenants(self) -> dict[str, str]:
+        held = {p["scope"]: f"{p['reason']} since {p['paused_at']}" for p in self.pauses() if p["scope"] != EVERY_TENANT}
+        for hold in self._rows("holds", "released_at is null", order_by="id"):
+            held[hold["tenant"]] = "; ".join(filter(None, [held.get(hold["tenant"]), hold["reason"]]))
+        return held
+
+    # -- retention --------------------------------------------------------------------------
+    def purge(self, tenant: str, before: dt.datetime, states: Iterable[str]) -> tuple[list[str], int]:
+        states = list(states)
+        if not states:
+            return [], 0
+        with self.transaction():
+            ids = [r[0] for r in self.conn.execute(
+                f"select id from terminations where tenant = ? and purged_at is null and state in "
+                f"({','.join('?' * len(states))}) and coalesce(finished_at, updated_at) < ? order by id",
+                [tenant, *states, iso(before)])]
+            kept, at = 0, iso(now())
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                self.conn.execute(f"update terminations set {', '.join(f'{c} = ?' for c in PERSONAL_FIELDS)}, "
+                                  f"approvals = null, purged_at = ? where id in ({marks})",
+                                  ["" for _ in PERSONAL_FIELDS] + [at, *chunk])
+                self.conn.execute(f"update actions set before = 'null', after = 'null', reason = '' "
+                                  f"where termination_id in ({marks})", chunk)
+                self.conn.execute(f"update audit set data = ? where termination_id in ({marks}) "
+                                  "and data_sha256 is not null and data != ?", [PURGED, *chunk, PURGED])
+                kept += self.conn.execute(f"select count(*) from audit where termination_id in ({marks}) "
+                                          "and data_sha256 is null", chunk).fetchone()[0]
+            self.audit_many([("termination_purged", tid, None, {"finished_before": iso(before)}) for tid in ids])
+            return ids, kept
 
     # -- webhook replay guard ----------------------------------------------------------------
     def seen(self, digest: str) -> bool:
