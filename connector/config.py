@@ -42,10 +42,11 @@ class Secret:
     """
 
     #: values resolved lately, newest last: the log filter masks them. Bounded, so a daemon that lives
-    #: for months through rotations and reloads does not grow; a value in use is refreshed on each use.
+    #: for months through rotations and reloads does not grow; a value in use is refreshed on each use
+    #: (every pass resolves every secret of every tenant), and the bound is far above any config's count.
     _revealed: OrderedDict[str, None] = OrderedDict()
     _revealed_lock = threading.Lock()
-    REMEMBERED = 512
+    REMEMBERED = 4096
 
     def __init__(self, ref: str, where: str = ""):
         self.ref = ref

@@ -310,15 +310,16 @@ def test_bad_daemon_keys_name_their_path(tmp_path, text, where):
 
 def test_the_mask_list_is_bounded_and_keeps_what_is_in_use(monkeypatch):
     monkeypatch.setattr(Secret, "_revealed", type(Secret._revealed)())
+    monkeypatch.setattr(Secret, "REMEMBERED", 50)
     monkeypatch.setenv("IN_USE", "the-current-secret")
     in_use = Secret("env:IN_USE")
-    for i in range(Secret.REMEMBERED * 3):
+    for i in range(150):
         monkeypatch.setenv("ROTATING", f"rotated-value-{i:05d}")
         Secret("env:ROTATING").reveal()
-        if i % 100 == 0:
+        if i % 10 == 0:
             in_use.reveal()
-    assert len(Secret._revealed) == Secret.REMEMBERED
-    assert mask_secrets("the-current-secret rotated-value-01535") == "*** ***"
+    assert len(Secret._revealed) == 50
+    assert mask_secrets("the-current-secret rotated-value-00149") == "*** ***"
     assert "rotated-value-00000" in mask_secrets("rotated-value-00000")     # long gone, no longer masked
 
 

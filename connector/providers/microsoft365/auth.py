@@ -28,7 +28,7 @@ from ...errors import ConfigError, RetryableError
 if TYPE_CHECKING:
     from .provider import Microsoft365Options
 
-MAX_APPLICATIONS = 256
+MAX_APPLICATIONS = 1024        # app registrations: one or two per tenant
 #: (authority, tenant id, client id) -> (SHA-256 of the credential it was built with, the application), newest last
 applications: OrderedDict[tuple[str, str, str], tuple[str, msal.ConfidentialClientApplication]] = OrderedDict()
 _lock = threading.Lock()
