@@ -226,7 +226,8 @@ class StateStore(ABC):
 
     @abstractmethod
     def held_tenants(self) -> dict[str, str]:
-        """tenant -> why no new work starts there: a person's hold, or an open safety hold (not the global pause)."""
+        """tenant -> what holds it until a person acts: their `hold --tenant`, or an open safety hold (of new
+        arrivals, which stops the tenant's work, or of cancellations, which does not). Not the global pause."""
 
     def paused(self, tenant: str | None = None) -> dict | None:
         """The pause that stops `tenant` (the global one first), or with no tenant the global pause, or None."""
