@@ -310,6 +310,7 @@ class Policy(Section):
     delete_after_days: NonNegative = 0                  # 0: never delete
     hard_delete: bool = False                           # Entra: purge from deleted items too
     block_group: str = ""   # cloud-only group a Conditional Access policy blocks: synced users join it on revoke
+    teams_numbers: Literal["unassign", "successor"] = "unassign"   # Teams Phone: release, or hand to the successor
 
 
 class Tenant(Section):

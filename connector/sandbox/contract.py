@@ -80,6 +80,8 @@ class GraphSchema:
         self.operations: dict[str, dict[str, list[ET.Element]]] = {}   # binding type -> name -> overloads
         self.roots: dict[str, str] = {}                                 # entity set / singleton -> type
         self.singletons: set[str] = set()
+        #: CSDL aliases hold for the whole document: the main schema names `teamsAdministration.numberAssignment`
+        self.aliases = {s.get("Alias"): s.get("Namespace") for s in root.iter(f"{EDM}Schema") if s.get("Alias")}
         for schema in root.iter(f"{EDM}Schema"):
             namespace, alias = schema.get("Namespace"), schema.get("Alias")
             qualify = functools.partial(self._qualify, namespace, alias)
@@ -112,8 +114,8 @@ class GraphSchema:
         inner = name[len("Collection("):-1] if name.startswith("Collection(") else name
         if alias and inner.startswith(alias + "."):
             inner = namespace + inner[len(alias):]
-        elif inner.startswith("graph."):
-            inner = "microsoft.graph" + inner[len("graph"):]
+        elif (prefix := inner.split(".", 1)[0]) in self.aliases:
+            inner = self.aliases[prefix] + inner[len(prefix):]
         return f"Collection({inner})" if name.startswith("Collection(") else inner
 
     def _owner_qualify(self, element: ET.Element, name: str) -> str:

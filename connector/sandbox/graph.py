@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from requests.structures import CaseInsensitiveDict
 
@@ -47,6 +47,7 @@ SYNCED_REFUSED = ("Unable to update the specified properties for on-premises mas
                   "objects currently undergoing migration.")
 GUID = r"([^/?]+)"
 USER_FILTER = ("employeeId", "userPrincipalName", "mail", "id")
+NUMBERS = "/admin/teams/telephoneNumberManagement"
 GROUP_DEFAULT_SELECT = ("id", "displayName", "description", "groupTypes", "mail", "mailEnabled", "securityEnabled")
 
 
@@ -101,6 +102,10 @@ class Graph(System):
             (rf"POST /groups/{GUID}/members/\$ref", self.add_member, "POST groups/{id}/members/$ref"),
             (rf"DELETE /groups/{GUID}/members/{GUID}/\$ref", self.remove_member, "DELETE groups/{id}/members/{id}/$ref"),
             (r"GET /subscribedSkus", self.subscribed_skus, None),
+            (rf"GET {NUMBERS}/numberAssignments", self.number_assignments, None),
+            (rf"POST {NUMBERS}/numberAssignments/(unassignNumber|assignNumber)", self.order_number,
+             "POST numberAssignments/{action}"),
+            (rf"GET {NUMBERS}/operations/{GUID}", self.number_operation, None),
         ]
 
     # -- HTTP ----------------------------------------------------------------------------------
@@ -267,6 +272,10 @@ class Graph(System):
 
     # -- users --------------------------------------------------------------------------------------
     def get_user(self, call: Call, user_id):
+        if user_id not in call.tenant.users:                # /users/{userPrincipalName}
+            upn = unquote(user_id).lower()
+            user_id = next((u for u in call.tenant.named(upn)
+                            if call.tenant.users[u]["userPrincipalName"].lower() == upn), user_id)
         call.tenant.users[user_id]
         return self.render_user(call.tenant, user_id, self._select(call))
 
@@ -431,3 +440,46 @@ class Graph(System):
         consumed = call.tenant.consumed()
         return self._page([{**s, "consumedUnits": consumed[s["skuId"]]} for s in call.tenant.skus.values()], call)
 
+
+    # -- Teams Phone numbers ---------------------------------------------------------------------
+    def number_assignments(self, call: Call):
+        found = re.fullmatch(r"assignmentTargetId eq '([^']+)'", call.query.get("$filter", ""))
+        if "$filter" in call.query and not found:
+            return graph_error(400, "BadRequest", f"the sandbox answers only $filter=assignmentTargetId eq '...'")
+        items = [dict(a) for a in call.tenant.phone_numbers.values()
+                 if not found or a["assignmentTargetId"] == found.group(1)]
+        return self._page(items, call)
+
+    def order_number(self, call: Call, action):
+        """An asynchronous order, as Teams takes it: 202 and the Location of an operation; the change lands when
+        the operation reads back `succeeded`, after `operation_polls` reads that say `running`."""
+        tenant, body = call.tenant, call.body
+        assignment = tenant.phone_numbers.get(body.get("telephoneNumber", ""))
+        if assignment is None:
+            return graph_error(404, "NotFound", f"Telephone number {body.get('telephoneNumber')} is not in the tenant.")
+        if action == "assignNumber" and body.get("assignmentTargetId") not in tenant.users:
+            return graph_error(400, "BadRequest", "The assignment target does not exist.")
+        op_id = tenant._id()
+        tenant.operations[op_id] = {"action": action, "number": body["telephoneNumber"], "body": dict(body),
+                                    "reads": 0, "status": "running", "created": stamp()}
+        base = call.url.split("/v1.0", 1)[0]
+        return Response(202, {"Location": f"{base}/v1.0{NUMBERS}/operations/{op_id}"})
+
+    def number_operation(self, call: Call, op_id):
+        tenant = call.tenant
+        op = tenant.operations[op_id]
+        if op["status"] == "running" and op["reads"] >= tenant.operation_polls:
+            refusal = tenant.number_refusals.pop(op["number"], None)
+            op["status"], op["detail"] = ("failed", refusal) if refusal else ("succeeded", "")
+            if not refusal:
+                assignment = tenant.phone_numbers[op["number"]]
+                if op["action"] == "unassignNumber":
+                    assignment.update(assignmentTargetId=None, assignmentStatus="unassigned")
+                else:
+                    assignment.update(assignmentTargetId=op["body"]["assignmentTargetId"],
+                                      assignmentStatus="userAssigned",
+                                      assignmentCategory=op["body"].get("assignmentCategory", "primary"))
+        op["reads"] += 1
+        return {"id": op_id, "createdDateTime": op["created"], "status": op["status"],
+                "numbers": [{"status": op["status"], "statusDetail": op.get("detail", ""),
+                             "resourceLocation": op["number"]}]}

@@ -72,6 +72,10 @@ class Tenant:
         self.accepted_domains = [{"DomainName": domain, "DomainType": "Authoritative", "Default": True},
                                  {"DomainName": f"{domain.split('.')[0]}.onmicrosoft.com",
                                   "DomainType": "Authoritative", "Default": False}]
+        self.phone_numbers: dict[str, dict] = {}          # Teams Phone: telephone number -> its numberAssignment
+        self.operations: dict[str, dict] = {}             # long-running number operations, by id
+        self.operation_polls = 1                          # reads of an operation that still answer `running`
+        self.number_refusals: dict[str, str] = {}         # telephone number -> why its next operation fails
         self.lock = threading.RLock()
         self._by_name: dict[str, set[str]] = {}          # lowercased employeeId/UPN/mail/proxy -> user ids
 
@@ -156,6 +160,17 @@ class Tenant:
             self.mailboxes[upn.lower()] = mailbox
         return user_id
 
+    def add_phone_number(self, upn: str, number: str, number_type: str = "callingPlan") -> None:
+        """A Teams Phone number assigned to the user (its primary line)."""
+        self.phone_numbers[number] = {
+            "id": self._id(), "telephoneNumber": number, "assignmentTargetId": self.user_by_upn(upn)["id"],
+            "assignmentStatus": "userAssigned", "assignmentCategory": "primary", "numberType": number_type,
+            "activationState": "activated", "capabilities": ["userAssignment"], "isoCountryCode": "US",
+            "operatorId": "", "reverseNumberLookupOptions": [], "supportedCustomerActions": []}
+
+    def teams_numbers(self, user_id: str) -> list[str]:
+        return sorted(n for n, a in self.phone_numbers.items() if a["assignmentTargetId"] == user_id)
+
     def sync(self, upn: str) -> None:
         """The directory sync carries the AD disable of a synced user to Entra (at its next cycle)."""
         user = self.user_by_upn(upn)
@@ -202,6 +217,7 @@ class Tenant:
             "groups": sorted(g["displayName"] for g in self.groups.values() if user_id in g["members"]),
             "methods": sorted(m["@odata.type"] + (f":{m['phoneType']}" if "phoneType" in m else "")
                               for m in self.methods[user_id]),
+            "teams_numbers": self.teams_numbers(user_id),
             "mailbox": mailbox and {"type": mailbox.converting_to or mailbox.kind, "forwarding": mailbox.forwarding,
                                     "hidden": mailbox.hidden, "permissions": json.dumps(mailbox.permissions),
                                     "auto_reply": json.dumps(mailbox.auto_reply), "devices": json.dumps(mailbox.devices)},

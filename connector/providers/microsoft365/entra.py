@@ -17,6 +17,10 @@ An AD disable reaches Entra only at the next directory sync (30 minutes by defau
 synced leaver could still sign in to cloud apps until then. With `policy.block_group` set,
 revoke adds them to that cloud-only security group, which a Conditional Access policy
 blocks, and reclaim takes them out only once Entra reads the account back disabled.
+
+Teams Phone numbers (teams_phone.py) go with the user: `policy.teams_numbers = "successor"`
+hands each direct number to the successor in preserve; in reclaim whatever is still
+assigned is unassigned, so no number stays routed to a disabled user.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from urllib.parse import quote
 from ... import http
 from ...errors import ConfigError, NotYet, OffboardError, PermanentError, RetryableError
 from ...model import ActionContext, PlannedAction, Result, Subject, Termination
+from . import teams_phone
 from .exchange_api import Cmdlet
 from .graph import GraphCall
 from .provider import GROUP_FIELDS, ROLE_READS, Microsoft365Provider, Step, odata_literal, successor_facts
@@ -158,6 +163,8 @@ class EntraProvider(Microsoft365Provider):
         "reset_password": "revoke",
         "add_to_block_group": "revoke",
         "revoke_sessions": "revoke",
+        "hand_over_teams_numbers": "preserve",
+        "unassign_teams_numbers": "reclaim",
         "remove_auth_methods": "reclaim",
         "remove_groups": "reclaim",
         "remove_licenses": "reclaim",
@@ -166,7 +173,8 @@ class EntraProvider(Microsoft365Provider):
     reads = {"block_sign_in": ("user",), "reset_password": ("user",), "revoke_sessions": ("user",),
              "add_to_block_group": ("memberOf",), "remove_auth_methods": ("methods",),
              "remove_groups": ("user", "memberOf"), "remove_licenses": ("user", "memberOf", "mailbox", "statistics"),
-             "remove_from_block_group": ("user", "memberOf")}
+             "remove_from_block_group": ("user", "memberOf"), "hand_over_teams_numbers": ("teamsNumbers",),
+             "unassign_teams_numbers": ("teamsNumbers",)}
 
     def __init__(self, name, options, tenant, where=""):
         super().__init__(name, options, tenant, where)
@@ -211,9 +219,11 @@ class EntraProvider(Microsoft365Provider):
 
     def observe(self, subject: Subject, seen: dict) -> Step:
         subject.state["user"] = seen["user"]
-        member_of, methods, manager, *_ = yield from self.fetch(seen, subject, "memberOf", "methods", "manager",
-                                                                *ROLE_READS)
-        subject.state.update(groups=groups_of(member_of), methods=methods)
+        member_of, methods, manager, numbers, *_ = yield from self.fetch(
+            seen, subject, "memberOf", "methods", "manager", "teamsNumbers", *ROLE_READS)
+        subject.state.update(groups=groups_of(member_of), methods=methods,
+                             teams_numbers=sorted(n["telephoneNumber"] for n in numbers)
+                             if isinstance(numbers, list) else str(numbers))
         subject.manager = successor_facts(manager)
         yield from self.mark_admin(subject, seen)
         return subject
@@ -244,6 +254,10 @@ class EntraProvider(Microsoft365Provider):
         if blocking and enabled and not in_block_group:
             wanted.append(("add_to_block_group", "add to the Conditional Access block group until sync disables"))
         wanted.append(("revoke_sessions", "revoke refresh tokens and sessions"))
+        if subject.state["teams_numbers"]:              # a list of numbers, or why they could not be read
+            if policy.teams_numbers == "successor":
+                wanted.append(("hand_over_teams_numbers", "hand the Teams Phone numbers to the successor"))
+            wanted.append(("unassign_teams_numbers", "unassign the Teams Phone numbers still assigned"))
         if removable_methods(subject.state["methods"]):
             wanted.append(("remove_auth_methods", "remove MFA / authentication methods"))
         if policy.remove_groups and self.group_removals(user, subject.state["groups"], subject)[0]:
@@ -427,4 +441,34 @@ class EntraProvider(Microsoft365Provider):
         if kept and not ctx.dry_run:
             reasons = "; ".join(f"{name}: {why}" for name, why in sorted(kept.items()))
             return Result("needs_human", before, after, f"licence groups the cloud cannot leave: {reasons}")
+        return result
+
+    def hand_over_teams_numbers(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        [answer] = yield from self.fetch(seen, ctx.subject, "teamsNumbers")
+        numbers = teams_phone.assigned(answer, self.where)
+        address = ctx.termination.successor
+        if numbers and not address:
+            return Result("needs_human", reason="no successor for the Teams Phone numbers: the directories name no "
+                                                "manager and the policy no successor")
+        before = {"numbers": {n["telephoneNumber"]: self.upn(ctx.subject) for n in numbers}}
+        result = self.outcome(before, {"numbers": {n["telephoneNumber"]: address for n in numbers}}, ctx.dry_run)
+        if result.outcome != "changed":
+            return result
+        [successor] = yield [GraphCall("GET", f"/users/{quote(address)}?$select=id,accountEnabled")]
+        if isinstance(successor, http.NotFound) or (isinstance(successor, dict) and not successor.get("accountEnabled")):
+            return Result("needs_human", before, before, f"successor {address} is not an enabled user in Entra")
+        if isinstance(successor, OffboardError):
+            raise successor
+        for number in numbers:
+            yield from teams_phone.run(teams_phone.unassign(number), self.graph.base, self.where)
+            yield from teams_phone.run(teams_phone.assign(number, successor["id"]), self.graph.base, self.where)
+        return result
+
+    def unassign_teams_numbers(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        [answer] = yield from self.fetch(seen, ctx.subject, "teamsNumbers")
+        numbers = teams_phone.assigned(answer, self.where)
+        result = self.outcome({"numbers": sorted(n["telephoneNumber"] for n in numbers)}, {"numbers": []}, ctx.dry_run)
+        if result.outcome == "changed":
+            for number in numbers:
+                yield from teams_phone.run(teams_phone.unassign(number), self.graph.base, self.where)
         return result

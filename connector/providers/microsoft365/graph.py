@@ -219,4 +219,9 @@ class GraphClient:
             if isinstance(sub.get("headers"), dict) else {}
         error = http.error_for(sub["status"], describe(body, f"HTTP {sub['status']}"), where,
                                http.parse_retry_after(headers.get("retry-after"), 10.0))
-        return error or (body if isinstance(body, dict) else {})
+        if error:
+            return error
+        body = body if isinstance(body, dict) else {}
+        if sub["status"] == 202 and isinstance(headers.get("location"), str):
+            body["Location"] = headers["location"]      # an accepted long-running operation: where to poll it
+        return body

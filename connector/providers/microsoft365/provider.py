@@ -66,6 +66,11 @@ ROLE_READS = {"roleAssignments": "roleAssignments", "roleEligibility": "roleElig
 NO_PIM = "AadPremiumLicenseRequired"      # Graph's answer where PIM is not licensed: nobody can be eligible
 #: reads whose 404 is a fact (no mailbox, no manager), not an error
 ABSENT_OK = {*MAILBOX_READS, "devices", "manager"}
+#: reads whose failure is kept as the value (the actions that need it report it): a tenant without Teams Phone
+#: permission still offboards everything else
+KEPT_ERRORS = {"teamsNumbers"}
+TEAMS_NUMBERS = "/admin/teams/telephoneNumberManagement/numberAssignments"
+NUMBER_FIELDS = "id,telephoneNumber,assignmentTargetId,numberType,assignmentCategory,assignmentStatus"
 
 
 def role_call(kind: str, principal_id: str) -> GraphCall:
@@ -232,6 +237,9 @@ class Microsoft365Provider(Provider):
             return GraphCall("GET", f"/users/{user_id}/manager?$select={MANAGER_FIELDS}")
         if key in ROLE_READS:
             return role_call(key, user_id)
+        if key == "teamsNumbers":
+            return GraphCall("GET", f"{TEAMS_NUMBERS}?$filter={quote(f'assignmentTargetId eq {odata_literal(user_id)}')}"
+                                    f"&$select={NUMBER_FIELDS}")
         upn = self.upn(subject)        # every cmdlet takes the UPN as an identity
         if key == "devices":
             return Cmdlet.of("Get-MobileDeviceStatistics", anchor=upn, Mailbox=upn)
@@ -254,6 +262,8 @@ class Microsoft365Provider(Provider):
                 value = None                  # no mailbox, no manager: not an error, a fact
             elif key in ROLE_READS:
                 value = role_holdings(key, value)     # raises when the read failed
+            elif isinstance(value, OffboardError) and key in KEPT_ERRORS:
+                pass
             elif isinstance(value, OffboardError):
                 raise value
             elif isinstance(value, dict) and "value" in value:
