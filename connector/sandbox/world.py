@@ -2,7 +2,8 @@
 
 The same people are in Microsoft 365 (users, managers, groups of every kind the cloud
 treats differently, licences direct and through a group, MFA methods, mailboxes, some on
-hold or too big to unlicense), in BambooHR (with the employment-status history that puts
+hold or too big to unlicense), in RingCentral (an extension with a direct number each, and
+voicemail older and younger than a day for every leaver), in BambooHR (with the employment-status history that puts
 each leaver in its state) and in Workday's termination report. `offboard sandbox` serves
 them over HTTPS on 127.0.0.1 and writes a config that points the connector at them, so
 every command can be tried without a real tenant; `make demo` is the AD side.
@@ -24,12 +25,16 @@ from .bamboohr import BambooHR
 from .company import E3_GROUP, Company, generate
 from .demo import TENANT, config_head, secret_file, toml_table
 from .microsoft365 import Microsoft365
+from .ringcentral import LIMITS, RingCentral
 from .server import HttpsServer
 from .tenant import GB, Mailbox
 from .web import Sandbox
 from .workday import Workday
 
 HIRED = dt.date(2020, 1, 6)
+#: a whole company offboarded at once from one laptop: RingCentral's rate limits, twenty times over
+SANDBOX_LIMITS = {group: limit * 20 for group, limit in LIMITS.items()}
+VOICEMAIL_HOURS = (3.0, 50.0)             # one message inside message-store's default 24 hours, one outside
 
 
 @dataclass
@@ -38,11 +43,13 @@ class World:
     cloud: Microsoft365
     bamboohr: BambooHR
     workday: Workday
+    ringcentral: RingCentral
     sandbox: Sandbox
 
 
 def build(size: int, today: dt.date | None = None, *, client_secret: str = "",
-          bamboohr_key: str = "", workday_password: str = "") -> World:
+          bamboohr_key: str = "", workday_password: str = "", ringcentral_secret: str = "",
+          ringcentral_jwt: str = "") -> World:
     company = generate(size, today or dt.datetime.now(dt.timezone.utc).date())
     cloud = Microsoft365(domain=company.domain, secret=client_secret or secrets.token_urlsafe(24))
     populate_cloud(cloud, company)
@@ -51,10 +58,12 @@ def build(size: int, today: dt.date | None = None, *, client_secret: str = "",
     populate_bamboohr(hr, company)
     wd = Workday(TENANT, password=workday_password or secrets.token_urlsafe(18))
     populate_workday(wd, company)
+    rc = RingCentral(client_secret=ringcentral_secret or None, jwt=ringcentral_jwt or None, limits=SANDBOX_LIMITS)
+    populate_ringcentral(rc, company)
     sandbox = cloud.mount(Sandbox())
-    sandbox.add(hr)
-    sandbox.add(wd)
-    return World(company, cloud, hr, wd, sandbox)
+    for system in (hr, wd, rc):
+        sandbox.add(system)
+    return World(company, cloud, hr, wd, rc, sandbox)
 
 
 def populate_cloud(cloud: Microsoft365, company: Company) -> None:
@@ -95,9 +104,15 @@ def populate_workday(wd: Workday, company: Company) -> None:
                          if p.leaver == "immediate" else "Terminate Employee > Voluntary > Resignation")
 
 
+def populate_ringcentral(rc: RingCentral, company: Company) -> None:
+    for n, p in enumerate(company.people):
+        rc.add_extension(p.email, p.given, p.surname, numbers=(f"+1312{n:07d}",),
+                         voicemail_ages=VOICEMAIL_HOURS if p.leaver else ())
+
+
 def write_config(world: World, url: str, folder: Path) -> Path:
-    """A config whose tenant reads BambooHR and offboards in Entra and Exchange, all in the sandbox at `url`."""
-    cloud, hr, wd = world.cloud, world.bamboohr, world.workday
+    """A config whose tenant reads BambooHR and offboards in Entra, Exchange and RingCentral, all in the sandbox."""
+    cloud, hr, wd, rc = world.cloud, world.bamboohr, world.workday, world.ringcentral
     cloud.urls = {name: f"{url}/{name}" for name in cloud.urls}
     m365 = cloud.provider_block(secret_file(folder, "m365-client-secret", cloud.app.secret))
     workday = {"type": "workday", "url": f"{url}/workday{wd.report_path()}", "username": wd.username,
@@ -111,7 +126,11 @@ def write_config(world: World, url: str, folder: Path) -> Path:
         + "\n# the same leavers from Workday instead (the report lists no withdrawn or rehired person):\n"
         + "".join(f"# {line}\n" for line in toml_table("tenant.source", workday).splitlines())
         + "\n" + toml_table("tenant.provider", {"type": "entra", **m365})
-        + "\n" + toml_table("tenant.provider", {"type": "exchange_online", **m365}))
+        + "\n" + toml_table("tenant.provider", {"type": "exchange_online", **m365})
+        + "\n" + toml_table("tenant.provider", {
+            "type": "ringcentral", "server_url": f"{url}/ringcentral", "client_id": rc.client_id,
+            "client_secret": secret_file(folder, "ringcentral-client-secret", rc.client_secret),
+            "jwt": secret_file(folder, "ringcentral-jwt", rc.jwt), "voicemail_archive": folder / "voicemail"}))
     return config
 
 
@@ -128,7 +147,7 @@ def main(args) -> int:
             leavers = world.company.leavers()
             print(textwrap.dedent(f"""\
                 Example Ltd: {len(world.company.people)} people, {len(leavers)} leavers in HR, served at {server.url}
-                  login, graph, exchange, bamboohr, workday below it; the write log at {server.url}/_sandbox/writes
+                  login, graph, exchange, bamboohr, workday, ringcentral below it; the write log at {server.url}/_sandbox/writes
                 config: {config}
                 Try it:
                   export REQUESTS_CA_BUNDLE={server.ca_file}

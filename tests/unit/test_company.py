@@ -60,6 +60,11 @@ def test_every_system_holds_the_same_people():
         assert cloud[p.number]["userPrincipalName"] == hr[p.number].email == p.email
         manager = cloud[p.number]["manager"]
         assert (built.cloud.users[manager]["mail"] if manager else "") == p.manager == hr[p.number].supervisor_email
+    phones = {e.email: e for e in built.ringcentral.extensions.values()}
+    assert set(phones) == {p.email for p in people}
+    for p in people:
+        ext = phones[p.email]
+        assert len(built.ringcentral.numbers_of(ext.id)) == 1 and bool(ext.voicemail) == bool(p.leaver)
     report = {e["Employee_ID"]: e for e in built.workday.entries()}
     assert set(report) == {p.number for p in people if p.leaves_on}
     shown = {e.number: e.values(built.bamboohr.today, only_current=False) for e in hr.values()}
