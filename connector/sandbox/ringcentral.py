@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import json
 import re
 import secrets
 import time
 from dataclasses import dataclass, field
 
-from .contract import SpecViolation, check_openapi
+from .contract import SpecViolation, check_openapi, openapi_dict
 from .web import Request, Response, System, json_response, retry_after_header, text_response
 
 VENDOR_URL = "https://platform.ringcentral.com"
@@ -38,6 +39,14 @@ SPECS = ((r"/restapi/v2/accounts/[^/]+/phone-numbers", "ringcentral-v2-phone-num
          (r"/restapi/", "ringcentral-openapi.yaml"))
 V1 = r"/restapi/v1\.0/account/(?:~|\d+)"
 V2 = r"/restapi/v2/accounts/(?:~|\d+)"
+
+
+@functools.cache
+def throttling_groups() -> list[tuple[re.Pattern, dict[str, str]]]:
+    paths = openapi_dict(SPECS[-1][1])["paths"]
+    return [(re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path))),
+             {method: op["x-throttling-group"] for method, op in ops.items()
+              if isinstance(op, dict) and "x-throttling-group" in op}) for path, ops in paths.items()]
 
 
 def rc_error(status: int, code: str, message: str, headers: dict | None = None) -> Response:
@@ -191,10 +200,10 @@ class RingCentral(System):
 
     @staticmethod
     def group(request: Request) -> str:
-        if request.path == "/restapi/oauth/token":
-            return "Auth"
-        if "/content/" in request.path:
-            return "Heavy"
+        """The operation's `x-throttling-group` in the vendor's spec (the v2 excerpts have none: reads are Light)."""
+        for pattern, groups in throttling_groups():
+            if pattern.fullmatch(request.path) and request.method.lower() in groups:
+                return groups[request.method.lower()]
         return "Light" if request.method == "GET" else "Medium"
 
     def take(self, group: str) -> float | None:
