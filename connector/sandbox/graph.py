@@ -445,7 +445,7 @@ class Graph(System):
     def number_assignments(self, call: Call):
         found = re.fullmatch(r"assignmentTargetId eq '([^']+)'", call.query.get("$filter", ""))
         if "$filter" in call.query and not found:
-            return graph_error(400, "BadRequest", f"the sandbox answers only $filter=assignmentTargetId eq '...'")
+            return graph_error(400, "BadRequest", "the sandbox answers only $filter=assignmentTargetId eq '...'")
         items = [dict(a) for a in call.tenant.phone_numbers.values()
                  if not found or a["assignmentTargetId"] == found.group(1)]
         return self._page(items, call)

@@ -269,7 +269,7 @@ class RingCentral(System):
             try:
                 response = handler(request, *found.groups())
             except KeyError:
-                response = rc_error(404, "CMN-102", f"Resource for parameter [extensionId] is not found")
+                response = rc_error(404, "CMN-102", "Resource for parameter [extensionId] is not found")
             if write:
                 body = request.json() if request.method in ("PUT", "PATCH") else None
                 keys = f" {','.join(sorted(body))}" if isinstance(body, dict) else ""

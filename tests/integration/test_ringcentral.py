@@ -248,7 +248,7 @@ def test_a_refused_jwt_names_the_credential_and_never_its_value(rc, tmp_path, mo
     with pytest.raises(ConfigError) as caught:
         build(rc, tmp_path).check_online()
     text = str(caught.value)
-    assert "jwt" in text and "env:RC_JWT" in text and "401" not in text or "400" in text
+    assert "HTTP 400" in text and "tenant[0].provider[0].jwt = env:RC_JWT" in text and "invalid_grant" in text
     assert "revoked-one" not in text and SECRET not in text
 
 
@@ -256,8 +256,17 @@ def test_a_refused_client_secret_names_it(rc, tmp_path, monkeypatch):
     monkeypatch.setenv("RC_SECRET", "wrong-secret-value")
     with pytest.raises(ConfigError) as caught:
         build(rc, tmp_path).check_online()
-    assert "HTTP 401" in str(caught.value) and "client_secret" in str(caught.value)
+    assert "refused client_id / client_secret (tenant[0].provider[0].client_secret = env:RC_SECRET)" in \
+        str(caught.value) and "HTTP 401 invalid_client" in str(caught.value)
     assert "wrong-secret-value" not in str(caught.value)
+
+
+def test_an_api_401_after_a_fresh_token_names_the_jwt(rc, tmp_path, monkeypatch):
+    monkeypatch.setattr(rc, "authorized", lambda request: False)     # the JWT's user lost its rights
+    with pytest.raises(ConfigError) as caught:
+        build(rc, tmp_path).check_online()
+    assert "HTTP 401" in str(caught.value) and "tenant[0].provider[0].jwt" in str(caught.value)
+    assert rc.token_calls == 2 and JWT not in str(caught.value)
 
 
 def test_a_revoked_access_token_is_replaced_once(rc, tmp_path):

@@ -11,7 +11,6 @@ its key path, never its value.
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
@@ -21,6 +20,7 @@ import requests
 from ... import http
 from ...config import Secret
 from ...errors import ConfigError, PermanentError, RetryableError
+from ..microsoft365.graph import error_body, json_object
 
 TOKEN_PATH = "/restapi/oauth/token"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -30,14 +30,14 @@ _tokens: dict[tuple[str, str, str], tuple[str, float]] = {}     # (server, clien
 _tokens_lock = threading.Lock()
 
 
+def oauth_error(resp: requests.Response) -> str:
+    """The OAuth `error` of a refused grant: `invalid_client` (the app's id or secret) or `invalid_grant` (the JWT)."""
+    return str(error_body(resp).get("error") or "")
+
+
 def describe(resp: requests.Response) -> str:
     """RingCentral's `errorCode: message` (or the OAuth `error: error_description`)."""
-    try:
-        body = json.loads(resp.content or b"{}")
-    except ValueError:
-        return resp.reason or ""
-    if not isinstance(body, dict):
-        return resp.reason or ""
+    body = error_body(resp)
     code = body.get("errorCode") or body.get("error") or ""
     message = body.get("message") or body.get("error_description") or ""
     return f"{code}: {message}".strip(": ") or resp.reason or ""
@@ -59,10 +59,9 @@ class RingCentralClient:
             cached = _tokens.get(self.key)
             if cached and cached[1] > time.monotonic():
                 return cached[0]
-            resp = self._post_token()
+            body = json_object(self._post_token().content, self.where)
             try:
-                body = json.loads(resp.content)
-                token, lifetime = body["access_token"], float(body.get("expires_in", 3600))
+                token, lifetime = str(body["access_token"]), http.bounded_delay(float(body.get("expires_in", 3600)))
             except (ValueError, KeyError, TypeError):
                 raise PermanentError("the token endpoint answered without an access_token", self.where) from None
             _tokens[self.key] = (token, time.monotonic() + max(0.0, lifetime - EARLY))
@@ -78,11 +77,12 @@ class RingCentralClient:
         except requests.RequestException as e:
             raise RetryableError(f"token endpoint unreachable: {type(e).__name__}", where, delay=30) from None
         if resp.status_code in (400, 401):
-            said = describe(resp)
+            error = oauth_error(resp)
             refused = (f"client_id / client_secret ({self.client_secret.where or 'client_secret'} = "
-                       f"{self.client_secret.ref})" if "invalid_client" in said else
+                       f"{self.client_secret.ref})" if error == "invalid_client" else
                        f"the JWT credential ({self.jwt.where or 'jwt'} = {self.jwt.ref})")
-            raise ConfigError(f"RingCentral refused {refused}: HTTP {resp.status_code} {said}", where)
+            raise ConfigError(f"RingCentral refused {refused}: HTTP {resp.status_code} {error}: {describe(resp)}",
+                              where)
         err = http.error_for(resp.status_code, describe(resp), where, http.retry_after(resp, 60.0))
         if err:
             raise err
@@ -95,32 +95,28 @@ class RingCentralClient:
     # -- requests ------------------------------------------------------------------------
     def request(self, method: str, path: str, *, params: dict | None = None, body: Any = None,
                 raw: bool = False) -> Any:
-        """One call below the server URL (or at an absolute URL on it); the JSON answer, or the bytes with `raw`."""
-        url = path if path.startswith(self.base + "/") else self.base + path
-        route = f"{method} {_route(url[len(self.base):])}"
+        """One call below the server URL; the JSON answer, or the bytes with `raw`."""
+        route = f"{method} {_route(path)}"
         where = f"{self.where} {route}"
         self._wait_for_group(self.groups.get(route), where)
-        for attempt in (1, 2):
-            headers = {"Authorization": f"Bearer {self.token()}"}
+        try:
+            resp = self._send(method, path, where, params, body)
+        except ConfigError as e:
+            if "HTTP 401" not in e.message:
+                raise ConfigError(f"{e.message} (the app lacks a permission for this call: see the README's "
+                                  "RingCentral app scopes)", e.where) from None
+            self.forget_token()                  # expired or revoked early: one new token, once
             try:
-                resp = http.send(self.session, method, url, where, describe=describe, params=params,
-                                 json=body, headers=headers)
-            except ConfigError as e:
-                if attempt == 1 and "HTTP 401" in e.message:
-                    self.forget_token()          # expired or revoked early: one new token, once
-                    continue
-                raise ConfigError(f"{e.message} (the token from the JWT in "
-                                  f"{self.jwt.where or 'jwt'} = {self.jwt.ref})" if "HTTP 401" in e.message
-                                  else f"{e.message} (the app lacks a permission for this call: see the README's "
-                                       "RingCentral app scopes)", e.where) from None
-            self._note_group(resp, route)
-            if raw:
-                return resp.content
-            try:
-                return json.loads(resp.content) if resp.content else {}
-            except ValueError:
-                raise RetryableError("the answer is not JSON (an error page?)", where, delay=60) from None
-        raise AssertionError("unreachable")
+                resp = self._send(method, path, where, params, body)
+            except ConfigError as again:
+                raise ConfigError(f"{again.message} (the token from the JWT in {self.jwt.where or 'jwt'} = "
+                                  f"{self.jwt.ref})", again.where) from None
+        self._note_group(resp, route)
+        return resp.content if raw else json_object(resp.content, where)
+
+    def _send(self, method: str, path: str, where: str, params: dict | None, body: Any) -> requests.Response:
+        return http.send(self.session, method, self.base + path, where, describe=describe, params=params, json=body,
+                         headers={"Authorization": f"Bearer {self.token()}"})
 
     def _note_group(self, resp: requests.Response, route: str) -> None:
         headers = resp.headers

@@ -11,8 +11,8 @@ never renamed: history and billing would carry the wrong name.
 Accounts moved to RingCentral's new call handling (feature `NewCallHandlingAndForwarding`,
 `isNewBackendAvailable`) refuse the v1.0 answering-rule API: there the forward-all-calls
 state of the comm-handling API carries the forwarding. Both are read into one shape, so
-the journal's before-state puts back whichever applied. The account's extensions are read
-once per pass (RingCentral knows no employee id: the work email matches).
+the journal's before-state puts back whichever applied. Extensions are found by email
+(`GET extension?email=`, several addresses to a read): RingCentral knows no employee id.
 """
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ from .client import RingCentralClient
 
 V1 = "/restapi/v1.0/account/~"
 V2 = "/restapi/v2/accounts/~"
-PAGE = 1000
-MAX_PAGES = 100
+PAGE = 100
+EMAILS_PER_READ = 50
+MAX_PAGES = 1000
 FEATURE = "NewCallHandlingAndForwarding"
 FAC = "forward-all-calls"
 TO_EXTENSION = "ExtensionTerminatingTarget"
@@ -87,8 +88,7 @@ class RingCentralProvider(Provider):
         super().__init__(name, options, tenant, where)
         self.client = RingCentralClient(options.server_url, options.client_id, options.client_secret, options.jwt,
                                         self.where)
-        self.by_email: dict[str, list[dict]] = {}
-        self.by_id: dict[str, dict] = {}
+        self.by_email: dict[str, list[dict]] = {}      # lowercased email -> the extensions RingCentral answered
 
     # -- reading -----------------------------------------------------------
     def check_online(self) -> None:
@@ -108,25 +108,36 @@ class RingCentralProvider(Provider):
         raise PermanentError(f"{path}: more than {MAX_PAGES} pages: paging stopped", self.where)
 
     def prepare(self, terminations: list[Termination]) -> None:
-        self.by_email, self.by_id = {}, {}
-        for ext in self.pages(f"{V1}/extension", {}):
-            ext_id = digits(ext.get("id"), "extension")
-            self.by_id[ext_id] = ext
-            email = str((ext.get("contact") or {}).get("email") or "").lower()
-            if email:
-                self.by_email.setdefault(email, []).append(ext)
+        """Find every leaver's extension by email, 50 addresses to a read (the filter takes several)."""
+        self.by_email = {}
+        self.read_extensions(sorted({t.email.lower() for t in terminations if t.email}))
+
+    def read_extensions(self, emails: list[str]) -> None:
+        for start in range(0, len(emails), EMAILS_PER_READ):
+            chunk = emails[start:start + EMAILS_PER_READ]
+            for email in chunk:
+                self.by_email[email] = []
+            for ext in self.pages(f"{V1}/extension", {"email": chunk}):
+                email = str((ext.get("contact") or {}).get("email") or "").lower()
+                if email in self.by_email:              # the filter is the server's: only what was asked counts
+                    ext["id"] = digits(ext.get("id"), "extension")
+                    self.by_email[email].append(ext)
+
+    def extensions_of(self, email: str) -> list[dict]:
+        email = email.lower()
+        if email not in self.by_email:
+            self.read_extensions([email])
+        return self.by_email[email]
 
     def match(self, termination: Termination) -> Match:
-        if not self.by_id:
-            self.prepare([termination])
-        found = self.by_email.get(termination.email.lower(), []) if termination.email else []
+        found = self.extensions_of(termination.email) if termination.email else []
         if not found:
             return Match("not_found", reason=f"no extension with email {termination.email!r}")
         names = [f"{e.get('name')} (ext {e.get('extensionNumber')})" for e in found]
         if len(found) > 1:
             return Match("ambiguous", candidates=names, reason=f"{len(found)} extensions carry {termination.email}")
         ext = found[0]
-        subject = Subject(self.name, digits(ext["id"], "extension"),
+        subject = Subject(self.name, ext["id"],
                           [termination.email, str(ext.get("name") or ""), str(ext.get("extensionNumber") or "")])
         subject.state = self.observe(subject.native_id)
         return Match("matched", subject=subject, candidates=names)
@@ -134,10 +145,17 @@ class RingCentralProvider(Provider):
     def observe(self, ext_id: str) -> dict:
         ext = self.client.request("GET", f"{V1}/extension/{ext_id}")
         forwarding = self.read_forwarding(ext_id)
-        target = self.by_id.get(str(forwarding.get("target") or ""), {})
-        return {"status": ext.get("status"), "numbers": self.direct_numbers(ext_id),
-                "forwarding": forwarding, "forwarded_to": str((target.get("contact") or {}).get("email") or "").lower(),
+        forwarded_to = self.extension(forwarding["target"]) if forwarding.get("target") else {}
+        return {"status": ext.get("status"), "numbers": self.direct_numbers(ext_id), "forwarding": forwarding,
+                "forwarded_to": str((forwarded_to.get("contact") or {}).get("email") or "").lower(),
                 "unarchived": [m["id"] for m in self.voicemail(ext_id) if not self.archived(ext_id, m)]}
+
+    def extension(self, ext_id: str) -> dict:
+        """One extension; {} when it is gone (a forwarding target deleted since)."""
+        try:
+            return self.client.request("GET", f"{V1}/extension/{digits(ext_id, 'extension')}")
+        except http.NotFound:
+            return {}
 
     def new_call_handling(self, ext_id: str) -> bool:
         answer = self.client.request("GET", f"{V1}/extension/{ext_id}/features", params={"featureId": FEATURE})
@@ -265,14 +283,14 @@ class RingCentralProvider(Provider):
         if not address:
             return Result("needs_human", reason="no successor: the directories name no manager and the policy no "
                                                 "successor; set [tenant.policy] successor or the provider's successor")
-        found = self.by_email.get(address, [])
+        found = self.extensions_of(address)
         if len(found) != 1:
             return Result("needs_human", reason=f"successor {address} has {len(found) or 'no'} RingCentral extensions")
         if found[0].get("status") != "Enabled":
             return Result("needs_human", reason=f"successor {address}'s extension is {found[0].get('status')}")
-        if str(found[0]["id"]) == ctx.subject.native_id:
+        if found[0]["id"] == ctx.subject.native_id:
             return Result("needs_human", reason="the successor is the leaver")
-        return str(found[0]["id"])
+        return found[0]["id"]
 
     def forward_calls(self, action: PlannedAction, ctx: ActionContext) -> Result:
         target = self.successor_extension(ctx)
