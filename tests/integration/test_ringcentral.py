@@ -7,6 +7,7 @@ rule from the sandbox's recorded order of writes.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -14,7 +15,7 @@ import json
 import pytest
 
 from connector import config, plugins
-from connector.errors import ConfigError, RetryableError
+from connector.errors import ConfigError, NotYet, RetryableError
 from connector.model import ActionContext, PlannedAction, Termination
 from connector.providers.ringcentral import client
 from connector.reconcile import reconcile
@@ -27,6 +28,7 @@ SUCCESSOR = "morgan.manager@contoso.com"
 SECRET, JWT = "rc-Secret-9f2Kq.x", "eyJhbGciOiJSUzI1NiJ9.sandbox-jwt-7Yt3"
 SERIAL = itertools.count(1)
 NOW = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.timezone.utc)
+TODAY = dt.datetime.now(dt.timezone.utc).date()          # delete_after_days counts on the real clock
 HOURS = (1.0, 30.0, 24.0 * 40)                 # voicemail ages: one inside message-store's default 24 h, two outside
 ROOMY = {"Auth": 5, "Light": 1000, "Medium": 1000, "Heavy": 1000}   # the groups' real limits are tested on their own
 
@@ -188,8 +190,8 @@ def test_restore_puts_back_the_forwarding_the_numbers_and_the_extension(rc, prov
 
 
 def test_retain_deletes_the_extension_and_keeps_its_numbers_in_inventory(rc, tmp_path):
-    provider = build(rc, tmp_path / "voicemail", policy={"delete_after_days": 30})
-    leaver = new_leaver(rc)
+    provider = build(rc, tmp_path / "voicemail", policy={"delete_after_days": 3})
+    leaver = dataclasses.replace(new_leaver(rc), termination_date=TODAY - dt.timedelta(days=5))
     provider.prepare([leaver])
     subject = provider.match(leaver).subject
     assert "delete_extension" in [a.action for a in provider.plan(subject, leaver)]
@@ -203,6 +205,16 @@ def test_retain_deletes_the_extension_and_keeps_its_numbers_in_inventory(rc, tmp
     kept = sorted(n["phoneNumber"] for n in rc.numbers.values() if n["usageType"] == "Inventory")
     assert kept == numbers
     assert provider.apply(action, ctx).outcome == "unchanged"
+
+
+def test_retain_waits_for_delete_after_days(rc, tmp_path):
+    provider = build(rc, tmp_path / "voicemail", policy={"delete_after_days": 30})
+    leaver = dataclasses.replace(new_leaver(rc), termination_date=TODAY - dt.timedelta(days=5))
+    provider.prepare([leaver])
+    subject = provider.match(leaver).subject
+    with pytest.raises(NotYet) as caught:
+        provider.apply(provider.planned("delete_extension"), ActionContext(leaver, subject))
+    assert 24 * 86400 < caught.value.delay <= 25 * 86400 and subject.native_id in rc.extensions
 
 
 def test_a_long_retry_after_parks_the_action(rc, provider):

@@ -16,6 +16,7 @@ the journal's before-state puts back whichever applied. Extensions are found by 
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from pydantic import AfterValidator
 
 from ... import http
 from ...config import HttpsUrl, PluginOptions, SecretRef
-from ...errors import PermanentError
+from ...errors import NotYet, PermanentError
 from ...model import ActionContext, Match, PlannedAction, Result, Subject, Termination
 from ..base import Provider
 from .client import RingCentralClient
@@ -378,7 +379,18 @@ class RingCentralProvider(Provider):
         return result
 
     def delete_extension(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        """Only once `delete_after_days` have passed since the termination date, whoever runs the retain phase."""
         ext_id = ctx.subject.native_id
+        due = ctx.termination.termination_date
+        if due is None:
+            return Result("needs_human", reason="no termination date to count delete_after_days from")
+        day = due + dt.timedelta(days=self.tenant.policy.delete_after_days)
+        today = dt.datetime.now(dt.timezone.utc).date()
+        if day > today:
+            waiting = f"the extension is deleted on {day.isoformat()} (delete_after_days after {due.isoformat()})"
+            if ctx.dry_run:
+                return Result("planned", reason=waiting)
+            raise NotYet(waiting, self.where, delay=(day - today).total_seconds())
         try:
             self.client.request("GET", f"{V1}/extension/{ext_id}")
         except http.NotFound:
