@@ -443,11 +443,11 @@ class Graph(System):
 
     # -- Teams Phone numbers ---------------------------------------------------------------------
     def number_assignments(self, call: Call):
-        found = re.fullmatch(r"assignmentTargetId eq '([^']+)'", call.query.get("$filter", ""))
+        found = re.fullmatch(r"(assignmentTargetId|telephoneNumber) eq '([^']+)'", call.query.get("$filter", ""))
         if "$filter" in call.query and not found:
-            return graph_error(400, "BadRequest", "the sandbox answers only $filter=assignmentTargetId eq '...'")
-        items = [dict(a) for a in call.tenant.phone_numbers.values()
-                 if not found or a["assignmentTargetId"] == found.group(1)]
+            return graph_error(400, "BadRequest", "the sandbox answers only $filter=assignmentTargetId (or "
+                                                  "telephoneNumber) eq '...'")
+        items = [dict(a) for a in call.tenant.phone_numbers.values() if not found or a[found.group(1)] == found.group(2)]
         return self._page(items, call)
 
     def order_number(self, call: Call, action):

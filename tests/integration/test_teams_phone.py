@@ -10,7 +10,7 @@ import pytest
 
 from connector import config
 from connector.errors import NotYet, PermanentError
-from connector.model import ActionContext
+from connector.model import ActionContext, PlannedAction
 from connector.providers.microsoft365 import teams_phone
 from tests.contract.provider_contract import run_action
 from tests.sandboxes import MANAGER, MODES, SECRET_ENV, add_leaver, build
@@ -46,7 +46,10 @@ def test_reclaim_unassigns_the_number_and_polls_the_operation(m365):
     m365.add_phone_number(leaver.email, "+14255550101")
     m365.operation_polls = 2
     result = three_passes(entra, leaver, "unassign_teams_numbers", lambda: m365.snapshot(leaver.email)["teams_numbers"])
-    assert result.before == {"numbers": ["+14255550101"]} and m365.snapshot(leaver.email)["teams_numbers"] == []
+    user_id = m365.user_by_upn(leaver.email)["id"]
+    assert result.before == {"numbers": [{"telephoneNumber": "+14255550101", "numberType": "callingPlan",
+                                          "assignmentTargetId": user_id}]}
+    assert m365.snapshot(leaver.email)["teams_numbers"] == []
     assert m365.phone_numbers["+14255550101"]["assignmentStatus"] == "unassigned"
     [op] = m365.operations.values()
     assert op["reads"] == 3 and op["status"] == "succeeded"        # two `running`, then the result
@@ -62,6 +65,27 @@ def test_successor_policy_hands_the_number_over_in_preserve(m365):
     assert m365.snapshot(leaver.email)["teams_numbers"] == []
     assert [o["action"] for o in m365.operations.values()] == ["unassignNumber", "assignNumber"]
     assert run_action(entra, leaver, "unassign_teams_numbers") is None       # nothing left to release
+
+
+@pytest.mark.parametrize("policy, action", [("unassign", "unassign_teams_numbers"),
+                                            ("successor", "hand_over_teams_numbers")])
+def test_restore_gives_the_numbers_back_to_the_leaver(m365, policy, action):
+    entra = entra_with(m365, teams_numbers=policy)
+    leaver = add_leaver(m365, 7)
+    m365.add_phone_number(leaver.email, "+14255550107")
+    journaled = run_action(entra, leaver, action).before
+    assert m365.snapshot(leaver.email)["teams_numbers"] == []
+    entra.prepare([leaver])
+    subject = entra.match(leaver).subject
+    undo = PlannedAction(entra.name, entra.undo[action], "restore", "",
+                         (("action", action), ("before", journaled)))
+    snapshot = lambda: (m365.snapshot(leaver.email)["teams_numbers"], m365.snapshot(MANAGER)["teams_numbers"])  # noqa: E731
+    untouched = snapshot()
+    assert entra.apply(undo, ActionContext(leaver, subject, dry_run=True)).outcome == "planned"
+    assert snapshot() == untouched
+    assert entra.apply(undo, ActionContext(leaver, subject)).outcome == "changed"
+    assert snapshot() == (["+14255550107"], [])
+    assert entra.apply(undo, ActionContext(leaver, subject)).outcome == "unchanged"
 
 
 def test_a_failed_operation_is_final_and_says_why(m365):

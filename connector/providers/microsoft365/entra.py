@@ -165,11 +165,14 @@ class EntraProvider(Microsoft365Provider):
         "revoke_sessions": "revoke",
         "hand_over_teams_numbers": "preserve",
         "unassign_teams_numbers": "reclaim",
+        "restore_teams_numbers": "restore",
         "remove_auth_methods": "reclaim",
         "remove_groups": "reclaim",
         "remove_licenses": "reclaim",
         "remove_from_block_group": "reclaim",
     }
+    #: action -> the action that puts its journaled before-state back (`offboard restore`)
+    undo = {"hand_over_teams_numbers": "restore_teams_numbers", "unassign_teams_numbers": "restore_teams_numbers"}
     reads = {"block_sign_in": ("user",), "reset_password": ("user",), "revoke_sessions": ("user",),
              "add_to_block_group": ("memberOf",), "remove_auth_methods": ("methods",),
              "remove_groups": ("user", "memberOf"), "remove_licenses": ("user", "memberOf", "mailbox", "statistics"),
@@ -446,29 +449,41 @@ class EntraProvider(Microsoft365Provider):
     def hand_over_teams_numbers(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
         [answer] = yield from self.fetch(seen, ctx.subject, "teamsNumbers")
         numbers = teams_phone.assigned(answer, self.where)
+        if not numbers:
+            return self.outcome({"numbers": []}, {"numbers": []}, ctx.dry_run)
         address = ctx.termination.successor
-        if numbers and not address:
+        if not address:
             return Result("needs_human", reason="no successor for the Teams Phone numbers: the directories name no "
                                                 "manager and the policy no successor")
-        before = {"numbers": {n["telephoneNumber"]: self.upn(ctx.subject) for n in numbers}}
-        result = self.outcome(before, {"numbers": {n["telephoneNumber"]: address for n in numbers}}, ctx.dry_run)
-        if result.outcome != "changed":
-            return result
         [successor] = yield [GraphCall("GET", f"/users/{quote(address)}?$select=id,accountEnabled")]
         if isinstance(successor, http.NotFound) or (isinstance(successor, dict) and not successor.get("accountEnabled")):
-            return Result("needs_human", before, before, f"successor {address} is not an enabled user in Entra")
+            return Result("needs_human", reason=f"successor {address} is not an enabled user in Entra")
         if isinstance(successor, OffboardError):
             raise successor
-        for number in numbers:
-            yield from teams_phone.run(teams_phone.unassign(number), self.graph.base, self.where)
-            yield from teams_phone.run(teams_phone.assign(number, successor["id"]), self.graph.base, self.where)
-        return result
+        return (yield from self.reassign(numbers, successor["id"], ctx))
 
     def unassign_teams_numbers(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
         [answer] = yield from self.fetch(seen, ctx.subject, "teamsNumbers")
-        numbers = teams_phone.assigned(answer, self.where)
-        result = self.outcome({"numbers": sorted(n["telephoneNumber"] for n in numbers)}, {"numbers": []}, ctx.dry_run)
+        return (yield from self.reassign(teams_phone.assigned(answer, self.where), None, ctx))
+
+    def restore_teams_numbers(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Undo of both: each number journaled as the leaver's goes back to the leaver."""
+        wanted = dict(action.params)["before"]["numbers"]
+        answers = yield [teams_phone.read(n["telephoneNumber"]) for n in wanted]
+        current = [teams_phone.state(n, teams_phone.assigned(a, self.where)) for n, a in zip(wanted, answers)]
+        result = self.outcome({"numbers": current}, {"numbers": wanted}, ctx.dry_run)
         if result.outcome == "changed":
-            for number in numbers:
-                yield from teams_phone.run(teams_phone.unassign(number), self.graph.base, self.where)
+            for now, then in zip(current, wanted):
+                if now != then:
+                    yield from teams_phone.move(now, then["assignmentTargetId"], self.graph.base, self.where)
+        return result
+
+    def reassign(self, numbers: list[dict], target: str | None, ctx: ActionContext) -> Step:
+        """Every number to `target` (a user id; None: unassigned), as one result the journal can undo."""
+        before = [teams_phone.state(n, [n]) for n in numbers]
+        result = self.outcome({"numbers": before}, {"numbers": [{**n, "assignmentTargetId": target} for n in before]},
+                              ctx.dry_run)
+        if result.outcome == "changed":
+            for number in before:
+                yield from teams_phone.move(number, target, self.graph.base, self.where)
         return result

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import time
 from typing import Any, Generator
+from urllib.parse import quote
 
 from ...errors import NotYet, OffboardError, PermanentError
-from .graph import GraphCall
-from .provider import TEAMS_NUMBERS
+from .graph import GraphCall, page_items
+from .provider import NUMBER_FIELDS, TEAMS_NUMBERS, odata_literal
 
 POLL_WAITS = (0.0, 0.5, 1.0, 2.0, 4.0)      # seconds before each read of an operation
 LATER = 30.0                                # then the journal waits this long before the next attempt
@@ -23,21 +24,36 @@ FINAL = ("failed", "skipped")
 
 
 def assigned(answer: Any, where: str) -> list[dict]:
-    """The numberAssignments read as a list, or the error that stops the Teams Phone actions."""
+    """The numberAssignments read (a page, or its items) as a list, or the error that stops the Teams Phone actions."""
+    if isinstance(answer, dict):
+        answer = page_items(answer, where)
     if isinstance(answer, list):
         return answer
     raise PermanentError(f"the Teams Phone numbers cannot be read ({answer}); the app needs {PERMISSION}", where)
 
 
-def unassign(number: dict) -> GraphCall:
-    return GraphCall("POST", f"{TEAMS_NUMBERS}/unassignNumber",
-                     {"telephoneNumber": number["telephoneNumber"], "numberType": number["numberType"]})
+def read(telephone_number: str) -> GraphCall:
+    """The assignment of one number, wherever it is now."""
+    return GraphCall("GET", f"{TEAMS_NUMBERS}?$filter={quote(f'telephoneNumber eq {odata_literal(telephone_number)}')}"
+                            f"&$select={NUMBER_FIELDS}")
 
 
-def assign(number: dict, user_id: str) -> GraphCall:
-    return GraphCall("POST", f"{TEAMS_NUMBERS}/assignNumber",
-                     {"telephoneNumber": number["telephoneNumber"], "assignmentTargetId": user_id,
-                      "numberType": number["numberType"], "assignmentCategory": "primary"})
+def state(number: dict, found: list[dict]) -> dict:
+    """What the journal keeps of a number: itself, its type, and whom it is assigned to now (None: nobody)."""
+    target = found[0].get("assignmentTargetId") if found else None
+    return {"telephoneNumber": number["telephoneNumber"], "numberType": number["numberType"],
+            "assignmentTargetId": target or None}
+
+
+def move(number: dict, target: str | None, graph_base: str, where: str) -> Generator[list[GraphCall], list[Any], None]:
+    """Unassign the number from whoever has it, then assign it to `target` (a user id) unless that is None."""
+    body = {"telephoneNumber": number["telephoneNumber"], "numberType": number["numberType"]}
+    if number["assignmentTargetId"]:
+        yield from run(GraphCall("POST", f"{TEAMS_NUMBERS}/unassignNumber", body), graph_base, where)
+    if target:
+        yield from run(GraphCall("POST", f"{TEAMS_NUMBERS}/assignNumber",
+                                 {**body, "assignmentTargetId": target, "assignmentCategory": "primary"}),
+                       graph_base, where)
 
 
 def run(order: GraphCall, graph_base: str, where: str) -> Generator[list[GraphCall], list[Any], None]:
