@@ -440,6 +440,12 @@ class Config(Section):
                 raise invalid(("tenant", i, "id"), f"duplicate tenant id {t.id!r}")
             ids.add(t.id)
         self._check_webhook_secrets()
+        for i, t in enumerate(self.tenants):
+            if self.psa is None and (t.billing or t.psa_company_id is not None):
+                raise invalid(("tenant", i, "billing" if t.billing else "psa_company_id"),
+                              "needs a [psa] section (the PSA that holds this tenant's company and agreement)")
+            if t.billing and t.psa_company_id is None:
+                raise invalid(("tenant", i, "psa_company_id"), "[tenant.billing] needs psa_company_id")
         _locate(self, "")
         return self
 

@@ -8,7 +8,8 @@ from typing import ClassVar
 from .config import PluginOptions, Tenant
 from .errors import ConfigError
 
-GROUPS = {"providers": "offboard_connector.providers", "sources": "offboard_connector.sources"}
+GROUPS = {"providers": "offboard_connector.providers", "sources": "offboard_connector.sources",
+          "psa": "offboard_connector.psa"}
 
 
 @cache

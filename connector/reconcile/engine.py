@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import plugins
-from ..config import Config, Tenant
+from ..config import Config, PsaSettings, Tenant
 from ..errors import ConfigError, InputRejected, OffboardError, PermanentError
 from ..model import Termination
 from ..providers.base import Provider
+from ..providers.facts import TenantFacts
 from ..store import Store, iso, now as utcnow
+from .announce import Announcer, Listener, StateChange, TicketNotes
 from .execute import Executor, Leaver, termination_from_row
 from .intake import Intake, cancel_missing, pull_sources, record
 from .leases import Leases, owner_id
@@ -54,17 +56,26 @@ class Report:
         return 0
 
 
-def build_providers(tenant: Tenant) -> list[Provider]:
-    return [plugins.load("providers", pc.type, pc.where)(pc.name, pc.options, tenant, pc.where)
-            for pc in tenant.providers]
+def build_providers(tenant: Tenant, psa: PsaSettings | None = None) -> list[Provider]:
+    """The tenant's providers, and the MSP's PSA for a tenant with a `psa_company_id`, which reads the
+    others' licence counts through read-only facts."""
+    built = [plugins.load("providers", pc.type, pc.where)(pc.name, pc.options, tenant, pc.where)
+             for pc in tenant.providers]
+    if psa is not None and tenant.psa_company_id is not None:
+        built.append(plugins.load("psa", psa.type, "psa")(psa.type, psa, tenant, "psa",
+                                                        facts=TenantFacts(list(built), "psa")))
+    return built
 
 
 def reconcile(config: Config, store: Store, *, tenant: str | None = None, employee: str | None = None,
               dry_run: bool = False, full: bool = False, trigger: str = "cli", now: dt.datetime | None = None,
               on_demand: list[Termination] | None = None,
-              providers: Callable[[Tenant], list[Provider]] = build_providers,
-              run_id: str | None = None) -> Report:
+              providers: Callable[[Tenant], list[Provider]] | None = None,
+              run_id: str | None = None, listeners: tuple[Listener, ...] = ()) -> Report:
     """Run one pass. `on_demand` skips the feeds and works on just those terminations.
+
+    Every state change of the pass is announced to the ticket notes and to `listeners`
+    (not in a dry run: nothing really changed).
 
     Tenants run side by side in a bounded pool, so one tenant's slow or throttled system
     never delays another tenant's revoke, and one tenant's failure is reported, not spread.
@@ -74,11 +85,14 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
     tenants = [config.tenant(tenant)] if tenant else config.tenants
     store.start_run(report.run_id, trigger, tenant, dry_run)
     parts = [Report(run_id=report.run_id, dry_run=dry_run) for _ in tenants]
+    providers = providers or (lambda t: build_providers(t, config.psa))
+    notes = (TicketNotes(config, store),) if config.psa else ()
+    announce = Announcer(() if dry_run else (*notes, *listeners))
 
     def one(t: Tenant, part: Report) -> None:
         try:
             _reconcile_tenant(t, store, part, leases, employee=employee, dry_run=dry_run, full=full, now=now,
-                              on_demand=on_demand, providers=providers)
+                              on_demand=on_demand, providers=providers, announce=announce)
         except Exception as e:  # a bug or a hostile input in one tenant must not stop the others
             log.exception("tenant %s: the pass failed", t.id)
             part.source_errors.append(OffboardError(f"internal error, this tenant's pass stopped: "
@@ -100,7 +114,7 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
 
 
 def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, leases: Leases, *, employee, dry_run, full, now,
-                      on_demand, providers) -> None:
+                      on_demand, providers, announce: Announcer) -> None:
     missing = unresolvable_secrets(tenant)
     if missing:
         report.config_errors.extend(missing)
@@ -112,9 +126,11 @@ def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, leases: Leas
         return
     try:
         down = _online(built, report)
+        states = {r["id"]: r["state"] for r in store.terminations(tenant.id)} if announce.listeners else {}
         _intake(tenant, store, report, leases, full=full, now=now, on_demand=on_demand)
+        announce.differences(tenant.id, states, store, report.run_id)
         _execute(tenant, store, report, leases, built, down, employee=employee, dry_run=dry_run, now=now,
-                 on_demand=on_demand)
+                 on_demand=on_demand, announce=announce)
     finally:
         for p in built:
             p.close()
@@ -164,7 +180,7 @@ def _intake(tenant: Tenant, store: Store, report: Report, leases: Leases, *, ful
 
 
 def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, providers: list[Provider],
-             down: dict[str, OffboardError], *, employee, dry_run, now, on_demand) -> None:
+             down: dict[str, OffboardError], *, employee, dry_run, now, on_demand, announce: Announcer) -> None:
     if pause := store.paused(tenant.id):       # a person's pause: intake still records, nothing new starts
         report.holds[tenant.id] = f"{pause['reason']} since {pause['paused_at']} (`offboard resume" + \
             ("`)" if pause["scope"] != tenant.id else f" --tenant {tenant.id}`)")
@@ -178,7 +194,8 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
     rows = [r for r in store.terminations(tenant.id, WORKABLE)
             if r["due_at"] <= iso(now) and (wanted is None or r["id"] in wanted)
             and (employee is None or employee in (r["employee_id"], r["email"], r["id"]))]
-    leavers = [Leaver(row=r, termination=termination_from_row(r)) for r in rows if _claim(store, leases, r["id"])]
+    leavers = [Leaver(row=r, termination=termination_from_row(r)) for r in rows
+               if _claim(store, leases, r, announce, report.run_id)]
     if not leavers:
         return
     for lv in leavers:
@@ -192,16 +209,17 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
     names = [p.name for p in providers]
     for lv in leavers:
         if leases.holds(f"termination:{lv.id}"):
-            settle(store, lv.id, report.run_id, names)
+            settle(store, lv.id, report.run_id, names, announce)
         leases.release(f"termination:{lv.id}")
 
 
-def _claim(store: Store, leases: Leases, termination_id: str) -> bool:
+def _claim(store: Store, leases: Leases, row: dict, announce: Announcer, run_id: str) -> bool:
     """One worker per termination: the lease first, then the state (compare-and-set)."""
-    key = f"termination:{termination_id}"
+    key = f"termination:{row['id']}"
     if not leases.take(key):
         return False             # another process is working on it, or died holding it (taken over on expiry)
-    if store.set_state(termination_id, "in_progress", expect=WORKABLE):
+    if store.set_state(row["id"], "in_progress", expect=WORKABLE):
+        announce(StateChange(row["id"], row["tenant"], row["state"], "in_progress", "", run_id))
         return True
     leases.release(key)          # a person's hold or cancel got there first
     return False
@@ -219,7 +237,8 @@ def unresolvable_secrets(tenant: Tenant) -> list[ConfigError]:
     return errors
 
 
-def settle(store: Store, termination_id: str, run_id: str, providers: list[str]) -> str:
+def settle(store: Store, termination_id: str, run_id: str, providers: list[str],
+           announce: Announcer = Announcer()) -> str:
     """Derive the termination's state from its journal after a pass.
 
     `done` only when every configured provider has journaled its part and every action
@@ -244,6 +263,7 @@ def settle(store: Store, termination_id: str, run_id: str, providers: list[str])
     if store.set_state(termination_id, state, reason, expect=("in_progress",),
                        finished_at=iso(utcnow()) if state == "done" else None) and state != "in_progress":
         store.audit(f"termination_{state}", termination_id, run_id, reason=reason)
+        announce(StateChange(termination_id, termination_id.split("/", 1)[0], "in_progress", state, reason, run_id))
     return state
 
 

@@ -1,0 +1,1 @@
+"""ConnectWise Manage (PSA): the `bill` phase, the leaver's contact, ticket notes and tickets."""
