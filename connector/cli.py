@@ -16,9 +16,9 @@ import traceback
 from . import __version__, config as configmod
 from .config import Config, mask_secrets
 from .errors import ConfigError, OffboardError
-from .model import Termination
 from .reconcile import reconcile, status_rows
 from .reconcile.engine import Report, unresolvable_secrets
+from .reconcile.tickets import on_demand, run_from_ticket
 from .retention import purge_expired
 from .store import EVERY_TENANT, PERSON_HOLD, Store, iso, now as utcnow
 
@@ -188,22 +188,26 @@ def parse_at(text: str | None, cfg: Config, tenant: str) -> dt.datetime:
 
 
 def cmd_run(args, cfg: Config) -> int:
-    tenant = cfg.tenant(args.tenant)
-    preflight(cfg, tenant.id)
-    store = open_store(cfg, scratch=args.dry_run)
-    who = args.who.strip()
-    existing = store.find_termination(tenant.id, who)
-    local = parse_at(args.at, cfg, tenant.id).astimezone(tenant.zone)
-    termination = Termination(
-        tenant=tenant.id, employee_id=existing["employee_id"] if existing else who,
-        email=existing["email"] if existing else (who.lower() if "@" in who else ""),
-        first_name=existing["first_name"] if existing else "", last_name=existing["last_name"] if existing else "",
-        manager_email=existing["manager_email"] if existing else "", termination_date=local.date(),
-        termination_time=local.time().replace(second=0, microsecond=0), kind="immediate",
-        source=existing["source"] if existing else "on-demand", ticket=args.ticket or (existing or {}).get("ticket") or "")
-    report = reconcile(cfg, store, tenant=tenant.id, dry_run=args.dry_run, trigger="run", on_demand=[termination])
-    if not report.rows:
-        report.rows = status_rows(store, [termination.id])
+    if args.from_ticket is not None:
+        if args.who or args.tenant or args.ticket or args.at:
+            raise ConfigError("--from-ticket reads the leaver, tenant and date from the ticket: give nothing else",
+                              "run")
+        preflight(cfg, None)
+        store = open_store(cfg, scratch=args.dry_run)
+        report = run_from_ticket(cfg, store, args.from_ticket, dry_run=args.dry_run)
+        if report is None:
+            print(f"ticket {args.from_ticket}: nothing to run (see the ticket's notes)", file=sys.stderr)
+            return 2
+    else:
+        if not args.who or not args.tenant:
+            raise ConfigError("give EMAIL_OR_ID and --tenant (or --from-ticket N)", "run")
+        tenant = cfg.tenant(args.tenant)
+        preflight(cfg, tenant.id)
+        store = open_store(cfg, scratch=args.dry_run)
+        termination = on_demand(tenant, store, args.who.strip(), parse_at(args.at, cfg, tenant.id), args.ticket or "")
+        report = reconcile(cfg, store, tenant=tenant.id, dry_run=args.dry_run, trigger="run", on_demand=[termination])
+        if not report.rows:
+            report.rows = status_rows(store, [termination.id])
     emit(args, report_objects(report), render_report(report))
     report_errors(report)
     return report.exit_code
@@ -453,8 +457,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--once", action="store_true", required=True)
     c.add_argument("--tenant"); c.add_argument("--dry-run", action="store_true"); c.add_argument("--full", action="store_true")
     c = sub.add_parser("run", parents=[common], help="offboard one person now")
-    c.add_argument("who", metavar="EMAIL_OR_ID"); c.add_argument("--tenant", required=True)
+    c.add_argument("who", metavar="EMAIL_OR_ID", nargs="?"); c.add_argument("--tenant")
     c.add_argument("--at"); c.add_argument("--ticket"); c.add_argument("--dry-run", action="store_true")
+    c.add_argument("--from-ticket", type=int, metavar="N", help="read the leaver, tenant and date from PSA ticket N")
     c = sub.add_parser("status", parents=[common], help="open terminations and their actions")
     c.add_argument("--tenant"); c.add_argument("--all", action="store_true")
     c = sub.add_parser("history", parents=[common], help="the audit trail of one person")
