@@ -4,7 +4,8 @@ The same people are in Microsoft 365 (users, managers, groups of every kind the 
 treats differently, licences direct and through a group, MFA methods, mailboxes, some on
 hold or too big to unlicense), in RingCentral (an extension with a direct number each, and
 voicemail older and younger than a day for every leaver), in BambooHR (with the employment-status history that puts
-each leaver in its state) and in Workday's termination report. `offboard sandbox` serves
+each leaver in its state), in Workday's termination report and in ConnectWise Manage (a
+contact each, the agreement billing today's licences, an "Offboard:" ticket per leaver). `offboard sandbox` serves
 them over HTTPS on 127.0.0.1 and writes a config that points the connector at them, so
 every command can be tried without a real tenant; `make demo` is the AD side.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .bamboohr import BambooHR
 from .company import E3_GROUP, Company, generate
+from .connectwise import ConnectWise
 from .demo import TENANT, config_head, secret_file, toml_table
 from .microsoft365 import Microsoft365
 from .ringcentral import LIMITS, RingCentral
@@ -35,6 +37,8 @@ HIRED = dt.date(2020, 1, 6)
 #: a whole company offboarded at once from one laptop: RingCentral's rate limits, twenty times over
 SANDBOX_LIMITS = {group: limit * 20 for group, limit in LIMITS.items()}
 VOICEMAIL_HOURS = (3.0, 50.0)             # one message inside message-store's default 24 hours, one outside
+PSA_COMPANY, PSA_AGREEMENT = 250, 4123
+BILLING = {"SPE_E3": 9101, "O365_BUSINESS_PREMIUM": 9102}      # SKU -> agreement addition
 
 
 @dataclass
@@ -44,6 +48,7 @@ class World:
     bamboohr: BambooHR
     workday: Workday
     ringcentral: RingCentral
+    connectwise: ConnectWise
     sandbox: Sandbox
 
 
@@ -60,10 +65,12 @@ def build(size: int, today: dt.date | None = None, *, client_secret: str = "",
     populate_workday(wd, company)
     rc = RingCentral(client_secret=ringcentral_secret or None, jwt=ringcentral_jwt or None, limits=SANDBOX_LIMITS)
     populate_ringcentral(rc, company)
+    psa = ConnectWise(public_key=secrets.token_hex(8), private_key=secrets.token_hex(8))
+    populate_psa(psa, company, cloud)
     sandbox = cloud.mount(Sandbox())
-    for system in (hr, wd, rc):
+    for system in (hr, wd, rc, psa):
         sandbox.add(system)
-    return World(company, cloud, hr, wd, rc, sandbox)
+    return World(company, cloud, hr, wd, rc, psa, sandbox)
 
 
 def populate_cloud(cloud: Microsoft365, company: Company) -> None:
@@ -82,6 +89,18 @@ def populate_cloud(cloud: Microsoft365, company: Company) -> None:
         cloud.add_user(p.email, employee_id=p.number, given=p.given, surname=p.surname, synced=p.synced,
                        licences=() if p.licence_by_group else (p.licence,), groups=p.groups, manager=p.manager,
                        methods=("password", "phone", "microsoftAuthenticator"), default="phone", mailbox=box)
+
+
+def populate_psa(psa: ConnectWise, company: Company, cloud: Microsoft365) -> None:
+    """The MSP bills Example Ltd for the licences assigned today; each leaver has a ticket asking for it."""
+    psa.add_company(PSA_COMPANY, "Example Ltd")
+    consumed = {cloud.skus[sku]["skuPartNumber"]: n for sku, n in cloud.consumed().items()}
+    psa.add_agreement(PSA_AGREEMENT, PSA_COMPANY, {addition: (sku, consumed.get(sku, 0))
+                                                   for sku, addition in BILLING.items()})
+    for p in company.people:
+        psa.add_contact(PSA_COMPANY, p.given, p.surname, p.email)
+        if p.leaves_on:
+            psa.add_ticket(PSA_COMPANY, f"Offboard: {p.email}")
 
 
 def populate_bamboohr(hr: BambooHR, company: Company) -> None:
@@ -111,16 +130,22 @@ def populate_ringcentral(rc: RingCentral, company: Company) -> None:
 
 
 def write_config(world: World, url: str, folder: Path) -> Path:
-    """A config whose tenant reads BambooHR and offboards in Entra, Exchange and RingCentral, all in the sandbox."""
-    cloud, hr, wd, rc = world.cloud, world.bamboohr, world.workday, world.ringcentral
+    """A config whose tenant reads BambooHR, offboards in Entra, Exchange and RingCentral and bills in ConnectWise,
+    all in the sandbox."""
+    cloud, hr, wd, rc, psa = world.cloud, world.bamboohr, world.workday, world.ringcentral, world.connectwise
     cloud.urls = {name: f"{url}/{name}" for name in cloud.urls}
+    psa_block = {"type": "connectwise", "url": f"{url}/connectwise", "company": psa.company,
+                 "public_key": secret_file(folder, "cw-public-key", psa.public_key),
+                 "private_key": secret_file(folder, "cw-private-key", psa.private_key),
+                 "client_id": secret_file(folder, "cw-client-id", psa.client_id)}
     m365 = cloud.provider_block(secret_file(folder, "m365-client-secret", cloud.app.secret))
     workday = {"type": "workday", "url": f"{url}/workday{wd.report_path()}", "username": wd.username,
                "password": secret_file(folder, "workday-password", wd.password)}
     config = folder / "config.toml"
     config.write_text(
         config_head(folder, f"written by `offboard sandbox`: Example Ltd ({len(world.company.people)} people) at "
-                            f"{url}; the connector trusts it through REQUESTS_CA_BUNDLE={folder / 'tls' / 'ca.pem'}")
+                            f"{url}; the connector trusts it through REQUESTS_CA_BUNDLE={folder / 'tls' / 'ca.pem'}",
+                    f"psa_company_id = {PSA_COMPANY}\npsa_agreement_id = {PSA_AGREEMENT}\n")
         + toml_table("tenant.source", {"type": "bamboohr", "base_url": f"{url}/bamboohr",
                                        "api_key": secret_file(folder, "bamboohr-api-key", hr.api_key)})
         + "\n# the same leavers from Workday instead (the report lists no withdrawn or rehired person):\n"
@@ -130,7 +155,9 @@ def write_config(world: World, url: str, folder: Path) -> Path:
         + "\n" + toml_table("tenant.provider", {
             "type": "ringcentral", "server_url": f"{url}/ringcentral", "client_id": rc.client_id,
             "client_secret": secret_file(folder, "ringcentral-client-secret", rc.client_secret),
-            "jwt": secret_file(folder, "ringcentral-jwt", rc.jwt), "voicemail_archive": folder / "voicemail"}))
+            "jwt": secret_file(folder, "ringcentral-jwt", rc.jwt), "voicemail_archive": folder / "voicemail"})
+        + "\n[tenant.billing]\n" + "".join(f"{sku} = {addition}\n" for sku, addition in BILLING.items())
+        + "\n" + toml_table("psa", psa_block).replace("[[psa]]", "[psa]"))
     return config
 
 
@@ -147,7 +174,7 @@ def main(args) -> int:
             leavers = world.company.leavers()
             print(textwrap.dedent(f"""\
                 Example Ltd: {len(world.company.people)} people, {len(leavers)} leavers in HR, served at {server.url}
-                  login, graph, exchange, bamboohr, workday, ringcentral below it; the write log at {server.url}/_sandbox/writes
+                  login, graph, exchange, bamboohr, workday, ringcentral, connectwise below it; the write log at {server.url}/_sandbox/writes
                 config: {config}
                 Try it:
                   export REQUESTS_CA_BUNDLE={server.ca_file}

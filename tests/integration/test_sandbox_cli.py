@@ -29,8 +29,10 @@ def test_every_command_runs_against_the_printed_config(monkeypatch, capsys):
         assert main(["--config", config, "reconcile", "--once"]) == 2         # Example Ltd's AD staff need a human
         capsys.readouterr()
         assert main(["--json", "--config", config, "status", "--all"]) == 0
-        states = {line.split('"state": "')[1].split('"')[0] for line in capsys.readouterr().out.splitlines()}
+        out = capsys.readouterr().out
+        states = {line.split('"state": "')[1].split('"')[0] for line in out.splitlines()}
         assert {"scheduled", "cancelled", "needs_human", "in_progress"} <= states
+        assert '"provider": "connectwise"' in out         # the PSA is in the sandbox too
     finally:
         sandbox.send_signal(signal.SIGTERM)
         sandbox.wait(20)
