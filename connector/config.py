@@ -415,7 +415,9 @@ class PsaSettings(Section):
     private_key: SecretRef
     client_id: SecretRef
     callback_token: SecretRef | None = None
-    ticket_board: str = ""
+    ticket_board: str = ""        # open a ticket there for each offboarding an HR feed starts; "" = never
+    ticket_status: str = ""       # its status and type by name; "" = the board's defaults
+    ticket_type: str = ""
     leaver_field: str = ""
     date_field: str = ""
     allow_increase: bool = False

@@ -81,6 +81,31 @@ class TicketNotes:
             self.store.audit("ticket_note_posted", row["id"], change.run_id, ticket=row["ticket"], state=row["state"])
 
 
+class TicketOpener:
+    """The engine's own listener, with `[psa] ticket_board` set: a termination an HR feed brought in gets a
+    ticket on that board, in the tenant's company, so its progress is noted somewhere a technician looks."""
+
+    def __init__(self, config: Config, store: Store):
+        self.config, self.store = config, store
+
+    def __call__(self, change: StateChange) -> None:
+        psa, row = self.config.psa, self.store.termination(change.termination_id)
+        tenant = next((t for t in self.config.tenants if t.id == change.tenant), None)
+        if change.before is not None or not row or row["ticket"] or row["source"] == "on-demand" \
+                or tenant is None or tenant.psa_company_id is None:
+            return
+        body = {"summary": f"Offboard: {row['email'] or row['employee_id']}"[:100],
+                "company": {"id": tenant.psa_company_id}, "board": {"name": psa.ticket_board},
+                "initialDescription": f"offboard-connector: {row['id']} from {row['source']}, due {row['due_at']}."}
+        body.update({key: {"name": value} for key, value in (("status", psa.ticket_status), ("type", psa.ticket_type))
+                     if value})
+        with ConnectWise(psa) as api:
+            ticket = api.post("/service/tickets", body)
+        if self.store.set_state(row["id"], row["state"], row["reason"] or "", expect=(row["state"],),
+                                ticket=str(ticket["id"])):
+            self.store.audit("ticket_opened", row["id"], change.run_id, ticket=str(ticket["id"]))
+
+
 def note_tag(row: dict, actions: list[dict]) -> str:
     """Names the termination and a digest of its state and outcomes (not their times): equal news, equal tag."""
     facts = "|".join([row["state"], row["reason"] or ""] + sorted(

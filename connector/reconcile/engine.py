@@ -15,7 +15,7 @@ from ..model import Termination
 from ..providers.base import Provider
 from ..providers.facts import TenantFacts
 from ..store import Store, iso, now as utcnow
-from .announce import Announcer, Listener, StateChange, TicketNotes
+from .announce import Announcer, Listener, StateChange, TicketNotes, TicketOpener
 from .execute import Executor, Leaver, termination_from_row
 from .intake import Intake, cancel_missing, pull_sources, record
 from .leases import Leases, owner_id
@@ -86,8 +86,9 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
     store.start_run(report.run_id, trigger, tenant, dry_run)
     parts = [Report(run_id=report.run_id, dry_run=dry_run) for _ in tenants]
     providers = providers or (lambda t: build_providers(t, config.psa))
-    notes = (TicketNotes(config, store),) if config.psa else ()
-    announce = Announcer(() if dry_run else (*notes, *listeners))
+    own = ((TicketOpener(config, store),) if config.psa.ticket_board else ()) + (TicketNotes(config, store),) \
+        if config.psa else ()
+    announce = Announcer(() if dry_run else (*own, *listeners))
 
     def one(t: Tenant, part: Report) -> None:
         try:

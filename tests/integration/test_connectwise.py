@@ -26,6 +26,7 @@ from connector.sandbox.microsoft365 import VENDOR_URLS, Microsoft365
 from connector.sandbox.web import Sandbox
 from connector.store import Store
 from tests.contract.provider_contract import ProviderContract
+from tests.helpers import write_csv
 from tests.sandboxes import MODES, SECRET, SECRET_ENV, add_leaver, build, seed
 
 SANDBOX_MODES = MODES
@@ -75,14 +76,16 @@ def systems(monkeypatch, reach) -> Systems:
     return Systems(cloud, cw, sandbox)
 
 
-def make_config(s: Systems, *, allow_increase: bool = False, public_key: str = "env:CW_PUBLIC") -> config.Config:
+def make_config(s: Systems, *, allow_increase: bool = False, public_key: str = "env:CW_PUBLIC", feed: str = "",
+                **psa) -> config.Config:
     block = s.cloud.provider_block(f"env:{SECRET_ENV}")
     return config.parse({
         "psa": {"type": "connectwise", "url": s.cw.url, "company": "msp", "public_key": public_key,
                 "private_key": "env:CW_PRIVATE", "client_id": "env:CW_CLIENT_ID", "callback_token": "env:CW_TOKEN",
-                "leaver_field": "Leaver Email", "date_field": "Last Day", "allow_increase": allow_increase},
+                "leaver_field": "Leaver Email", "date_field": "Last Day", "allow_increase": allow_increase, **psa},
         "tenant": [{"id": "contoso", "name": "Contoso Ltd", "psa_company_id": COMPANY, "psa_agreement_id": AGREEMENT,
                     "billing": BILLING, "provider": [{"type": "entra", **block}, {"type": "exchange_online", **block}],
+                    "source": [{"type": "csv", "path": feed}] if feed else [],
                     "policy": {"mailbox": "shared", "mailbox_delegate": "manager", "forward_to": "none"}}]})
 
 
@@ -200,6 +203,21 @@ def test_contact_deactivated_and_the_ticket_note_holds_every_action(systems):
                    "deactivate_contact"):
         assert f"| {action} |" in note
     assert systems.cw.notes[int(t.ticket)][0]["internalAnalysisFlag"] is True
+
+
+def test_a_feed_started_offboarding_opens_a_ticket_and_notes_it(systems, tmp_path):
+    t = leaver_in_both(systems, 1, ticket=False)
+    write_csv(tmp_path, "feed.csv", [f"{t.employee_id},{t.email},Leaver,Person1,,2026-11-23,,immediate"])
+    cfg, store = make_config(systems, feed=str(tmp_path / "*.csv"), ticket_board="Service Board",
+                             ticket_status="New", ticket_type="Offboarding"), Store.memory()
+    systems.bill_as_now()
+    for i in range(3):
+        reconcile(cfg, store, now=NOW + dt.timedelta(minutes=10 * i))
+    [ticket] = systems.cw.tickets.values()
+    assert ticket["summary"] == f"Offboard: {t.email}" and ticket["company"]["id"] == COMPANY
+    row = store.termination(t.id)
+    assert row["state"] == "done" and row["ticket"] == str(ticket["id"])
+    assert [n for n in systems.cw.internal_notes(ticket["id"]) if "**done**" in n]
 
 
 def test_a_count_that_would_rise_is_reported_not_written_and_zero_cancels(systems):
