@@ -357,3 +357,55 @@ def test_callback_entity_is_parsed_twice_and_hostile_bodies_are_refused():
         with pytest.raises(Exception) as caught:
             parse_callback(bad)
         assert type(caught.value).__name__ == "InputRejected"
+
+
+def test_offboard_run_from_ticket(systems, tmp_path, capsys):
+    from connector.cli import main
+
+    block = "".join(f'{k} = "{v}"\n' for k, v in systems.cloud.provider_block(f"env:{SECRET_ENV}").items())
+    path = tmp_path / "config.toml"
+    path.write_text(f"""[connector]
+state = "{tmp_path / 'state.db'}"
+
+[psa]
+type = "connectwise"
+url = "{systems.cw.url}"
+company = "msp"
+public_key = "env:CW_PUBLIC"
+private_key = "env:CW_PRIVATE"
+client_id = "env:CW_CLIENT_ID"
+
+[[tenant]]
+id = "contoso"
+psa_company_id = {COMPANY}
+psa_agreement_id = {AGREEMENT}
+
+[tenant.billing]
+SPE_E3 = 9101
+EMS = 9102
+
+[[tenant.provider]]
+type = "entra"
+{block}
+[[tenant.provider]]
+type = "exchange_online"
+{block}""")
+    t = leaver_in_both(systems, 1)
+    systems.bill_as_now()
+    assert main(["--config", str(path), "run", "--from-ticket", t.ticket, "--dry-run"]) in (0, 2)
+    assert systems.sandbox.writes.entries() == [], "a dry run wrote"
+    assert main(["--config", str(path), "run", "--from-ticket", t.ticket]) == 2      # the mailbox is converting
+    store = Store.open(str(tmp_path / "state.db"))
+    tid = f"contoso/{t.email}"              # known to no feed: named by its address, as `run EMAIL` does
+    assert store.termination(tid)["ticket"] == t.ticket
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=10)
+    for i in range(2):
+        run_from_ticket(config.load(path), store, int(t.ticket), now=later + dt.timedelta(minutes=10 * i))
+    assert store.termination(tid)["state"] == "done"
+    assert main(["--config", str(path), "run", "--from-ticket", t.ticket]) == 0      # asked again: nothing new
+    assert systems.quantities() == systems.consumed()
+    assert len(systems.cw.internal_notes(int(t.ticket))) == 1
+    capsys.readouterr()
+    assert main(["--config", str(path), "run", "--from-ticket", t.ticket, t.email]) == 1
+    assert main(["--config", str(path), "run"]) == 1
+    assert "--from-ticket" in capsys.readouterr().err
