@@ -16,6 +16,7 @@ import traceback
 from . import __version__, config as configmod
 from .config import Config, mask_secrets
 from .errors import ConfigError, OffboardError
+from .providers.connectwise.api import ConnectWise
 from .reconcile import reconcile, status_rows
 from .reconcile.engine import Report, unresolvable_secrets
 from .reconcile.tickets import on_demand, run_from_ticket
@@ -132,6 +133,12 @@ def cmd_check(args, cfg: Config) -> int:
                     plugin.close()
                 except OffboardError as e:
                     problems.append(e.at(pc.where))
+    if cfg.psa is not None and args.online:
+        try:
+            with ConnectWise(cfg.psa) as psa:
+                psa.check()
+        except OffboardError as e:
+            problems.append(e.at("psa"))
     summary = {"config": cfg.path, "tenants": [t.id for t in cfg.tenants], "online": args.online,
                "ok": not problems, "problems": [str(p) for p in problems]}
     human = f"{cfg.path}: OK ({len(cfg.tenants)} tenant(s): {', '.join(t.id for t in cfg.tenants)})"

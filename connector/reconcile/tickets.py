@@ -19,7 +19,7 @@ import uuid
 from typing import Any, Callable
 
 from ..config import Config, Tenant
-from ..errors import ConfigError, InputRejected, OffboardError
+from ..errors import ConfigError, InputRejected, OffboardError, PermanentError
 from ..http import NotFound
 from ..model import Termination
 from ..providers.connectwise.api import ConnectWise
@@ -89,7 +89,7 @@ def run_from_ticket(config: Config, store: Store, ticket_id: int, *, dry_run: bo
         try:
             ticket = psa.ticket(ticket_id)
         except NotFound:
-            raise ConfigError(f"ConnectWise has no ticket {ticket_id}", "--from-ticket") from None
+            raise PermanentError(f"ConnectWise has no ticket {ticket_id}", psa.where) from None
         company = (ticket.get("company") or {}).get("id") if isinstance(ticket, dict) else None
         tenant = next((t for t in config.tenants if t.psa_company_id is not None and t.psa_company_id == company), None)
         if tenant is None:

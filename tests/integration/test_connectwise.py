@@ -283,6 +283,43 @@ def test_401_names_the_credential_and_stops_only_the_psa(systems, monkeypatch):
     assert store.termination(t.id)["state"] != "done"
 
 
+def test_a_psa_that_cannot_be_read_at_matching_holds_no_other_system(systems):
+    provider = psa_provider(make_config(systems))
+    t = leaver_in_both(systems, 1, ticket=False)
+    systems.cw.knobs.outage = True
+    match = provider.match(t)
+    assert match.status == "matched" and match.subject.state["contacts"] is None
+    assert [a.action for a in provider.plan(match.subject, t)] == ["deactivate_contact", "sync_billing"]
+    systems.cw.knobs.outage = False
+    ctx = ActionContext(termination=t, subject=match.subject, local_date=NOW.date())
+    assert provider.apply(provider.planned("deactivate_contact"), ctx).outcome == "changed"   # looked up again
+
+
+def test_check_online_proves_the_psa_keys(systems, monkeypatch, tmp_path, capsys):
+    from connector.cli import main
+
+    path = tmp_path / "config.toml"
+    path.write_text(f"""[psa]
+type = "connectwise"
+url = "{systems.cw.url}"
+company = "msp"
+public_key = "env:CW_WRONG"
+private_key = "env:CW_PRIVATE"
+client_id = "env:CW_CLIENT_ID"
+
+[[tenant]]
+id = "contoso"
+
+[[tenant.provider]]
+type = "entra"
+{"".join(f'{k} = "{v}"{chr(10)}' for k, v in systems.cloud.provider_block(f"env:{SECRET_ENV}").items())}""")
+    monkeypatch.setenv("CW_WRONG", "not-the-key")
+    assert main(["--config", str(path), "check", "--online"]) == 1
+    assert "public_key env:CW_WRONG" in capsys.readouterr().err
+    monkeypatch.setenv("CW_WRONG", systems.cw.public_key)
+    assert main(["--config", str(path), "check", "--online"]) == 0
+
+
 def test_paging_follows_link_next(systems):
     provider = psa_provider(make_config(systems))
     ticket = systems.cw.add_ticket(COMPANY, "busy")

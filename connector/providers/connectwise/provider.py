@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, ClassVar
 
-from ...errors import PermanentError
+from ...errors import OffboardError, PermanentError
 from ...model import ActionContext, Match, PlannedAction, Result, Subject, Termination
 from ..base import Provider
 from ..facts import Facts, TenantFacts
@@ -48,15 +48,24 @@ class ConnectWiseProvider(Provider):
 
     # -- reading -----------------------------------------------------------
     def match(self, termination: Termination) -> Match:
-        """Always matched: the tenant's invoice is this leaver's business even without a contact."""
-        contacts = self.api.contacts(self.tenant.psa_company_id, termination.email) if termination.email else []
-        names = [termination.email] + [f"{c.get('firstName', '')} {c.get('lastName', '')}".strip() for c in contacts]
-        native = ",".join(str(c["id"]) for c in contacts) or f"company/{self.tenant.psa_company_id}"
+        """Always matched: the tenant's invoice is this leaver's business even without a contact.
+
+        A PSA that cannot be read now must not hold the leaver's other systems (matching is
+        journaled with revoke, which gates every later phase): the contact is then looked up
+        again when `deactivate_contact` runs, in `bill`."""
+        try:
+            contacts = self.api.contacts(self.tenant.psa_company_id, termination.email) if termination.email else []
+        except OffboardError:
+            contacts = None
+        names = [termination.email] + [f"{c.get('firstName', '')} {c.get('lastName', '')}".strip()
+                                       for c in contacts or []]
+        native = ",".join(str(c["id"]) for c in contacts or []) or f"company/{self.tenant.psa_company_id}"
         return Match("matched", Subject(self.name, native, [n for n in names if n], {"contacts": contacts}))
 
     def plan(self, subject: Subject, termination: Termination) -> list[PlannedAction]:
         wanted = []
-        if any(self.contact_change(c) for c in subject.state["contacts"]):
+        contacts = subject.state["contacts"]
+        if contacts is None or any(self.contact_change(c) for c in contacts):
             wanted.append(self.planned("deactivate_contact", "make the leaver's PSA contact inactive"))
         if self.tenant.billing:
             wanted.append(self.planned("sync_billing", "set the agreement additions to the licences assigned now"))
