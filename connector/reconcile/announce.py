@@ -91,7 +91,8 @@ class TicketOpener:
     def __call__(self, change: StateChange) -> None:
         psa, row = self.config.psa, self.store.termination(change.termination_id)
         tenant = next((t for t in self.config.tenants if t.id == change.tenant), None)
-        if change.before is not None or not row or row["ticket"] or row["source"] == "on-demand" \
+        if change.before is not None or change.after not in ("scheduled", "held") or not row or row["ticket"] \
+                or row["source"] == "on-demand" \
                 or tenant is None or tenant.psa_company_id is None:
             return
         body = {"summary": f"Offboard: {row['email'] or row['employee_id']}"[:100],

@@ -207,13 +207,15 @@ def test_contact_deactivated_and_the_ticket_note_holds_every_action(systems):
 
 def test_a_feed_started_offboarding_opens_a_ticket_and_notes_it(systems, tmp_path):
     t = leaver_in_both(systems, 1, ticket=False)
-    write_csv(tmp_path, "feed.csv", [f"{t.employee_id},{t.email},Leaver,Person1,,2026-11-23,,immediate"])
+    write_csv(tmp_path, "feed.csv", [f"{t.employee_id},{t.email},Leaver,Person1,,2026-11-23,,immediate",
+                                     "E77,long.gone@contoso.com,Long,Gone,,2025-01-10,,voluntary"])   # before lookback
     cfg, store = make_config(systems, feed=str(tmp_path / "*.csv"), ticket_board="Service Board",
                              ticket_status="New", ticket_type="Offboarding"), Store.memory()
     systems.bill_as_now()
     for i in range(3):
         reconcile(cfg, store, now=NOW + dt.timedelta(minutes=10 * i))
-    [ticket] = systems.cw.tickets.values()
+    [ticket] = systems.cw.tickets.values()          # none for the one ignored as too old
+    assert store.termination("contoso/E77")["state"] == "cancelled"
     assert ticket["summary"] == f"Offboard: {t.email}" and ticket["company"]["id"] == COMPANY
     row = store.termination(t.id)
     assert row["state"] == "done" and row["ticket"] == str(ticket["id"])

@@ -127,6 +127,8 @@ class ConnectWiseProvider(Provider):
                    if want[key] != have[key]]
             if ops:
                 writes.append((path, ops))
+        if ctx.dry_run:
+            notes.append("counted now: licences this run would still reclaim are in the count")
         result = self.outcome(before, after, ctx.dry_run, "; ".join(notes))
         if result.outcome == "changed":
             for path, ops in writes:
