@@ -13,7 +13,7 @@ import json
 import pytest
 
 from connector import config
-from connector.errors import ConfigError, RetryableError
+from connector.errors import ConfigError, PermanentError, RetryableError
 from connector.model import ActionContext, PlannedAction
 from connector.providers.connectwise.provider import ConnectWiseProvider
 from connector.providers.facts import TenantFacts
@@ -448,3 +448,17 @@ type = "exchange_online"
     assert main(["--config", str(path), "run", "--from-ticket", t.ticket, t.email]) == 1
     assert main(["--config", str(path), "run"]) == 1
     assert "--from-ticket" in capsys.readouterr().err
+
+
+def test_hostile_answers_are_errors_not_crashes(systems):
+    provider = psa_provider(make_config(systems))
+    ticket = systems.cw.add_ticket(COMPANY, "busy")
+    systems.cw.notes[ticket] = [{"id": i, "text": "x"} for i in range(1500)]
+    real = systems.cw.page_url
+    systems.cw.page_url = lambda request, number: "https://attacker.example/steal" + real(request, number)[8:]
+    with pytest.raises(PermanentError, match="points away"):
+        list(provider.api.pages(f"/service/tickets/{ticket}/notes"))
+    systems.cw.page_url = real
+    systems.cw.route = lambda request: (200, "<html>maintenance</html>")
+    with pytest.raises(PermanentError, match="expected a list"):
+        list(provider.api.pages("/company/contacts"))

@@ -22,6 +22,15 @@ path = "/srv/hr/*.csv"
 type = "fake"
 """
 
+PSA = """[psa]
+type = "connectwise"
+url = "https://na.myconnectwise.net/v4_6_release/apis/3.0"
+company = "msp"
+public_key = "env:CW_PUBLIC"
+private_key = "env:CW_PRIVATE"
+client_id = "env:CW_CLIENT_ID"
+"""
+
 AD = """
 [[tenant.provider]]
 type = "active_directory"
@@ -102,6 +111,8 @@ def test_values_are_converted(tmp_path):
     (base("[tenant.policy]\nforward_to = 'someone'\n"), "tenant[0].policy.forward_to"),
     (base("billing_basis = 'invoiced'\n"), "tenant[0].billing_basis"),
     (base("[tenant.billing]\nSPE_E3 = 9101\n"), "tenant[0].psa_agreement_id"),
+    (base("psa_company_id = 250\n"), "tenant[0].psa_company_id"),           # no [psa] holds that company
+    (PSA + base("psa_agreement_id = 4123\n[tenant.billing]\nSPE_E3 = 9101\n"), "tenant[0].psa_company_id"),
     (base() + "[[tenant.provider]]\ntype = 'fake'\n", "tenant[0].provider[1].name"),
     ("", "tenant"),
 ])

@@ -66,7 +66,7 @@ class ConnectWise:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         url = path if path.startswith(self.base + "/") else self.base + path
         resp = http.send(self._session(), method, url, self.where, describe=self._describe, **kwargs)
-        return resp.json() if resp.content else None
+        return self._json(resp, f"{method} {path}") if resp.content else None
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params or None)
@@ -82,11 +82,18 @@ class ConnectWise:
         url, query = self.base + path, {**params, "page": 1, "pageSize": PAGE_SIZE}
         while url:
             resp = http.send(self._session(), "GET", url, self.where, describe=self._describe, params=query)
-            items = resp.json()
+            items = self._json(resp, f"GET {path}")
             if not isinstance(items, list):
                 raise PermanentError(f"GET {path}: expected a list, got {type(items).__name__}", self.where)
             yield from items
             url, query = self._next(resp.headers.get("Link", "")), None
+
+    def _json(self, resp: requests.Response, what: str) -> Any:
+        try:
+            return resp.json()
+        except ValueError:
+            raise PermanentError(f"{what}: the answer is not JSON ({resp.headers.get('Content-Type', 'no type')})",
+                                 self.where) from None
 
     def _next(self, link: str) -> str | None:
         found = NEXT.search(link)
