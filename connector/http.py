@@ -31,6 +31,7 @@ INLINE_WAIT_LIMIT = 30.0   # seconds of Retry-After we wait for in place
 MAX_DELAY = 3600.0         # a longer wait is parked for an hour, then the server is asked again
 RETRYABLE = {408, 424, 425, 429, 500, 502, 503, 504}   # 424: a Graph $batch dependency failed (throttled)
 CONFIG = {401, 403}
+CONFLICT = {409, 412}      # the object changed since it was read (an ETag's If-Match failed): re-read, re-plan
 
 
 def retry_after(resp: requests.Response, default: float = 30.0) -> float:
@@ -73,6 +74,14 @@ class NotFound(PermanentError):
     """HTTP 404: the object is gone (a user deleted since matching, a member already removed)."""
 
 
+class Conflict(RetryableError):
+    """HTTP 409 or 412: someone changed the object since it was read; the caller re-reads and plans again.
+
+    Never resent as it is (the same If-Match fails the same way): a caller that gives up
+    leaves it to the engine, which tries again at the next pass, from a fresh read.
+    """
+
+
 def error_for(status: int, message: str, where: str, delay: float = 30.0) -> OffboardError | None:
     """The table: what an HTTP status means for the engine (None: success)."""
     if status < 400:
@@ -81,6 +90,8 @@ def error_for(status: int, message: str, where: str, delay: float = 30.0) -> Off
         return NotFound(f"HTTP 404: {message}", where)
     if status in CONFIG:
         return ConfigError(f"HTTP {status}: {message}", where)
+    if status in CONFLICT:
+        return Conflict(f"HTTP {status}: {message}", where, delay=5.0)
     if status in RETRYABLE:
         return RetryableError(f"HTTP {status}: {message}", where, delay=bounded_delay(delay))
     return PermanentError(f"HTTP {status}: {message}", where)
@@ -93,7 +104,7 @@ def session(user_agent: str = "") -> requests.Session:
 
 
 def _short(exc: BaseException) -> bool:
-    return isinstance(exc, RetryableError) and exc.delay <= INLINE_WAIT_LIMIT
+    return isinstance(exc, RetryableError) and not isinstance(exc, Conflict) and exc.delay <= INLINE_WAIT_LIMIT
 
 
 def _wait(retry_state: tenacity.RetryCallState) -> float:
