@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import getpass
 import json
 import logging
+import os
 import sys
 import traceback
 
@@ -17,6 +19,7 @@ from . import __version__, config as configmod
 from .config import Config, mask_secrets
 from .errors import ConfigError, OffboardError
 from .providers.connectwise.api import ConnectWise
+from .providers.manual import OPEN_STEP
 from .reconcile import reconcile, status_rows
 from .reconcile.engine import Report, unresolvable_secrets
 from .reconcile.tickets import on_demand, run_from_ticket
@@ -391,6 +394,51 @@ def approve(store: Store, row: dict, scope: str | None) -> None:
     store.reopen(tid, [a["id"] for a in waiting], approvals=json.dumps(approvals))
 
 
+def operator() -> str:
+    """Who runs this command, as far as the machine knows: the sudo caller before the account it became."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    caller = os.environ.get("SUDO_USER", "")
+    return f"{caller} (sudo as {user})" if caller and caller != user else user
+
+
+def cmd_confirm(args, cfg: Config) -> int:
+    """A person did a manual step: journaled done and audited with who said so; confirming again changes nothing."""
+    store = open_store(cfg)
+    row = resolve_id(store, args.id, args.tenant)
+    tid = row["id"]
+    manual = {pc.name for pc in cfg.tenant(row["tenant"]).providers if pc.type == "manual"}
+    steps = [a for a in store.actions(tid) if a["provider"] in manual
+             and args.step in (a["action"], f"{a['provider']}/{a['action']}")]
+    if len(steps) != 1:
+        raise ConfigError(f"{args.step!r} names {len(steps)} manual steps reached so far; give PROVIDER/STEP as "
+                          "`offboard status` lists it (a step is reached when the ones before it are done)", tid)
+    step = steps[0]
+    scope, after = f"{step['provider']}/{step['action']}", json.loads(step["after"] or "null")
+    if step["status"] == "changed" and isinstance(after, dict) and "confirmed_by" in after:
+        emit(args, [{"id": tid, "step": scope, "confirmed_by": after["confirmed_by"], "changed": False}],
+             f"{tid}: {scope} was already confirmed by {after['confirmed_by']} at {step['finished_at']}")
+        return 0
+    if step["status"] != "needs_human" or not isinstance(after, dict) or OPEN_STEP not in after:
+        raise ConfigError(f"{scope} is {step['status']} ({step['reason'] or 'no reason'}): only an open step is "
+                          "confirmed (a hold or an approval goes through `approve`)", tid)
+    who = operator()
+    with store.transaction():
+        store.record_outcome(step["id"], "changed", before={OPEN_STEP: after[OPEN_STEP]},
+                             after={"confirmed_by": who}, reason=f"confirmed by {who}: {after[OPEN_STEP]}")
+        store.audit("person_confirm", tid, None, provider=step["provider"], action=step["action"], by=who,
+                    step=after[OPEN_STEP])
+        waiting = [a for a in store.actions(tid) if a["status"] == "needs_human"]
+        if store.state_of(tid) in ("needs_human", "in_progress") and not waiting:
+            store.reopen(tid, [])   # the next pass goes on with the later steps (a pass running now leaves it so)
+    new = store.termination(tid)
+    emit(args, [{"id": tid, "step": scope, "confirmed_by": who, "changed": True, "state": new["state"]}],
+         f"{tid}: {scope} confirmed by {who}; {row['state']} -> {new['state']}")
+    return 0
+
+
 UNKEYED = ("no audit_key configured: this proves the log is intact against careless edits, "
            "not against someone who can write the database")
 
@@ -486,6 +534,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--tenant")
     c = sub.add_parser("purge", parents=[common], help="blank personal data older than connector.retention_days")
     c.add_argument("--dry-run", action="store_true")
+    c = sub.add_parser("confirm", parents=[common], help="a person did a manual step (journaled and audited)")
+    c.add_argument("id"); c.add_argument("step", metavar="[PROVIDER/]STEP"); c.add_argument("--tenant")
     c = sub.add_parser("audit", parents=[common], help="audit log tools")
     c.add_argument("verb", choices=["verify", "head"])
     c = sub.add_parser("backup", parents=[common], help="a consistent copy of the state store, while it is in use")
@@ -500,8 +550,8 @@ def parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"check": cmd_check, "plan": cmd_plan, "reconcile": cmd_reconcile, "run": cmd_run, "status": cmd_status,
             "history": cmd_history, "approve": cmd_decide, "hold": cmd_decide, "cancel": cmd_decide,
-            "retry": cmd_decide, "audit": cmd_audit, "backup": cmd_backup, "pause": cmd_pause, "resume": cmd_resume,
-            "purge": cmd_purge}
+            "retry": cmd_decide, "confirm": cmd_confirm, "audit": cmd_audit, "backup": cmd_backup, "pause": cmd_pause,
+            "resume": cmd_resume, "purge": cmd_purge}
 
 
 def main(argv: list[str] | None = None) -> int:

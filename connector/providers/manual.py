@@ -20,6 +20,7 @@ from ..model import PHASES, ActionContext, Match, PlannedAction, Result, Subject
 from .base import Provider
 
 #: what every template may use, from the termination and the tenant
+OPEN_STEP = "open_step"     # the journaled `after` of a step waiting for a person: what `confirm` may close
 LEAVER_FIELDS = ("first_name", "last_name", "email", "employee_id", "successor", "company", "termination_date",
                  "ticket")
 
@@ -111,9 +112,8 @@ class ManualSteps(Provider):
         return [self.planned(name, self.text(name, termination)) for name in self.steps]
 
     def apply(self, action: PlannedAction, ctx: ActionContext) -> Result:
-        """A dry run lists the step; a real pass leaves it to a person (`offboard confirm`)."""
+        """A dry run lists the step; a real pass leaves it to a person (`offboard confirm`), marked as a step."""
         text = self.text(action.action, ctx.termination)
         if ctx.dry_run:
             return Result("planned", None, {"confirmed": True}, text)
-        return Result("needs_human", None, None, f"{text} (then: offboard confirm {ctx.termination.id} "
-                                                 f"{self.name}/{action.action})")
+        return Result("needs_human", None, {OPEN_STEP: text}, text)

@@ -243,16 +243,16 @@ def settle(store: Store, termination_id: str, run_id: str, providers: list[str],
     """Derive the termination's state from its journal after a pass.
 
     `done` only when every configured provider has journaled its part and every action
-    ended changed, unchanged or skipped. Compare-and-set: a person's `cancel` or `hold`
+    ended changed, unchanged or skipped; `needs_human` once only a person can move it on. Compare-and-set: a person's `cancel` or `hold`
     made while the pass ran wins, and is not overwritten.
     """
     actions = store.actions(termination_id)
     statuses = [a["status"] for a in actions]
     silent = [p for p in providers if not any(a["provider"] == p for a in actions)]
-    if "needs_human" in statuses:
+    if silent or any(s in ("failed", "pending", "in_flight") for s in statuses):
+        state = "in_progress"      # retried first, even beside a step that waits for a person: it holds no other system
+    elif "needs_human" in statuses:
         state = "needs_human"
-    elif silent or any(s in ("failed", "pending", "in_flight") for s in statuses):
-        state = "in_progress"
     elif "planned" in statuses:       # a dry run: it would be worked on now
         state = "due"
     else:

@@ -72,7 +72,8 @@ def disagreements(seen: list[Observation]) -> list[str]:
     for i, a in enumerate(seen):
         for b in seen[i + 1:]:
             linked = a.native_id == b.native_id or (a.anchor and a.anchor == b.anchor)
-            if not linked and not {n.lower() for n in a.names} & {n.lower() for n in b.names}:
+            # a subject with no names (the manual steps: the leaver themself, no account) tells nobody apart
+            if not linked and a.names and b.names and not {n.lower() for n in a.names} & {n.lower() for n in b.names}:
                 out.append(f"the accounts matched in {a.provider} and {b.provider} share no name or address: "
                            "they may be different people")
     return out
