@@ -29,6 +29,9 @@ TOKEN = "scim-T0ken-of-the-app"
 TOKEN_ENV = "SCIM_TEST_TOKEN"
 APP = "FieldApp"
 serial = itertools.count(1)
+#: the same test against an app that announces PATCH and one that does not (PUT is used)
+PATCH_OR_PUT = pytest.mark.parametrize("scim_options", [{"patch": True, "etag": True}, {"patch": False, "etag": True}],
+                                       ids=["patch", "put"])
 
 
 class ScimApp:
@@ -65,7 +68,7 @@ class ScimApp:
         return self.app(environ, recorded)
 
     def writes(self) -> list[tuple[str, str, int]]:
-        return [entry for entry in self.log if entry[0] not in ("GET",)]
+        return [entry for entry in self.log if entry[0] != "GET"]
 
     # -- seeding and reading behind the provider's back -----------------------------------
     def add_user(self, user_name: str, external_id: str | None = None, emails: tuple[str, ...] = (),
@@ -232,15 +235,13 @@ def test_a_quote_in_the_value_stays_a_value(scim_app, make_scim):
 
 
 # -- actions -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("scim_options", [{"patch": True, "etag": True}, {"patch": False, "etag": True}],
-                         ids=["patch", "put"])
+@PATCH_OR_PUT
 def test_deactivate_and_remove_groups_three_passes(scim_app, make_scim, scim_options):
     t, uid = new_leaver(scim_app)
     provider = make_scim()
     ctx = ctx_for(provider, t)
     planned = {a.action: a for a in provider.plan(ctx.subject, t)}
-    assert list(planned) == ["deactivate_user", "remove_groups", "delete_user"] if \
-        provider.tenant.policy.delete_after_days else ["deactivate_user", "remove_groups"]
+    assert list(planned) == ["deactivate_user", "remove_groups"]          # delete_after_days = 0: never deleted
     first = three_passes(provider, planned["deactivate_user"], ctx, lambda: scim_app.user(uid)["active"])
     assert (first.before, first.after) == ({"active": True}, {"active": False})
     first = three_passes(provider, planned["remove_groups"], ctx, lambda: scim_app.groups_of(uid))
@@ -251,8 +252,7 @@ def test_deactivate_and_remove_groups_three_passes(scim_app, make_scim, scim_opt
     assert all(status < 400 for _, _, status in scim_app.writes())
 
 
-@pytest.mark.parametrize("scim_options", [{"patch": True, "etag": True}, {"patch": False, "etag": True}],
-                         ids=["patch", "put"])
+@PATCH_OR_PUT
 def test_a_concurrent_change_is_caught_by_the_etag_and_kept(scim_app, make_scim, scim_options):
     """Someone edits the user between our read and our write: 412, a re-read, and their change survives."""
     t, uid = new_leaver(scim_app)
@@ -296,6 +296,7 @@ def test_delete_never_keeps_the_user(scim_app, make_scim):
     assert "delete_user" not in {a.action for a in provider.plan(ctx.subject, t)}
 
 
+@PATCH_OR_PUT
 def test_undo_puts_the_user_back(scim_app, make_scim):
     """restore: each undo action is an ordinary action fed the original's journaled before-state."""
     t, uid = new_leaver(scim_app)
@@ -354,3 +355,22 @@ def test_delete_must_be_decided_per_app():
     with pytest.raises(ConfigError, match=r"provider\[0\]\.delete: required"):
         config.parse({"tenant": [{"id": "c", "provider": [{"type": "scim", "base_url": "https://app.example/scim",
                                                            "token": "env:X"}]}]})
+
+
+def test_the_engine_offboards_the_app_user_and_a_second_pass_writes_nothing(scim_app):
+    from connector.reconcile import reconcile
+    from connector.store import Store
+
+    t, uid = new_leaver(scim_app)
+    today = dt.datetime.now(dt.timezone.utc)
+    t = dataclasses.replace(t, termination_date=today.date(), kind="immediate")
+    cfg = config.parse({"tenant": [{"id": "contoso", "provider": [{
+        "type": "scim", "name": "fieldapp", "app_name": APP, "base_url": scim_app.url, "token": f"env:{TOKEN_ENV}",
+        "delete": "never"}]}]})
+    store = Store.memory()
+    report = reconcile(cfg, store, on_demand=[t], now=today)
+    assert report.exit_code == 0 and store.state_of(t.id) == "done"
+    assert scim_app.user(uid)["active"] is False and scim_app.groups_of(uid) == []
+    writes = len(scim_app.writes())
+    assert reconcile(cfg, store, on_demand=[t], now=today).exit_code == 0
+    assert len(scim_app.writes()) == writes

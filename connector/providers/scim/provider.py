@@ -161,8 +161,9 @@ class ScimProvider(Provider):
         if not found:
             return Match("not_found")
         if len(found) > 1:
+            value = t.employee_id if by_id else t.email
             return Match("ambiguous", candidates=[u.id for u in found],
-                         reason=f"{len(found)} users in {self.app} match {found is by_id and t.employee_id or t.email}")
+                         reason=f"{len(found)} users in {self.app} match {value}")
         if by_id and any(u.id != found[0].id for u in by_address):
             return Match("ambiguous", candidates=sorted({u.id for u in by_id + by_address}),
                          reason="the employee id and the address point at different users")
