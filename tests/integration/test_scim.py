@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import json
 
 import pytest
 from scim2_client.engines.wsgi import WSGISCIMClient
@@ -20,7 +21,7 @@ from scim2_server.testserver.application import BEARER_TOKEN_SCHEME, BearerToken
 from scim2_server.utils import load_default_resource_types, load_default_schemas, load_default_service_provider_config
 
 from connector import config, plugins
-from connector.errors import ConfigError
+from connector.errors import ConfigError, RetryableError
 from connector.model import ActionContext, PlannedAction, Termination
 from connector.sandbox.server import HttpsServer
 from tests.contract.provider_contract import ProviderContract, run_action
@@ -50,12 +51,20 @@ class ScimApp:
         self.log: list[tuple[str, str, int]] = []
         self.if_match: list[str | None] = []      # the If-Match of each write the provider sent
         self.before_write = None          # called once, before the next write reaches the server
+        self.refusals: list[tuple[int, dict]] = []     # (status, headers) answered, in turn, before the app is asked
         self.admin = WSGISCIMClient(self.app, base_url="http://localhost/v2",
                                     headers={"Authorization": f"Bearer {TOKEN}"},
                                     provider=ScimProvider(models=[User, Group], config=spc))
 
     def __call__(self, environ, start_response):
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        if self.refusals and method != "GET":
+            status, headers = self.refusals.pop(0)
+            self.log.append((method, path, status))
+            start_response(f"{status} Refused", [("Content-Type", "application/scim+json"), *headers.items()])
+            return [json.dumps({"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "status": str(status),
+                                "detail": "try later", **({"scimType": "uniqueness"} if status == 409 else {})
+                                }).encode()]
         if method in ("PATCH", "PUT", "DELETE"):
             self.if_match.append(environ.get("HTTP_IF_MATCH"))
             if self.before_write:
@@ -331,6 +340,32 @@ def test_restrict_leaves_and_joins_the_policy_groups(scim_app, make_scim, monkey
 
 
 # -- the app's answers ---------------------------------------------------------------------------
+@pytest.mark.parametrize("status", [429, 503])
+def test_throttling_honours_retry_after(scim_app, make_scim, status):
+    t, uid = new_leaver(scim_app)
+    provider = make_scim()
+    ctx = ctx_for(provider, t)
+    scim_app.refusals = [(status, {"Retry-After": "1"})]           # short: waited for in place, then sent again
+    assert provider.apply(provider.planned("deactivate_user"), ctx).outcome == "changed"
+    scim_app.refusals = [(status, {"Retry-After": "600"})] * 4      # long: parked by the engine for that long
+    with pytest.raises(RetryableError) as parked:
+        provider.apply(provider.planned("remove_groups"), ctx)
+    assert parked.value.delay == 600.0 and len(scim_app.refusals) == 3
+    assert scim_app.user(uid)["active"] is False and scim_app.groups_of(uid) == ["Finance", "Sales"]
+
+
+def test_a_conflict_is_re_read_and_a_lasting_one_left_to_the_next_pass(scim_app, make_scim):
+    t, uid = new_leaver(scim_app)
+    provider = make_scim()
+    ctx = ctx_for(provider, t)
+    scim_app.refusals = [(409, {})]
+    assert provider.apply(provider.planned("deactivate_user"), ctx).outcome == "changed"
+    scim_app.refusals = [(409, {})] * 3
+    with pytest.raises(RetryableError, match="changed in FieldApp 3 times"):
+        provider.apply(provider.planned("remove_groups"), ctx)
+    assert scim_app.groups_of(uid) == ["Finance", "Sales"]
+
+
 def test_check_online_reads_the_capabilities(scim_app, make_scim, caplog):
     caplog.set_level("INFO")
     make_scim().check_online()
