@@ -243,8 +243,9 @@ def settle(store: Store, termination_id: str, run_id: str, providers: list[str],
     """Derive the termination's state from its journal after a pass.
 
     `done` only when every configured provider has journaled its part and every action
-    ended changed, unchanged or skipped; `needs_human` once only a person can move it on. Compare-and-set: a person's `cancel` or `hold`
-    made while the pass ran wins, and is not overwritten.
+    ended changed, unchanged or skipped; `needs_human` once only a person can move it on.
+    Compare-and-set: a person's `cancel` or `hold` made while the pass ran wins, and is not
+    overwritten.
     """
     actions = store.actions(termination_id)
     statuses = [a["status"] for a in actions]
