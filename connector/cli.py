@@ -10,7 +10,6 @@ import argparse
 import datetime as dt
 import getpass
 import json
-import logging
 import os
 import sys
 import traceback
@@ -18,6 +17,7 @@ import traceback
 from . import __version__, config as configmod
 from .config import Config, mask_secrets
 from .errors import ConfigError, OffboardError
+from .logs import setup_logging
 from .providers.connectwise.api import ConnectWise
 from .providers.manual import OPEN_STEP
 from .reconcile import reconcile, status_rows
@@ -28,22 +28,6 @@ from .store import EVERY_TENANT, PERSON_HOLD, Store, iso, now as utcnow
 
 OPEN = ["scheduled", "due", "in_progress", "held", "needs_human"]
 ALL = OPEN + ["done", "cancelled"]
-
-
-class MaskingFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = mask_secrets(record.getMessage())
-        record.args = ()
-        return True
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(MaskingFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 def emit(args, objects: list[dict], human: str) -> None:
@@ -221,6 +205,12 @@ def cmd_run(args, cfg: Config) -> int:
     emit(args, report_objects(report), render_report(report))
     report_errors(report)
     return report.exit_code
+
+
+def cmd_serve(args, cfg: Config) -> int:
+    from .daemon.service import serve
+
+    return serve(cfg, open_store(cfg))     # a tenant whose secret cannot be read is reported by each pass
 
 
 def cmd_status(args, cfg: Config) -> int:
@@ -515,6 +505,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("who", metavar="EMAIL_OR_ID", nargs="?"); c.add_argument("--tenant")
     c.add_argument("--at"); c.add_argument("--ticket"); c.add_argument("--dry-run", action="store_true")
     c.add_argument("--from-ticket", type=int, metavar="N", help="read the leaver, tenant and date from PSA ticket N")
+    sub.add_parser("serve", parents=[common], help="the daemon: scheduler, webhook listener, health and metrics")
     c = sub.add_parser("status", parents=[common], help="open terminations and their actions")
     c.add_argument("--tenant"); c.add_argument("--all", action="store_true")
     c = sub.add_parser("history", parents=[common], help="the audit trail of one person")
@@ -548,7 +539,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"check": cmd_check, "plan": cmd_plan, "reconcile": cmd_reconcile, "run": cmd_run, "status": cmd_status,
+COMMANDS = {"check": cmd_check, "plan": cmd_plan, "reconcile": cmd_reconcile, "run": cmd_run, "serve": cmd_serve,
+            "status": cmd_status,
             "history": cmd_history, "approve": cmd_decide, "hold": cmd_decide, "cancel": cmd_decide,
             "retry": cmd_decide, "confirm": cmd_confirm, "audit": cmd_audit, "backup": cmd_backup, "pause": cmd_pause,
             "resume": cmd_resume, "purge": cmd_purge}
@@ -563,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("demo", "sandbox"):
             return cmd_demo(args) if args.command == "demo" else cmd_sandbox(args)
         cfg = configmod.load(args.config)
-        setup_logging("DEBUG" if args.debug else cfg.connector.log_level)
+        setup_logging("DEBUG" if args.debug else cfg.connector.log_level, json_lines=args.command == "serve")
         return COMMANDS[args.command](args, cfg)
     except OffboardError as e:
         if args.debug:

@@ -6,7 +6,8 @@ import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+import threading
+from typing import Callable, Collection
 
 from .. import plugins
 from ..config import Config, PsaSettings, Tenant
@@ -40,8 +41,9 @@ class Report:
     needs_human: list[str] = field(default_factory=list)   # every open termination still waiting for a person
 
     def absorb(self, part: "Report") -> None:
-        for name in ("terminations", "config_errors", "source_errors", "rejected"):
+        for name in ("config_errors", "source_errors", "rejected"):
             getattr(self, name).extend(getattr(part, name))
+        self.terminations.extend(t for t in part.terminations if t not in self.terminations)
         self.holds.update(part.holds)
 
     @property
@@ -71,8 +73,11 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
               dry_run: bool = False, full: bool = False, trigger: str = "cli", now: dt.datetime | None = None,
               on_demand: list[Termination] | None = None,
               providers: Callable[[Tenant], list[Provider]] | None = None,
-              run_id: str | None = None, listeners: tuple[Listener, ...] = ()) -> Report:
-    """Run one pass. `on_demand` skips the feeds and works on just those terminations.
+              run_id: str | None = None, listeners: tuple[Listener, ...] = (),
+              only: Collection[str] | None = None, stop: threading.Event | None = None) -> Report:
+    """Run one pass. `on_demand` skips the feeds and works on just those terminations; `only` skips
+    the feeds and works on the stored terminations with those ids (a webhook recorded them already).
+    Once `stop` is set no further action starts: those in flight finish and are journaled.
 
     Every state change of the pass is announced to the ticket notes and to `listeners`
     (not in a dry run: nothing really changed).
@@ -82,6 +87,7 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
     """
     now = now or utcnow()
     report = Report(run_id=run_id or uuid.uuid4().hex[:12], dry_run=dry_run)
+    report.terminations.extend(only or ())
     tenants = [config.tenant(tenant)] if tenant else config.tenants
     store.start_run(report.run_id, trigger, tenant, dry_run)
     parts = [Report(run_id=report.run_id, dry_run=dry_run) for _ in tenants]
@@ -93,7 +99,7 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
     def one(t: Tenant, part: Report) -> None:
         try:
             _reconcile_tenant(t, store, part, leases, employee=employee, dry_run=dry_run, full=full, now=now,
-                              on_demand=on_demand, providers=providers, announce=announce)
+                              on_demand=on_demand, providers=providers, announce=announce, only=only, stop=stop)
         except Exception as e:  # a bug or a hostile input in one tenant must not stop the others
             log.exception("tenant %s: the pass failed", t.id)
             part.source_errors.append(OffboardError(f"internal error, this tenant's pass stopped: "
@@ -115,7 +121,7 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
 
 
 def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, leases: Leases, *, employee, dry_run, full, now,
-                      on_demand, providers, announce: Announcer) -> None:
+                      on_demand, providers, announce: Announcer, only, stop) -> None:
     missing = unresolvable_secrets(tenant)
     if missing:
         report.config_errors.extend(missing)
@@ -128,10 +134,12 @@ def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, leases: Leas
     try:
         down = _online(built, report)
         states = {r["id"]: r["state"] for r in store.terminations(tenant.id)} if announce.listeners else {}
-        _intake(tenant, store, report, leases, full=full, now=now, on_demand=on_demand)
-        announce.differences(tenant.id, states, store, report.run_id)
+        if only is None:
+            _intake(tenant, store, report, leases, full=full, now=now, on_demand=on_demand)
+            announce.differences(tenant.id, states, store, report.run_id)
+        wanted = {t.id for t in on_demand} if on_demand is not None else only
         _execute(tenant, store, report, leases, built, down, employee=employee, dry_run=dry_run, now=now,
-                 on_demand=on_demand, announce=announce)
+                 wanted=wanted, stop=stop, announce=announce)
     finally:
         for p in built:
             p.close()
@@ -181,7 +189,7 @@ def _intake(tenant: Tenant, store: Store, report: Report, leases: Leases, *, ful
 
 
 def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, providers: list[Provider],
-             down: dict[str, OffboardError], *, employee, dry_run, now, on_demand, announce: Announcer) -> None:
+             down: dict[str, OffboardError], *, employee, dry_run, now, wanted, stop, announce: Announcer) -> None:
     if pause := store.paused(tenant.id):       # a person's pause: intake still records, nothing new starts
         report.holds[tenant.id] = f"{pause['reason']} since {pause['paused_at']} (`offboard resume" + \
             ("`)" if pause["scope"] != tenant.id else f" --tenant {tenant.id}`)")
@@ -191,7 +199,6 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
         report.holds[tenant.id] = "; ".join(h["reason"] for h in holds)
     if store.open_hold(tenant.id):
         return
-    wanted = {t.id for t in on_demand} if on_demand is not None else None
     rows = [r for r in store.terminations(tenant.id, WORKABLE)
             if r["due_at"] <= iso(now) and (wanted is None or r["id"] in wanted)
             and (employee is None or employee in (r["employee_id"], r["email"], r["id"]))]
@@ -203,7 +210,7 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
         if lv.id not in report.terminations:
             report.terminations.append(lv.id)
     executor = Executor(tenant, store, providers, report.run_id, dry_run, now,
-                        owns=lambda tid: leases.holds(f"termination:{tid}"))
+                        owns=lambda tid: leases.holds(f"termination:{tid}") and not (stop and stop.is_set()))
     executor.prepare(leavers, down)
     executor.execute(leavers)
     report.config_errors.extend(e for e in executor.config_errors if e not in report.config_errors)

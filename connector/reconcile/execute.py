@@ -184,7 +184,7 @@ class Executor:
         aid = f"{lv.id}/{provider}/{action}"
         lv.outcomes[aid] = (provider, phase, status)
         self.store.upsert_action_status(aid, lv.id, provider, action, phase, status, reason)
-        self.store.audit(f"action_{status}", lv.id, self.run_id, provider=provider, action=action, reason=reason)
+        self._tell(lv, provider, action, phase, status, reason)
 
     def _journal_error(self, lv: Leaver, provider: str, action: str, phase: str, error: OffboardError) -> None:
         """A provider that could not be read for this leaver: failed and retried, never silently dropped."""
@@ -194,7 +194,18 @@ class Executor:
         lv.outcomes[aid] = (provider, phase, status)
         self.store.upsert_action_status(aid, lv.id, provider, action, phase, status, reason)
         self.store.record_outcome(aid, status, reason=reason, error_class=cls, next_attempt_at=next_at)
-        self.store.audit(f"action_{status}", lv.id, self.run_id, provider=provider, action=action, reason=reason)
+        self._tell(lv, provider, action, phase, status, reason, cls)
+
+    def _tell(self, lv: Leaver, provider: str, action: str, phase: str, status: str, reason: str, error: str = "",
+              **data) -> None:
+        """Every outcome goes to the audit log (the daemon's counters read it) and to the log, with its fields."""
+        self.store.audit(f"action_{status}", lv.id, self.run_id, provider=provider, action=action, phase=phase,
+                         reason=reason, **({"error": error} if error else {}), **data)
+        log.log(logging.WARNING if status in ("failed", "needs_human") else logging.INFO,
+                "%s %s/%s: %s%s", lv.id, provider, action, status, f" ({reason})" if reason else "",
+                extra={"tenant": self.tenant.id, "employee": lv.termination.employee_id, "termination": lv.id,
+                       "provider": provider, "action": action, "phase": phase, "outcome": status,
+                       "error": error, "run_id": self.run_id})
 
     # -- executing ------------------------------------------------------------
     def execute(self, leavers: list[Leaver]) -> None:
@@ -280,8 +291,7 @@ class Executor:
         lv.outcomes[aid] = (action.provider, action.phase, status)
         self.store.record_outcome(aid, status, before=before, after=after, reason=reason, error_class=cls,
                                   next_attempt_at=next_at)
-        self.store.audit(f"action_{status}", lv.id, self.run_id, provider=action.provider, action=action.action,
-                         phase=action.phase, before=before, after=after, reason=reason)
+        self._tell(lv, action.provider, action.action, action.phase, status, reason, cls, before=before, after=after)
 
     def retry_at(self, error: OffboardError) -> dt.datetime | None:
         """When to try again: the error's delay, within [1 s, 1 day] whatever a server claimed."""

@@ -188,6 +188,45 @@ class StateStore(ABC):
         """Also records the audit head, so a truncated tail of the chain is caught by `verify_audit`."""
 
     @abstractmethod
+    def queue_run(self, run_id: str, trigger: str, tenant: str | None, terminations: list[str], owner: str) -> None:
+        """A run accepted (a webhook) before it starts: `GET /runs/<id>` answers `queued`."""
+
+    @abstractmethod
+    def claim_run(self, run_id: str, owner: str) -> None:
+        """This process now owns the run (it adopted one a dead process queued)."""
+
+    @abstractmethod
+    def fail_run(self, run_id: str, reason: str) -> None: ...
+
+    @abstractmethod
+    def run(self, run_id: str) -> dict | None: ...
+
+    @abstractmethod
+    def runs(self, states: Iterable[str]) -> list[dict]: ...
+
+    # -- what the daemon schedules and measures ----------------------------------------------
+    @abstractmethod
+    def next_instant(self, after: dt.datetime) -> dt.datetime | None:
+        """The earliest instant after `after` when work appears by itself: a scheduled termination
+        becomes due, or a journaled wait (`next_attempt_at`) ends."""
+
+    @abstractmethod
+    def state_counts(self) -> list[tuple[str, str, int]]:
+        """(tenant, state, how many terminations)."""
+
+    @abstractmethod
+    def oldest_open_due(self, states: Iterable[str]) -> dt.datetime | None:
+        """The earliest due instant, already past, of a termination in one of `states`."""
+
+    @abstractmethod
+    def revoke_durations(self) -> list[float]:
+        """Seconds from due to the revoke phase complete, per termination whose revoke phase is complete."""
+
+    @abstractmethod
+    def audit_after(self, seq: int, limit: int = 10000) -> list[dict]:
+        """Audit entries after `seq` ({seq, event, data}), oldest first: counters that survive restarts."""
+
+    @abstractmethod
     def cursor(self, key: str) -> str | None: ...
 
     @abstractmethod

@@ -32,7 +32,7 @@ import sqlite_utils
 
 from ..config import mask_secrets
 from ..errors import ConfigError
-from .base import EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, dumps, iso, now, stamp
+from .base import EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, dumps, iso, now, parse_iso, stamp
 
 BUSY_SECONDS = 30
 
@@ -98,7 +98,12 @@ def _pauses_and_purges(db: sqlite_utils.Database) -> None:
                "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only (a retention purge may only blank data)'); END")
 
 
-MIGRATIONS = [_v1, _approvals_and_hold_kinds, _leases_and_audit_macs, _pauses_and_purges]
+def _run_owners(db: sqlite_utils.Database) -> None:
+    """Which process queued or runs a run: a daemon that died leaves its runs to be adopted."""
+    db["runs"].add_column("owner", str)
+
+
+MIGRATIONS = [_v1, _approvals_and_hold_kinds, _leases_and_audit_macs, _pauses_and_purges, _run_owners]
 
 
 def effective_uid() -> int:
@@ -384,6 +389,69 @@ class SqliteStore(StateStore):
                                             "state": "done" if exit_code in (0, 2, 3) else "failed",
                                             "finished_at": iso(now()), "exit_code": exit_code,
                                             "summary": dumps(summary), "terminations": dumps(terminations)})
+
+    def queue_run(self, run_id: str, trigger: str, tenant: str | None, terminations: list[str], owner: str) -> None:
+        with self.transaction():
+            self.db["runs"].upsert({"id": run_id, "trigger": trigger, "tenant": tenant, "dry_run": 0,
+                                    "state": "queued", "terminations": dumps(terminations), "owner": owner}, pk="id")
+
+    def claim_run(self, run_id: str, owner: str) -> None:
+        with self.transaction():
+            self.db["runs"].update(run_id, {"owner": owner})
+
+    def fail_run(self, run_id: str, reason: str) -> None:
+        with self.transaction():
+            self.db["runs"].update(run_id, {"state": "failed", "finished_at": iso(now()),
+                                            "summary": dumps({"errors": [reason]})})
+
+    def run(self, run_id: str) -> dict | None:
+        row = self._one("runs", "id = ?", [run_id])
+        if row:
+            row["terminations"] = json.loads(row["terminations"] or "[]")
+            row["summary"] = json.loads(row["summary"] or "{}")
+        return row
+
+    def runs(self, states: Iterable[str]) -> list[dict]:
+        states = list(states)
+        return [self.run(r["id"]) for r in
+                self._rows("runs", f"state in ({','.join('?' * len(states))})", states, order_by="rowid")]
+
+    def next_instant(self, after: dt.datetime) -> dt.datetime | None:
+        with self.lock:
+            row = self.conn.execute(
+                "select min(at) from ("
+                " select min(due_at) as at from terminations where state in ('scheduled', 'held') and due_at > ?"
+                " union all select min(a.next_attempt_at) from actions a join terminations t on t.id = a.termination_id"
+                "  where t.state in ('in_progress', 'due') and a.status in ('failed', 'pending')"
+                "  and a.next_attempt_at > ?)", [iso(after), iso(after)]).fetchone()
+        return parse_iso(row[0]) if row and row[0] else None
+
+    def state_counts(self) -> list[tuple[str, str, int]]:
+        with self.lock:
+            return [tuple(r) for r in self.conn.execute(
+                "select tenant, state, count(*) from terminations group by tenant, state")]
+
+    def oldest_open_due(self, states: Iterable[str]) -> dt.datetime | None:
+        states = list(states)
+        with self.lock:
+            row = self.conn.execute(f"select min(due_at) from terminations where state in "
+                                    f"({','.join('?' * len(states))}) and due_at <= ?",
+                                    [*states, iso(now())]).fetchone()
+        return parse_iso(row[0]) if row[0] else None
+
+    def revoke_durations(self) -> list[float]:
+        with self.lock:
+            rows = self.conn.execute(
+                "select t.due_at, max(a.finished_at) from terminations t join actions a on a.termination_id = t.id"
+                " where a.phase = 'revoke' group by t.id"
+                " having sum(a.status not in ('changed', 'unchanged', 'skipped')) = 0").fetchall()
+        return [max(0.0, (parse_iso(done) - parse_iso(due)).total_seconds()) for due, done in rows if due and done]
+
+    def audit_after(self, seq: int, limit: int = 10000) -> list[dict]:
+        with self.lock:
+            rows = self.conn.execute("select seq, event, data from audit where seq > ? order by seq limit ?",
+                                     [seq, limit]).fetchall()
+        return [{"seq": s, "event": e, "data": json.loads(d or "{}")} for s, e, d in rows]
 
     def cursor(self, key: str) -> str | None:
         row = self._one("cursors", "id = ?", [key])

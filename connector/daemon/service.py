@@ -1,0 +1,270 @@
+"""The daemon: one process that keeps every tenant's leavers moving for months, unattended.
+
+Its schedule is rebuilt from the store on every start and whenever the store changes (the
+audit head moves): a poll per tenant, and one wake-up at the earliest instant work appears
+by itself (a termination becoming due, a journaled wait ending), so a leaver due at 17:00 is
+revoked at 17:00 whatever the poll interval. APScheduler keeps only that in-memory plan; every
+fact it is made from lives in the store. Signals are handled on the main thread: SIGHUP
+reloads the config between passes (a bad one keeps the running one), SIGTERM stops taking
+work, lets the passes in flight finish their actions within `shutdown_grace`, and exits 0.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import signal
+import threading
+import time
+from typing import Iterable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from cheroot import wsgi
+from prometheus_client.core import GaugeMetricFamily
+
+from .. import config as configmod
+from ..config import Config
+from ..errors import ConfigError, OffboardError
+from ..model import Termination
+from ..reconcile.engine import WORKABLE
+from ..reconcile.intake import Intake, record
+from ..reconcile.leases import Leases, owner_id
+from ..sources.webhook import MAX_BODY
+from ..store import Store, iso, now, parse_iso
+from . import metrics, systemd
+from .runner import Runner
+from .web import App
+
+log = logging.getLogger(__name__)
+
+WATCH_SECONDS = 1.0          # how often the store is checked for changes that move the wake-up
+ADOPT_SECONDS = 15.0         # how often runs left by a dead daemon are looked for
+STALE_TICK = 30.0            # a scheduler that has not ticked for this long is unhealthy
+SHUTDOWN_GRACE = 30.0        # seconds SIGTERM waits for actions in flight (the unit's TimeoutStopSec is above it)
+
+
+class Daemon:
+    def __init__(self, config: Config, store: Store):
+        self.config = config
+        self.store = store
+        self.owner = owner_id("serve")
+        self.runner = Runner(lambda: self.config, store, self.owner, config.connector.workers,
+                             on_finished=self.reschedule_wakeup)
+        self.scheduler = BackgroundScheduler(timezone=dt.timezone.utc, job_defaults={
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        self.metrics = metrics.registry(store, extra=self._daemon_metrics)
+        self.server: wsgi.Server | None = None
+        self.address = ""
+        self.signals: queue.Queue[int] = queue.Queue()
+        self.leases = Leases(store, self.owner, config.connector.lease_seconds)
+        self.watchdog = systemd.Watchdog(lambda: "; ".join(self.health()[0]))
+        self._horizon = now()           # instants up to here were handed to a wake-up already
+        self._audit_seq = -1
+        self._last_tick = time.monotonic()
+        self._wake_lock = threading.Lock()
+
+    # -- life ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.leases.__enter__()
+        self.leases.take(f"process:{self.owner}")
+        self._start_listener()
+        self.scheduler.start()
+        self._schedule_polls()
+        self.scheduler.add_job(self._watch, IntervalTrigger(seconds=WATCH_SECONDS), id="watch")
+        self.scheduler.add_job(self.adopt_orphans, IntervalTrigger(seconds=ADOPT_SECONDS), id="adopt",
+                               next_run_time=dt.datetime.now(dt.timezone.utc))
+        self.reschedule_wakeup()
+        self.watchdog.start()
+        status = f"serving {len(self.config.tenants)} tenant(s)" + (f", listening on {self.address}" if self.address else "")
+        systemd.notify("READY=1", f"STATUS={status}")
+        log.info("ready: %s", status)
+
+    def serve_forever(self) -> int:
+        """Run until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit code (0 after a clean stop)."""
+        previous = {sig: signal.signal(sig, lambda s, _: self.signals.put(s))
+                    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            self.start()
+            while True:
+                sig = self.signals.get()
+                if sig == signal.SIGHUP:
+                    self.reload()
+                else:
+                    break
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def stop(self) -> None:
+        systemd.notify("STOPPING=1")
+        log.info("stopping: no new work; waiting up to %.0f s for actions in flight", SHUTDOWN_GRACE)
+        self.watchdog.stop()
+        if self.server is not None:
+            self.server.stop()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        finished = self.runner.shutdown(SHUTDOWN_GRACE)
+        self.leases.__exit__(None, None, None)
+        log.info("stopped" if finished else "stopped with a pass still running: its journal resumes it next start")
+
+    def reload(self) -> None:
+        """SIGHUP: a config that validates is swapped in between passes; one that does not keeps the running one."""
+        try:
+            fresh = configmod.load(self.config.path)
+        except ConfigError as e:
+            log.error("reload refused, the running config stays: %s", e)
+            return
+        if fresh.connector.state != self.config.connector.state or \
+                (fresh.webhook and fresh.webhook.listen) != (self.config.webhook and self.config.webhook.listen):
+            log.warning("reload: a new state store or listen address takes effect only after a restart")
+        self.config = fresh
+        self._schedule_polls()
+        log.info("reloaded %s: %d tenant(s)", fresh.path, len(fresh.tenants))
+
+    # -- the schedule ----------------------------------------------------------------------
+    def _schedule_polls(self) -> None:
+        """One poll per tenant, the first at once: a full pass when the daemon starts and after a reload."""
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("poll:"):
+                job.remove()
+        for tenant in self.config.tenants:
+            self.scheduler.add_job(self._poll, IntervalTrigger(seconds=self.config.connector.poll_interval),
+                                   args=[tenant.id], id=f"poll:{tenant.id}",
+                                   next_run_time=dt.datetime.now(dt.timezone.utc))
+
+    def _poll(self, tenant: str) -> None:
+        self._submit(tenant, "schedule")
+
+    def _submit(self, tenant: str, trigger: str, only: list[str] | None = None) -> str | None:
+        try:
+            return self.runner.submit(tenant, trigger, only)
+        except Exception as e:     # stopping, or the store refused the run row: logged, the next trigger retries
+            log.warning("could not queue a %s pass for %s: %s", trigger, tenant, e, extra={"tenant": tenant})
+            return None
+
+    def reschedule_wakeup(self) -> None:
+        with self._wake_lock:
+            if not self.scheduler.running:
+                return
+            at = self.store.next_instant(self._horizon)
+            if at is None:
+                if self.scheduler.get_job("wakeup"):
+                    self.scheduler.remove_job("wakeup")
+                return
+            self.scheduler.add_job(self._wake, DateTrigger(run_date=max(at, now())), id="wakeup",
+                                   replace_existing=True)
+
+    def _wake(self) -> None:
+        """An instant came: work on each termination whose time has come, in its tenant's pass."""
+        with self._wake_lock:
+            at = now()
+            self._horizon = at
+        by_tenant: dict[str, list[str]] = {}
+        for row in self.store.terminations(None, WORKABLE):
+            if row["due_at"] <= iso(at):
+                by_tenant.setdefault(row["tenant"], []).append(row["id"])
+        for tenant, ids in by_tenant.items():
+            if any(t.id == tenant for t in self.config.tenants):
+                self._submit(tenant, "due", ids)
+        self.reschedule_wakeup()
+
+    def _watch(self) -> None:
+        self._last_tick = time.monotonic()
+        seq = self.store.audit_head()["seq"]
+        if seq != self._audit_seq:
+            self._audit_seq = seq
+            self.reschedule_wakeup()
+
+    def adopt_orphans(self) -> None:
+        """Runs a dead daemon queued are run here under their own ids; the ones it was running are failed
+        (their work resumes from the journal in the next pass that reaches those terminations)."""
+        for run in self.store.runs(["queued", "running"]):
+            owner = run.get("owner")
+            if not owner or owner == self.owner or self._alive(owner):
+                continue
+            if run["state"] == "running":
+                self.store.fail_run(run["id"], "the daemon running it stopped; the journal resumes its work")
+                continue
+            self.store.claim_run(run["id"], self.owner)
+            try:
+                self.runner.submit(run["tenant"], run["trigger"], run["terminations"], run_id=run["id"])
+            except Exception as e:
+                log.warning("could not adopt run %s: %s", run["id"], e)
+
+    def _alive(self, owner: str) -> bool:
+        lease = self.store.lease(f"process:{owner}")
+        return bool(lease and parse_iso(lease["expires_at"]) > now())
+
+    # -- what the listener calls --------------------------------------------------------------
+    def accept(self, termination: Termination) -> str:
+        """A verified webhook: record it (durably, before the answer), then queue its pass."""
+        tenant = self.config.tenant(termination.tenant)
+
+        def record_it(run_id: str) -> None:
+            intake = Intake()
+            with self.store.transaction():
+                record(tenant, self.store, [termination], now(), run_id, intake)
+            if intake.errors:
+                raise intake.errors[0]
+
+        run_id = self.runner.submit(tenant.id, "webhook", [termination.id], prepare=record_it)
+        log.info("webhook accepted for %s: run %s", termination.id, run_id,
+                 extra={"tenant": tenant.id, "employee": termination.employee_id, "run_id": run_id})
+        self.reschedule_wakeup()
+        return run_id
+
+    def callback_token(self) -> str:
+        psa = self.config.psa
+        return psa.callback_token.reveal() if psa and psa.callback_token else ""
+
+    def accept_ticket_callback(self, body: bytes) -> str:
+        raise OffboardError("ticket callbacks are not handled yet", "connectwise callback")
+
+    def client_address(self, environ: dict) -> str:
+        return environ.get("REMOTE_ADDR", "")
+
+    def client_allowed(self, environ: dict) -> bool:
+        return True
+
+    def health(self) -> tuple[list[str], dict]:
+        reasons = []
+        try:
+            self.store.set_cursor(f"heartbeat:{self.owner}", iso(now()))
+        except Exception as e:
+            reasons.append(f"the state store is not writable: {e}")
+        if not self.scheduler.running:
+            reasons.append("the scheduler is not running")
+        elif time.monotonic() - self._last_tick > STALE_TICK:
+            reasons.append(f"the scheduler has not ticked for {time.monotonic() - self._last_tick:.0f} s")
+        held = sorted({h["tenant"] for t in self.config.tenants for h in self.store.open_holds(t.id)})
+        return reasons, {"tenants": len(self.config.tenants), "held_tenants": held}
+
+    def _daemon_metrics(self) -> Iterable:
+        held = GaugeMetricFamily("offboard_tenant_held", "1 while a hold stops the tenant's new work", labels=["tenant"])
+        for t in self.config.tenants:
+            held.add_metric([t.id], 1 if self.store.open_hold(t.id) else 0)
+        yield held
+
+    # -- the listener ------------------------------------------------------------------------
+    def _start_listener(self) -> None:
+        if self.config.webhook is None:
+            return
+        host, _, port = self.config.webhook.listen.rpartition(":")
+        server = wsgi.Server((host.strip("[]"), int(port)), App(self), numthreads=8, request_queue_size=64,
+                             timeout=10, shutdown_timeout=5, server_name="offboard-connector")
+        server.max_request_body_size = MAX_BODY + 1       # cheroot answers 413 beyond it, before the app reads
+        server.max_request_header_size = 64 << 10
+        server.prepare()
+        self.server = server
+        bound = server.bind_addr
+        self.address = f"{bound[0]}:{bound[1]}"
+        threading.Thread(target=server.serve, name="listener", daemon=True).start()
+        log.info("listening on %s", self.address)
+
+
+def serve(config: Config, store: Store) -> int:
+    return Daemon(config, store).serve_forever()
