@@ -104,7 +104,8 @@ class Exchange(System):
             if not name.startswith("Get-"):
                 target = params.get("Identity") or params.get("Mailbox") or ""
                 target += f"/{params['Member']}" if "Member" in params else ""
-                self.wrote(name, target, f"{grant.client_id}@{request.peer}",
+                asked = ",".join(sorted(set(params) - {"Identity", "Mailbox", "Member"}))
+                self.wrote(f"{name} {asked}".strip(), target, f"{grant.client_id}@{request.peer}",
                            items.status if isinstance(items, Response) else 200)
             if isinstance(items, Response):
                 return items

@@ -290,6 +290,7 @@ class Graph(System):
                 return graph_error(400, "Request_BadRequest", "The specified password does not comply with password "
                                    "complexity requirements.")
             user["lastPasswordChangeDateTime"] = stamp()
+            call.tenant.passwords[user_id] = body["passwordProfile"]["password"]
         return None
 
     def revoke_sessions(self, call: Call, user_id):

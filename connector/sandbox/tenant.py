@@ -69,6 +69,7 @@ class Tenant:
         self.methods: dict[str, list[dict]] = {}
         self.default_method: dict[str, str] = {}          # user id -> id of the default MFA method
         self.mailboxes: dict[str, Mailbox] = {}
+        self.passwords: dict[str, str] = {}               # user id -> the last password an admin set (secret-leak tests)
         self.accepted_domains = [{"DomainName": domain, "DomainType": "Authoritative", "Default": True},
                                  {"DomainName": f"{domain.split('.')[0]}.onmicrosoft.com",
                                   "DomainType": "Authoritative", "Default": False}]

@@ -234,7 +234,8 @@ def test_every_write_is_logged_once_with_time_caller_and_outcome_and_reads_are_n
     log = cloud.control("GET", "writes").json()["writes"]
     assert [(w["system"], w["op"], w["status"]) for w in log] == [
         ("graph", "PATCH users/{id} accountEnabled", 204), ("graph", "PATCH users/{id} accountEnabled", 400),
-        ("graph", "POST users/{id}/revokeSignInSessions", 200), ("exchange", "Set-Mailbox", 200)]
+        ("graph", "POST users/{id}/revokeSignInSessions", 200),
+        ("exchange", "Set-Mailbox HiddenFromAddressListsEnabled", 200)]
     assert [w["target"] for w in log] == [user_id(cloud, leaver.email), user_id(cloud, synced.email),
                                           user_id(cloud, leaver.email), leaver.email]
     assert all(w["caller"].startswith(cloud.tenant.client_id + "@") for w in log)
