@@ -210,7 +210,7 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
         if lv.id not in report.terminations:
             report.terminations.append(lv.id)
     executor = Executor(tenant, store, providers, report.run_id, dry_run, now,
-                        owns=lambda tid: leases.holds(f"termination:{tid}") and not (stop and stop.is_set()))
+                        owns=lambda tid: leases.holds(f"termination:{tid}"), stopping=stop.is_set if stop else lambda: False)
     executor.prepare(leavers, down)
     executor.execute(leavers)
     report.config_errors.extend(e for e in executor.config_errors if e not in report.config_errors)

@@ -68,7 +68,8 @@ def approved(approvals: list[dict], provider: str, action: str, reason: str) -> 
 
 class Executor:
     def __init__(self, tenant: Tenant, store: Store, providers: list[Provider], run_id: str,
-                 dry_run: bool, now: dt.datetime, owns: Callable[[str], bool] = lambda termination_id: True):
+                 dry_run: bool, now: dt.datetime, owns: Callable[[str], bool] = lambda termination_id: True,
+                 stopping: Callable[[], bool] = lambda: False):
         self.tenant = tenant
         self.store = store
         self.providers = {p.name: p for p in providers}
@@ -76,6 +77,7 @@ class Executor:
         self.dry_run = dry_run
         self.now = now
         self.owns = owns                   # is this pass still the one worker of a termination (its lease)?
+        self.stopping = stopping           # the daemon is shutting down: start nothing more
         self.config_errors: list[ConfigError] = []   # one per refused credential, however many actions hit it
         self.stopped: set[str] = set()     # providers whose credential was refused this pass
 
@@ -223,11 +225,26 @@ class Executor:
             with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix=f"{self.tenant.id}-{phase}") as pool:
                 for future in [pool.submit(self._run_provider, name, items) for name, items in work.items()]:
                     future.result()
+        self._journal_unstarted(leavers)
+
+    def _journal_unstarted(self, leavers: list[Leaver]) -> None:
+        """Every planned action is in the journal, started or not, so `settle` can never take a plan cut
+        short (a shutdown, an earlier phase that failed) for a finished one."""
+        for lv in leavers:
+            if not self.owns(lv.id):
+                continue
+            for action in lv.actions:
+                aid = lv.action_id(action)
+                if aid not in lv.outcomes:
+                    self.store.upsert_action_status(aid, lv.id, action.provider, action.action, action.phase,
+                                                    "pending", "not started this pass")
 
     def still_ours(self, lv: Leaver) -> bool:
         """False once a person cancelled or held the termination, or paused its tenant or every tenant,
-        or another worker took it, mid-pass: the action in flight finishes, no further one starts."""
-        return self.owns(lv.id) and self.store.state_of(lv.id) == "in_progress" and not self.store.paused(self.tenant.id)
+        or another worker took it, or the daemon is stopping, mid-pass: the action in flight finishes,
+        no further one starts."""
+        return not self.stopping() and self.owns(lv.id) and self.store.state_of(lv.id) == "in_progress" \
+            and not self.store.paused(self.tenant.id)
 
     @staticmethod
     def _may_start(lv: Leaver, action: PlannedAction) -> bool:
