@@ -27,7 +27,7 @@ from .errors import ConfigError, OffboardError, PermanentError, RetryableError
 log = logging.getLogger(__name__)
 
 TIMEOUT = (5, 30)          # connect, read
-INLINE_WAIT_LIMIT = 30.0   # seconds of Retry-After we wait for in place
+INLINE_WAIT_LIMIT = 5.0    # seconds of Retry-After waited for in place; longer goes to the journal (next_attempt_at)
 MAX_DELAY = 3600.0         # a longer wait is parked for an hour, then the server is asked again
 RETRYABLE = {408, 424, 425, 429, 500, 502, 503, 504}   # 424: a Graph $batch dependency failed (throttled)
 CONFIG = {401, 403}

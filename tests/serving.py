@@ -128,7 +128,8 @@ def cloud_only_stayers(world: worldmod.World) -> list[Employee]:
 
 
 @contextlib.contextmanager
-def sandbox_daemon_setup(folder: Path, size: int = 60, tenants: int = 1, connector: str = ""):
+def sandbox_daemon_setup(folder: Path, size: int = 60, tenants: int = 1, poll_interval: str = "1h",
+                         connector: str = ""):
     """The sandbox over HTTPS and a config for `tenants` tenants (all in the one generated Microsoft 365
     tenant, each with its own webhook secret); yields (world, config path, env for the daemon)."""
     world = worldmod.build(size)
@@ -140,7 +141,7 @@ def sandbox_daemon_setup(folder: Path, size: int = 60, tenants: int = 1, connect
         text = textwrap.dedent(f"""\
             [connector]
             state = "{folder / 'state.db'}"
-            poll_interval = "1h"
+            poll_interval = "{poll_interval}"
             lease_seconds = 3
             {connector}
             [webhook]

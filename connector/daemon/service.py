@@ -34,6 +34,7 @@ from ..reconcile.leases import Leases, owner_id
 from ..sources.webhook import MAX_BODY
 from ..store import Store, iso, now, parse_iso
 from . import metrics, systemd
+from .alerts import Alerter
 from .runner import Runner
 from .web import App
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 1.0          # how often the store is checked for changes that move the wake-up
 ADOPT_SECONDS = 15.0         # how often runs left by a dead daemon are looked for
+ALERT_SECONDS = 30.0         # how often the conditions a person is told about are checked
 STALE_TICK = 30.0            # a scheduler that has not ticked for this long is unhealthy
 SHUTDOWN_GRACE = 30.0        # seconds SIGTERM waits for actions in flight (the unit's TimeoutStopSec is above it)
 
@@ -60,6 +62,7 @@ class Daemon:
         self.signals: queue.Queue[int] = queue.Queue()
         self.leases = Leases(store, self.owner, config.connector.lease_seconds)
         self.watchdog = systemd.Watchdog(lambda: "; ".join(self.health()[0]))
+        self.alerter = Alerter(lambda: self.config, store)
         self._horizon = now()           # instants up to here were handed to a wake-up already
         self._audit_seq = -1
         self._last_tick = time.monotonic()
@@ -75,6 +78,7 @@ class Daemon:
         self.scheduler.add_job(self._watch, IntervalTrigger(seconds=WATCH_SECONDS), id="watch")
         self.scheduler.add_job(self.adopt_orphans, IntervalTrigger(seconds=ADOPT_SECONDS), id="adopt",
                                next_run_time=dt.datetime.now(dt.timezone.utc))
+        self.scheduler.add_job(self.alerter.check, IntervalTrigger(seconds=ALERT_SECONDS), id="alerts")
         self.reschedule_wakeup()
         self.watchdog.start()
         status = f"serving {len(self.config.tenants)} tenant(s)" + (f", listening on {self.address}" if self.address else "")

@@ -223,6 +223,11 @@ class StateStore(ABC):
         """Seconds from due to the revoke phase complete, per termination whose revoke phase is complete."""
 
     @abstractmethod
+    def failing(self) -> list[dict]:
+        """Per tenant and provider with failed actions on open terminations: {tenant, provider, actions,
+        reason (one of them), tickets}."""
+
+    @abstractmethod
     def audit_after(self, seq: int, limit: int = 10000) -> list[dict]:
         """Audit entries after `seq` ({seq, event, data}), oldest first: counters that survive restarts."""
 
@@ -231,6 +236,10 @@ class StateStore(ABC):
 
     @abstractmethod
     def set_cursor(self, key: str, cursor: str | None) -> None: ...
+
+    @abstractmethod
+    def cursors(self, prefix: str) -> list[str]:
+        """The keys starting with `prefix` whose value is set."""
 
     @abstractmethod
     def open_holds(self, tenant: str, kind: str | None = None) -> list[dict]:

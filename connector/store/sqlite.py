@@ -447,6 +447,16 @@ class SqliteStore(StateStore):
                 " having sum(a.status not in ('changed', 'unchanged', 'skipped')) = 0").fetchall()
         return [max(0.0, (parse_iso(done) - parse_iso(due)).total_seconds()) for due, done in rows if due and done]
 
+    def failing(self) -> list[dict]:
+        with self.lock:
+            rows = self.conn.execute(
+                "select t.tenant, a.provider, count(*), max(a.reason), group_concat(distinct t.ticket)"
+                " from actions a join terminations t on t.id = a.termination_id"
+                " where a.status = 'failed' and t.state in ('due', 'in_progress') group by t.tenant, a.provider"
+                " order by t.tenant, a.provider").fetchall()
+        return [{"tenant": t, "provider": p, "actions": n, "reason": r or "",
+                 "tickets": [x for x in (tickets or "").split(",") if x]} for t, p, n, r, tickets in rows]
+
     def audit_after(self, seq: int, limit: int = 10000) -> list[dict]:
         with self.lock:
             rows = self.conn.execute("select seq, event, data from audit where seq > ? order by seq limit ?",
@@ -456,6 +466,11 @@ class SqliteStore(StateStore):
     def cursor(self, key: str) -> str | None:
         row = self._one("cursors", "id = ?", [key])
         return row["cursor"] if row else None
+
+    def cursors(self, prefix: str) -> list[str]:
+        with self.lock:
+            return [r[0] for r in self.conn.execute(
+                "select id from cursors where substr(id, 1, ?) = ? and cursor is not null", [len(prefix), prefix])]
 
     def set_cursor(self, key: str, cursor: str | None) -> None:
         with self.transaction():

@@ -248,3 +248,23 @@ def test_no_secret_or_generated_password_reaches_the_logs_or_the_state_store(set
     for name, data in haystacks.items():
         for secret in secrets:
             assert secret.encode() not in data, f"a secret is in {name}"
+
+
+def test_two_daemons_on_one_store_work_each_termination_once(setup, tmp_path):
+    world, config, env = setup
+    people = cloud_only_stayers(world)[:6]
+    world.cloud.graph.knobs.latency = (0.02, 0.02)       # long enough for the two daemons' passes to overlap
+    first = Daemon(tmp_path, config, env, name="first").start()
+    second = Daemon(tmp_path, config, env, name="second").start()
+    try:
+        for i, person in enumerate(people):               # each person told to both daemons
+            for daemon in (first, second):
+                body = webhook_body(person, timestamp=int(time.time()) - (daemon is second))
+                assert daemon.post("/webhook/generic", body, signed(body)).status_code == 202
+        wait_until(lambda: set(r["state"] for r in status(first).values()) == {"done"}, 150,
+                   what="every termination done")
+    finally:
+        assert first.stop() == 0 and second.stop() == 0
+    for person in people:
+        counts = writes_for(world, person)
+        assert counts and set(counts.values()) == {1}, (person.email, counts)

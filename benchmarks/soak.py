@@ -1,0 +1,70 @@
+"""The daemon's long life, measured: `offboard serve` with 50 tenants over hundreds of passes against the
+sandbox over HTTPS, its resident memory sampled from /proc, then the same daemon idle.
+
+Memory that grows with the number of passes (a cache without a bound, a leaked thread) shows as a
+slope between the first and the last third of the samples; a flat daemon's slope is noise.
+"""
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+from tests.serving import Daemon, sandbox_daemon_setup
+
+TENANTS = 50
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100       # utime + stime, in clock ticks of 1/100 s
+
+
+def passes(state: Path) -> int:
+    with sqlite3.connect(state) as db:
+        return db.execute("select count(*) from runs where state in ('done', 'failed')").fetchone()[0]
+
+
+def measure(folder: Path, poll: str, seconds: float, warmup: float = 0) -> dict:
+    with sandbox_daemon_setup(folder, size=30, tenants=TENANTS, poll_interval=poll) as (world, config, env):
+        daemon = Daemon(folder, config, env).start()
+        pid = daemon.proc.pid
+        time.sleep(warmup)
+        samples = []
+        cpu0, start = cpu_seconds(pid), time.monotonic()
+        while time.monotonic() - start < seconds:
+            samples.append(rss_kib(pid))
+            time.sleep(1)
+        cpu = cpu_seconds(pid) - cpu0
+        elapsed = time.monotonic() - start
+        done = passes(folder / "state.db")
+        assert daemon.stop() == 0
+    third = max(1, len(samples) // 3)
+    early, late = sum(samples[:third]) / third, sum(samples[-third:]) / third
+    return {"passes": done, "rss_start": samples[0], "rss_early": early, "rss_late": late, "rss_max": max(samples),
+            "cpu": cpu, "elapsed": elapsed}
+
+
+def bench_soak(busy_seconds: float = 120, idle_seconds: float = 30) -> list[tuple]:
+    busy = measure(Path(tempfile.mkdtemp(prefix="soak-busy-")), "2s", busy_seconds)
+    idle = measure(Path(tempfile.mkdtemp(prefix="soak-idle-")), "1h", idle_seconds, warmup=15)
+    growth = busy["rss_late"] - busy["rss_early"]
+    per_100 = growth / max(1, busy["passes"]) * 100
+    return [
+        (f"serve, {TENANTS} tenants polled every 2 s for {busy['elapsed']:.0f} s", f"{busy['passes']} passes",
+         f"{busy['cpu'] / max(1, busy['passes']) * 1000:.0f} ms CPU per pass", None),
+        ("resident memory over those passes (first third -> last third of samples)",
+         f"{busy['rss_early'] / 1024:.1f} MiB -> {busy['rss_late'] / 1024:.1f} MiB",
+         f"{per_100:+.0f} KiB per 100 passes (max {busy['rss_max'] / 1024:.1f} MiB)", None),
+        (f"serve idle ({TENANTS} tenants, one-hour poll) for {idle['elapsed']:.0f} s",
+         f"{idle['rss_late'] / 1024:.1f} MiB resident",
+         f"{idle['cpu'] / idle['elapsed'] * 100:.2f} % of one core (after its first full pass)", None),
+    ]
