@@ -56,6 +56,14 @@ def conditions(config: Config, store: Store, failing_after: float) -> list[Alert
     return alerts
 
 
+def payload(kind: str, alert: Alert) -> dict:
+    """Slack's incoming webhooks take `text`; a Teams incoming webhook takes a MessageCard."""
+    if kind == "teams":
+        return {"@type": "MessageCard", "@context": "https://schema.org/extensions",
+                "summary": alert.text[:80], "text": alert.text}
+    return {"text": alert.text}
+
+
 class Alerter:
     def __init__(self, config: Callable[[], Config], store: Store,
                  ticket_note: Callable[[Config, str, str], None] | None = None):
@@ -65,8 +73,8 @@ class Alerter:
     def check(self) -> int:
         """Send what is new; returns how many alerts went out."""
         config = self.config()
-        settings = getattr(config, "alerts", None)
-        if settings is None:
+        settings = config.alerts
+        if not settings.targets and not (settings.psa_ticket and self.ticket_note):
             return 0
         sent = 0
         for alert in conditions(config, self.store, settings.provider_failing_after):
@@ -80,9 +88,9 @@ class Alerter:
     def _send(self, config: Config, alert: Alert) -> bool:
         delivered = False
         for i, target in enumerate(config.alerts.targets):
-            where = f"alerts.targets[{i}]"
+            where = f"alerts.target[{i}] ({target.type})"
             try:
-                http.send(self.session, "POST", target.reveal(), where, attempts=2, json={"text": alert.text},
+                http.send(self.session, "POST", target.endpoint(), where, attempts=2, json=payload(target.type, alert),
                           timeout=(5, 10))
                 delivered = True
             except OffboardError as e:

@@ -24,7 +24,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from cheroot import wsgi
 from prometheus_client.core import GaugeMetricFamily
 
-from .. import config as configmod
+from .. import config as configmod, net, retention
 from ..config import Config
 from ..errors import ConfigError, OffboardError
 from ..model import Termination
@@ -44,7 +44,7 @@ WATCH_SECONDS = 1.0          # how often the store is checked for changes that m
 ADOPT_SECONDS = 15.0         # how often runs left by a dead daemon are looked for
 ALERT_SECONDS = 30.0         # how often the conditions a person is told about are checked
 STALE_TICK = 30.0            # a scheduler that has not ticked for this long is unhealthy
-SHUTDOWN_GRACE = 30.0        # seconds SIGTERM waits for actions in flight (the unit's TimeoutStopSec is above it)
+PURGE_SECONDS = 86400.0      # the retention purge, daily
 
 
 class Daemon:
@@ -79,6 +79,9 @@ class Daemon:
         self.scheduler.add_job(self.adopt_orphans, IntervalTrigger(seconds=ADOPT_SECONDS), id="adopt",
                                next_run_time=dt.datetime.now(dt.timezone.utc))
         self.scheduler.add_job(self.alerter.check, IntervalTrigger(seconds=ALERT_SECONDS), id="alerts")
+        self.scheduler.add_job(lambda: retention.purge_expired(self.config, self.store),
+                               IntervalTrigger(seconds=PURGE_SECONDS), id="purge",
+                               next_run_time=dt.datetime.now(dt.timezone.utc))
         self.reschedule_wakeup()
         self.watchdog.start()
         status = f"serving {len(self.config.tenants)} tenant(s)" + (f", listening on {self.address}" if self.address else "")
@@ -105,13 +108,14 @@ class Daemon:
 
     def stop(self) -> None:
         systemd.notify("STOPPING=1")
-        log.info("stopping: no new work; waiting up to %.0f s for actions in flight", SHUTDOWN_GRACE)
+        grace = self.config.connector.shutdown_grace
+        log.info("stopping: no new work; waiting up to %.0f s for actions in flight", grace)
         self.watchdog.stop()
         if self.server is not None:
             self.server.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        finished = self.runner.shutdown(SHUTDOWN_GRACE)
+        finished = self.runner.shutdown(grace)
         self.leases.__exit__(None, None, None)
         log.info("stopped" if finished else "stopped with a pass still running: its journal resumes it next start")
 
@@ -167,21 +171,30 @@ class Daemon:
         with self._wake_lock:
             at = now()
             self._horizon = at
+        self._work_on_due(WORKABLE, at, "due")
+        self.reschedule_wakeup()
+
+    def _work_on_due(self, states: tuple[str, ...], at: dt.datetime, trigger: str) -> None:
         by_tenant: dict[str, list[str]] = {}
-        for row in self.store.terminations(None, WORKABLE):
+        for row in self.store.terminations(None, states):
             if row["due_at"] <= iso(at):
                 by_tenant.setdefault(row["tenant"], []).append(row["id"])
         for tenant, ids in by_tenant.items():
-            if any(t.id == tenant for t in self.config.tenants):
-                self._submit(tenant, "due", ids)
-        self.reschedule_wakeup()
+            stopped = self.store.open_hold(tenant) or self.store.paused(tenant)     # its polls still record
+            if not stopped and any(t.id == tenant for t in self.config.tenants):
+                self._submit(tenant, trigger, ids)
 
     def _watch(self) -> None:
+        """The store changed (its audit head moved): move the wake-up, and start what a person just let go
+        (a resume, an approval) instead of leaving it to the next poll."""
         self._last_tick = time.monotonic()
         seq = self.store.audit_head()["seq"]
         if seq != self._audit_seq:
+            first = self._audit_seq < 0
             self._audit_seq = seq
             self.reschedule_wakeup()
+            if not first:
+                self._work_on_due(("scheduled", "due"), now(), "store")
 
     def adopt_orphans(self) -> None:
         """Runs a dead daemon queued are run here under their own ids; the ones it was running are failed
@@ -229,10 +242,13 @@ class Daemon:
         raise OffboardError("ticket callbacks are not handled yet", "connectwise callback")
 
     def client_address(self, environ: dict) -> str:
-        return environ.get("REMOTE_ADDR", "")
+        """The peer, or behind a configured trusted proxy the address it forwarded for."""
+        return net.client_address(environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR"),
+                                  self.config.webhook.trusted_proxies if self.config.webhook else [])
 
     def client_allowed(self, environ: dict) -> bool:
-        return True
+        return net.allowed(self.client_address(environ),
+                           self.config.webhook.allow_from if self.config.webhook else [])
 
     def health(self) -> tuple[list[str], dict]:
         reasons = []
@@ -244,14 +260,19 @@ class Daemon:
             reasons.append("the scheduler is not running")
         elif time.monotonic() - self._last_tick > STALE_TICK:
             reasons.append(f"the scheduler has not ticked for {time.monotonic() - self._last_tick:.0f} s")
-        held = sorted({h["tenant"] for t in self.config.tenants for h in self.store.open_holds(t.id)})
-        return reasons, {"tenants": len(self.config.tenants), "held_tenants": held}
+        pause = self.store.paused()
+        return reasons, {"tenants": len(self.config.tenants), "held_tenants": self.store.held_tenants(),
+                         "paused": f"{pause['reason']} since {pause['paused_at']}" if pause else ""}
 
     def _daemon_metrics(self) -> Iterable:
-        held = GaugeMetricFamily("offboard_tenant_held", "1 while a hold stops the tenant's new work", labels=["tenant"])
+        held_now = self.store.held_tenants()
+        held = GaugeMetricFamily("offboard_tenant_held", "1 while a hold or a person's pause stops the tenant",
+                                 labels=["tenant"])
         for t in self.config.tenants:
-            held.add_metric([t.id], 1 if self.store.open_hold(t.id) else 0)
+            held.add_metric([t.id], 1 if t.id in held_now else 0)
         yield held
+        yield GaugeMetricFamily("offboard_paused", "1 while every tenant is paused (`offboard pause`)",
+                                value=1 if self.store.paused() else 0)
 
     # -- the listener ------------------------------------------------------------------------
     def _start_listener(self) -> None:

@@ -268,3 +268,24 @@ def test_two_daemons_on_one_store_work_each_termination_once(setup, tmp_path):
     for person in people:
         counts = writes_for(world, person)
         assert counts and set(counts.values()) == {1}, (person.email, counts)
+
+
+def test_pause_stops_new_work_at_once_shows_in_health_and_metrics_and_resume_goes_on(setup, tmp_path):
+    world, config, env = setup
+    daemon = Daemon(tmp_path, config, env).start()
+    try:
+        out = daemon.cli("pause", "--reason", "tenant migration")
+        assert out.returncode == 0, out.stderr
+        person = cloud_only_stayers(world)[0]
+        body = webhook_body(person)
+        assert daemon.post("/webhook/generic", body, signed(body)).status_code == 202      # recorded, not worked
+        health = daemon.get("/healthz").json()
+        assert "tenant migration" in health["paused"]
+        families = {f.name: f for f in text_string_to_metric_families(daemon.get("/metrics").text)}
+        assert families["offboard_paused"].samples[0].value == 1
+        time.sleep(3)
+        assert not offboarded(world, person) and not world.sandbox.writes.entries(ok=True)
+        assert daemon.cli("resume").returncode == 0                    # worked at once, not at the next poll
+        wait_until(lambda: offboarded(world, person), 30, what="the offboarding after resume")
+    finally:
+        assert daemon.stop() == 0

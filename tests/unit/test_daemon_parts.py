@@ -16,7 +16,7 @@ import responses
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client import generate_latest
 
-from connector.config import Secret
+from connector.config import AlertSettings
 from connector.daemon import alerts, metrics, runner, systemd
 from connector.store import Store, iso, now
 from tests.helpers import load, write_config
@@ -111,9 +111,9 @@ def test_the_next_instant_is_the_earliest_due_date_or_journaled_wait_after_the_h
 # -- alerts ------------------------------------------------------------------------------------
 def alert_config(config, monkeypatch, failing_after=0.0, psa_ticket=False):
     monkeypatch.setenv("ALERT_URL", "https://hooks.example.test/services/T000/B000/XXXX")
-    return SimpleNamespace(tenants=config.tenants, alerts=SimpleNamespace(
-        targets=[Secret("env:ALERT_URL", "alerts.targets[0]")], psa_ticket=psa_ticket,
-        provider_failing_after=failing_after))
+    return SimpleNamespace(tenants=config.tenants, alerts=AlertSettings.model_validate(
+        {"target": [{"type": "slack", "url": "env:ALERT_URL"}], "psa_ticket": psa_ticket,
+         "provider_failing_after": failing_after}))
 
 
 @responses.activate
