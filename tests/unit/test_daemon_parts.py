@@ -204,3 +204,54 @@ def test_the_watchdog_interval_is_half_of_watchdog_usec_for_this_process_only(mo
     assert systemd.watchdog_interval() == 10
     monkeypatch.setenv("WATCHDOG_PID", "1")
     assert systemd.watchdog_interval() is None
+
+
+# -- the listener's app ----------------------------------------------------------------------------
+def call(app, method: str, path: str, body: bytes = b"", **environ) -> tuple[int, dict | str]:
+    import io
+    from wsgiref.util import setup_testing_defaults
+
+    env = {"REQUEST_METHOD": method, "PATH_INFO": path, "wsgi.input": io.BytesIO(body),
+           "CONTENT_LENGTH": str(len(body)), **environ}
+    setup_testing_defaults(env)
+    seen = {}
+    data = b"".join(app(env, lambda status, headers: seen.update(status=int(status.split()[0]), headers=headers)))
+    kind = dict(seen["headers"])["Content-Type"]
+    return seen["status"], json.loads(data) if kind == "application/json" else data.decode()
+
+
+@pytest.fixture
+def daemon(tmp_path, monkeypatch):
+    from connector.daemon.service import Daemon
+
+    monkeypatch.setenv("CW_TOKEN", "the-right-callback-token")
+    path = write_config(tmp_path, top='[webhook]\nlisten = "127.0.0.1:0"\ntrusted_proxies = ["127.0.0.1"]\n'
+                        'allow_from = ["10.0.0.0/8"]\n[psa]\ntype = "connectwise"\n'
+                        'url = "https://cw.example.test/v4_6_release/apis/3.0"\ncompany = "msp"\n'
+                        'public_key = "env:CW_PUB"\nprivate_key = "env:CW_PRIV"\nclient_id = "env:CW_ID"\n'
+                        'callback_token = "env:CW_TOKEN"\n')
+    return Daemon(load(path), Store.memory())
+
+
+def test_the_listener_believes_x_forwarded_for_only_from_a_trusted_proxy_and_refuses_other_sources(daemon):
+    from connector.daemon.web import App
+
+    app = App(daemon)
+    assert call(app, "GET", "/runs/abc", REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="10.1.2.3")[0] == 404
+    assert call(app, "GET", "/runs/abc", REMOTE_ADDR="127.0.0.1")[0] == 403                  # the proxy itself
+    assert call(app, "GET", "/runs/abc", REMOTE_ADDR="10.9.9.9", HTTP_X_FORWARDED_FOR="192.0.2.1")[0] == 404
+    assert call(app, "GET", "/runs/abc", REMOTE_ADDR="192.0.2.7", HTTP_X_FORWARDED_FOR="10.1.2.3")[0] == 403  # spoofed
+
+
+def test_a_wrong_callback_token_is_not_found_and_a_bad_webhook_queues_nothing(daemon):
+    from connector.daemon.web import App
+
+    app = App(daemon)
+    inside = {"REMOTE_ADDR": "10.0.0.5"}
+    assert call(app, "POST", "/webhook/connectwise/wrong-token", b'{"ID": 1}', **inside)[0] == 404
+    status, body = call(app, "POST", "/webhook/generic", b'{"tenant": "contoso"}', **inside)
+    assert status == 401 and "X-Offboard-Signature" in body["error"]
+    status, _ = call(app, "POST", "/webhook/generic", b"x" * ((1 << 20) + 1), **inside)
+    assert status == 413
+    assert daemon.store.runs(["queued", "running", "done", "failed"]) == [] and daemon.store.terminations() == []
+    assert call(app, "DELETE", "/healthz", **inside)[0] == 405
