@@ -30,6 +30,7 @@ from connector.sandbox.server import HttpsServer
 
 OFFBOARD = str(Path(sys.executable).with_name("offboard"))
 HOOK_SECRET = "hook-secret-4f1c9e0b7a"
+CALLBACK_TOKEN = "cw-callback-7d3e1a9f"
 
 
 class NotifySocket:
@@ -129,9 +130,10 @@ def cloud_only_stayers(world: worldmod.World) -> list[Employee]:
 
 @contextlib.contextmanager
 def sandbox_daemon_setup(folder: Path, size: int = 60, tenants: int = 1, poll_interval: str = "1h",
-                         connector: str = ""):
+                         connector: str = "", psa: bool = False):
     """The sandbox over HTTPS and a config for `tenants` tenants (all in the one generated Microsoft 365
-    tenant, each with its own webhook secret); yields (world, config path, env for the daemon)."""
+    tenant, each with its own webhook secret; with `psa`, the first is a ConnectWise company whose
+    callbacks carry CALLBACK_TOKEN); yields (world, config path, env for the daemon)."""
     world = worldmod.build(size)
     with HttpsServer(world.sandbox, folder / "tls") as server:
         cloud = world.cloud
@@ -154,10 +156,19 @@ def sandbox_daemon_setup(folder: Path, size: int = 60, tenants: int = 1, poll_in
                 name = "Example Ltd"
                 timezone = "UTC"
                 webhook_secret = "{hook}"
+                {f"psa_company_id = {worldmod.PSA_COMPANY}" if psa and i == 0 else ""}
                 [[tenant.source]]
                 type = "webhook"
                 """) + toml_table("tenant.provider", {"type": "entra", **m365}) \
                 + toml_table("tenant.provider", {"type": "exchange_online", **m365})
+        if psa:
+            cw = world.connectwise
+            text += "\n" + toml_table("psa", {
+                "type": "connectwise", "url": f"{server.url}/connectwise", "company": cw.company,
+                "public_key": secret_file(folder, "cw-public-key", cw.public_key),
+                "private_key": secret_file(folder, "cw-private-key", cw.private_key),
+                "client_id": secret_file(folder, "cw-client-id", cw.client_id),
+                "callback_token": secret_file(folder, "cw-callback-token", CALLBACK_TOKEN)}).replace("[[psa]]", "[psa]")
         config = folder / "config.toml"
         config.write_text(text)
         env = dict(os.environ, REQUESTS_CA_BUNDLE=str(server.ca_file))

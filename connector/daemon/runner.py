@@ -76,6 +76,26 @@ class Runner:
             self._start_next(tenant)
             return job.run_id
 
+    def submit_work(self, run_id: str, trigger: str, work: Callable[[], object]) -> str:
+        """Queue work that finds its own tenant (a ticket callback): it runs beside the passes, its
+        terminations leased like any other; `work()` returns None when it ran nothing."""
+        with self._lock:
+            if self.stop.is_set():
+                raise ShuttingDown("the daemon is stopping")
+            self.store.queue_run(run_id, trigger, None, [], self.owner)
+            self._pool.submit(self._work_alone, run_id, work)
+        return run_id
+
+    def _work_alone(self, run_id: str, work: Callable[[], object]) -> None:
+        try:
+            if work() is None:
+                self.store.finish_run(run_id, 0, {"note": "nothing to run"}, [])
+        except Exception as e:
+            log.exception("run %s failed", run_id, extra={"run_id": run_id})
+            self.store.fail_run(run_id, f"{type(e).__name__}: {e}")
+        finally:
+            self.on_finished()
+
     def busy(self) -> bool:
         with self._lock:
             return bool(self._running or any(self._waiting.values()))

@@ -30,6 +30,8 @@ from ..errors import ConfigError, OffboardError
 from ..model import Termination
 from ..reconcile.engine import WORKABLE
 from ..reconcile.intake import Intake, record
+from ..providers.connectwise.api import ConnectWise
+from ..reconcile import tickets
 from ..reconcile.leases import Leases, owner_id
 from ..sources.webhook import MAX_BODY
 from ..store import Store, iso, now, parse_iso
@@ -62,7 +64,8 @@ class Daemon:
         self.signals: queue.Queue[int] = queue.Queue()
         self.leases = Leases(store, self.owner, config.connector.lease_seconds)
         self.watchdog = systemd.Watchdog(lambda: "; ".join(self.health()[0]))
-        self.alerter = Alerter(lambda: self.config, store)
+        self.alerter = Alerter(lambda: self.config, store,
+                               ticket_note=self.note_on_ticket if config.psa else None)
         self._horizon = now()           # instants up to here were handed to a wake-up already
         self._audit_seq = -1
         self._last_tick = time.monotonic()
@@ -234,12 +237,17 @@ class Daemon:
         self.reschedule_wakeup()
         return run_id
 
-    def callback_token(self) -> str:
-        psa = self.config.psa
-        return psa.callback_token.reveal() if psa and psa.callback_token else ""
+    def accept_ticket_callback(self, token: str, body: bytes) -> tuple[int, dict]:
+        """Only a hint: a right token makes the connector fetch the ticket itself (connector.reconcile.tickets)."""
+        status, answer, work = tickets.handle_connectwise_callback(self.config, self.store, token, body,
+                                                                   stop=self.runner.stop)
+        if work is not None:
+            self.runner.submit_work(answer["run_id"], "ticket", work)
+        return status, answer
 
-    def accept_ticket_callback(self, body: bytes) -> str:
-        raise OffboardError("ticket callbacks are not handled yet", "connectwise callback")
+    def note_on_ticket(self, config: Config, ticket: str, text: str) -> None:
+        with ConnectWise(config.psa) as psa:
+            psa.add_note_once(int(ticket), text, text)
 
     def client_address(self, environ: dict) -> str:
         """The peer, or behind a configured trusted proxy the address it forwarded for."""

@@ -7,7 +7,6 @@ queued, and no answer says more than the status and one line of why.
 """
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
@@ -17,7 +16,6 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..errors import OffboardError
 from ..sources.webhook import WebhookRejected, read_body, verify_and_parse, webhook_secret_for
 from .runner import ShuttingDown
 
@@ -88,21 +86,15 @@ class App:
         return 202, {"run_id": run_id}, "application/json"
 
     def connectwise_callback(self, environ: dict, token: str):
-        """Only a hint: a right token makes the connector fetch the ticket it names (the PSA does the rest)."""
-        expected = self.daemon.callback_token()
-        if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
-            raise Answer(404)
         try:
             body = read_body(environ["wsgi.input"], environ.get("CONTENT_LENGTH"),
                              terminated=environ.get("wsgi.input_terminated", False))
-            run_id = self.daemon.accept_ticket_callback(body)
+            status, answer = self.daemon.accept_ticket_callback(token, body)
         except WebhookRejected as e:
             raise Answer(e.status, {"error": e.message}) from None
-        except OffboardError as e:
-            raise Answer(400, {"error": e.message}) from None
         except ShuttingDown:
             raise Answer(503, {"error": "the daemon is stopping; send it again"}) from None
-        return 202, {"run_id": run_id}, "application/json"
+        return status, answer, "application/json"
 
     def healthz(self, environ: dict):
         reasons, info = self.daemon.health()

@@ -15,6 +15,7 @@ import functools
 import hmac
 import json
 import re
+import threading
 import uuid
 from typing import Any, Callable
 
@@ -80,7 +81,7 @@ def handle_connectwise_callback(config: Config, store: Store, token: str, body: 
 
 def run_from_ticket(config: Config, store: Store, ticket_id: int, *, dry_run: bool = False,
                     now: dt.datetime | None = None, run_id: str | None = None, providers=None,
-                    listeners: tuple = ()) -> Report | None:
+                    listeners: tuple = (), stop: threading.Event | None = None) -> Report | None:
     """Read the ticket, find its tenant and leaver, and run; None when nothing was run."""
     if config.psa is None:
         raise ConfigError("--from-ticket needs a [psa] section", config.path)
@@ -109,7 +110,8 @@ def run_from_ticket(config: Config, store: Store, ticket_id: int, *, dry_run: bo
                                           "systems: nothing was done.")
             return None
         report = reconcile(config, store, tenant=tenant.id, dry_run=dry_run, trigger="ticket", now=now,
-                           on_demand=[termination], providers=providers, run_id=run_id, listeners=listeners)
+                           on_demand=[termination], providers=providers, run_id=run_id, listeners=listeners,
+                           stop=stop)
         row = store.termination(termination.id)
         if row and row["state"] == "scheduled":
             _say(psa, ticket_id, dry_run, f"offboard-connector: the offboarding of {who} ({row['id']}) is scheduled "

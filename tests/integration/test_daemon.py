@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.sandbox.demo import TENANT
-from tests.serving import (HOOK_SECRET, Daemon, cloud_only_stayers, sandbox_daemon_setup, signed, wait_until,
+from tests.serving import (CALLBACK_TOKEN, HOOK_SECRET, Daemon, cloud_only_stayers, sandbox_daemon_setup, signed, wait_until,
                            webhook_body)
 
 
@@ -289,3 +289,29 @@ def test_pause_stops_new_work_at_once_shows_in_health_and_metrics_and_resume_goe
         wait_until(lambda: offboarded(world, person), 30, what="the offboarding after resume")
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_connectwise_callback_is_only_a_hint_the_daemon_fetches_the_ticket_and_offboards(tmp_path):
+    from connector.sandbox.world import PSA_COMPANY
+
+    with sandbox_daemon_setup(tmp_path, psa=True) as (world, config, env):
+        daemon = Daemon(tmp_path, config, env).start()
+        try:
+            person = cloud_only_stayers(world)[0]
+            ticket = world.connectwise.add_ticket(PSA_COMPANY, f"Offboard: {person.email}")
+            body = json.dumps({"Action": "added", "Type": "Ticket", "ID": ticket, "CompanyId": "example",
+                               "Entity": json.dumps({"id": ticket, "summary": "anything at all"})}).encode()
+            assert daemon.post(f"/webhook/connectwise/not-{CALLBACK_TOKEN}", body).status_code == 404
+            assert all(r["trigger"] != "ticket" for r in runs(tmp_path))             # nothing queued
+            answer = daemon.post(f"/webhook/connectwise/{CALLBACK_TOKEN}", body)
+            assert answer.status_code == 202
+            run_id = answer.json()["run_id"]
+            wait_until(lambda: offboarded(world, person), 60, what="the offboarding the ticket asked for")
+            run = wait_until(lambda: (r := daemon.get(f"/runs/{run_id}").json())["state"] in ("done", "failed") and r,
+                             60, what="the ticket's run")
+            assert run["state"] == "done" and len(run["terminations"]) == 1
+            assert status(daemon)[run["terminations"][0]]["email"] == person.email
+            notes = wait_until(lambda: world.connectwise.internal_notes(ticket), 120, what="the ticket note")
+            assert person.email in notes[-1] or run["terminations"][0] in notes[-1]
+        finally:
+            assert daemon.stop() == 0
