@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import getpass
 import json
+import logging
 import os
 import sys
 import traceback
@@ -555,7 +556,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("demo", "sandbox"):
             return cmd_demo(args) if args.command == "demo" else cmd_sandbox(args)
         cfg = configmod.load(args.config)
-        setup_logging("DEBUG" if args.debug else cfg.connector.log_level, json_lines=args.command == "serve")
+        serving = args.command == "serve"       # a command's own output is its report: its log says only warnings
+        level = "DEBUG" if args.debug else cfg.connector.log_level if serving else \
+            max(cfg.connector.log_level, "WARNING", key=logging.getLevelName)
+        setup_logging(level, json_lines=serving)
         return COMMANDS[args.command](args, cfg)
     except OffboardError as e:
         if args.debug:

@@ -203,8 +203,7 @@ class Executor:
         """Every outcome goes to the audit log (the daemon's counters read it) and to the log, with its fields."""
         self.store.audit(f"action_{status}", lv.id, self.run_id, provider=provider, action=action, phase=phase,
                          reason=reason, **({"error": error} if error else {}), **data)
-        log.log(logging.WARNING if status in ("failed", "needs_human") else logging.INFO,
-                "%s %s/%s: %s%s", lv.id, provider, action, status, f" ({reason})" if reason else "",
+        log.info("%s %s/%s: %s%s", lv.id, provider, action, status, f" ({reason})" if reason else "",
                 extra={"tenant": self.tenant.id, "employee": lv.termination.employee_id, "termination": lv.id,
                        "provider": provider, "action": action, "phase": phase, "outcome": status,
                        "error": error, "run_id": self.run_id})
@@ -228,16 +227,17 @@ class Executor:
         self._journal_unstarted(leavers)
 
     def _journal_unstarted(self, leavers: list[Leaver]) -> None:
-        """Every planned action is in the journal, started or not, so `settle` can never take a plan cut
-        short (a shutdown, an earlier phase that failed) for a finished one."""
+        """A pass cut short (the daemon stopping, a pause) leaves actions that could have started unstarted:
+        they are journaled pending, so `settle` never takes a plan cut short for a finished one. (An action
+        an earlier phase holds back needs no row: the journal shows what holds it.)"""
         for lv in leavers:
             if not self.owns(lv.id):
                 continue
             for action in lv.actions:
                 aid = lv.action_id(action)
-                if aid not in lv.outcomes:
+                if aid not in lv.outcomes and self._may_start(lv, action):
                     self.store.upsert_action_status(aid, lv.id, action.provider, action.action, action.phase,
-                                                    "pending", "not started this pass")
+                                                    "pending", "not started: the pass was cut short")
 
     def still_ours(self, lv: Leaver) -> bool:
         """False once a person cancelled or held the termination, or paused its tenant or every tenant,

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from zoneinfo import ZoneInfo
 
 from connector.store import EVERY_TENANT
 from tests.unit.conftest import NOW, leaver, states
 from tests.unit.test_cli import ACCOUNTS, cli, lines  # noqa: F401  (the fixture)
 from tests.helpers import write_csv
 
-TODAY_ROW = f"E1,ann@contoso.com,Ann,Lee,,{dt.date.today().isoformat()},,immediate"
+# today where the tenant is (America/Chicago): an immediate leaver dated today is due now, whatever the UTC date
+TODAY_ROW = f"E1,ann@contoso.com,Ann,Lee,,{dt.datetime.now(ZoneInfo('America/Chicago')).date().isoformat()},,immediate"
 
 
 def test_pause_stops_new_work_for_every_tenant_until_resume(cli):
