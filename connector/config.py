@@ -311,6 +311,14 @@ class Policy(Section):
     hard_delete: bool = False                           # Entra: purge from deleted items too
     block_group: str = ""   # cloud-only group a Conditional Access policy blocks: synced users join it on revoke
     teams_numbers: Literal["unassign", "successor"] = "unassign"   # Teams Phone: release, or hand to the successor
+    hand_over_groups: Literal["owned", "sole", "none"] = "owned"   # successor co-owns the leaver's groups and Teams
+    onedrive_access: Recipient = "none"                 # who is invited to write on the leaver's OneDrive root
+    onedrive_links: Literal["keep", "remove"] = "keep"  # the sharing links on the leaver's OneDrive items
+    cancel_meetings_days: Annotated[int, Field(ge=0, le=1825)] = 0   # cancel the leaver's organised meetings this far ahead; 0: keep
+    forwarding_rules: Literal["outside", "all", "none"] = "outside"   # inbox rules forwarding mail that are disabled
+    remove_mailbox_access: bool = True                  # the leaver's FullAccess / SendAs / SendOnBehalf on shared mailboxes
+    remove_consents: bool = True                        # the leaver's delegated consents (oauth2PermissionGrants)
+    devices: Literal["none", "retire", "wipe"] = "none"  # Intune: retire all, or retire personal and wipe corporate
 
 
 class Tenant(Section):

@@ -10,6 +10,7 @@ description of InvokeCommand to check against: `CMDLETS` is that description.
 """
 from __future__ import annotations
 
+import datetime as dt
 import html
 import uuid
 from typing import TYPE_CHECKING
@@ -23,13 +24,19 @@ if TYPE_CHECKING:
 
 NO_GUID = "00000000-0000-0000-0000-000000000000"
 CMDLETS = {
-    "Get-Mailbox": {"Identity"},
+    "Get-Mailbox": {"Identity", "RecipientTypeDetails", "ResultSize"},
     "Get-MailboxStatistics": {"Identity"},
-    "Get-MailboxPermission": {"Identity"},
+    "Get-MailboxPermission": {"Identity", "User"},
+    "Get-RecipientPermission": {"Identity", "Trustee", "AccessRights", "ResultSize"},
+    "Remove-MailboxPermission": {"Identity", "User", "AccessRights", "InheritanceType", "Confirm"},
+    "Add-RecipientPermission": {"Identity", "Trustee", "AccessRights", "Confirm"},
+    "Remove-RecipientPermission": {"Identity", "Trustee", "AccessRights", "Confirm"},
+    "Remove-CalendarEvents": {"Identity", "CancelOrganizedMeetings", "QueryWindowInDays", "QueryStartDate",
+                              "PreviewOnly", "Confirm"},
     "Get-MailboxAutoReplyConfiguration": {"Identity"},
     "Get-MobileDeviceStatistics": {"Mailbox"},
     "Set-Mailbox": {"Identity", "Type", "ForwardingSmtpAddress", "DeliverToMailboxAndForward",
-                    "HiddenFromAddressListsEnabled"},
+                    "HiddenFromAddressListsEnabled", "GrantSendOnBehalfTo"},
     "Add-MailboxPermission": {"Identity", "User", "AccessRights", "InheritanceType", "AutoMapping"},
     "Set-MailboxAutoReplyConfiguration": {"Identity", "AutoReplyState", "InternalMessage", "ExternalMessage",
                                           "ExternalAudience"},
@@ -39,6 +46,8 @@ CMDLETS = {
     "Get-OrganizationConfig": set(),
 }
 TENANT_LEVEL = {"Get-AcceptedDomain", "Get-OrganizationConfig"}
+#: cmdlets that are tenant-level when they name no mailbox (a listing across the organization)
+LISTINGS = {"Get-Mailbox", "Get-RecipientPermission"}
 
 
 def cmdlet_error(status: int, message: str) -> Response:
@@ -81,7 +90,8 @@ class Exchange(System):
             tenant = self.tenants[grant.tenant_id]
             anchor = request.headers.get("X-AnchorMailbox", "")
             self.anchors.append((name, anchor))
-            refused = self._refusal(name) or self._fault(tenant) or self._anchor_refusal(tenant, name, anchor)
+            refused = self._refusal(name) or self._fault(tenant) or self._anchor_refusal(
+                tenant, name, anchor, name in TENANT_LEVEL or (name in LISTINGS and "Identity" not in params))
             if refused:
                 return refused
             if name in self.raw:
@@ -130,14 +140,14 @@ class Exchange(System):
                              retry_after_header(wait))
 
     @staticmethod
-    def _anchor_refusal(tenant: Tenant, name: str, anchor: str) -> Response | None:
+    def _anchor_refusal(tenant: Tenant, name: str, anchor: str, tenant_level: bool) -> Response | None:
         """Tenant-level cmdlets need the app-only anchor; the others route by the mailbox's UPN."""
         if not anchor:
             return cmdlet_error(400, "X-AnchorMailbox header is required")
-        if name in TENANT_LEVEL and anchor != app_anchor(tenant.tenant_id):
+        if tenant_level and anchor != app_anchor(tenant.tenant_id):
             return cmdlet_error(400, f"{name} is a tenant-level cmdlet: anchor it to {app_anchor(tenant.tenant_id)}, "
                                      f"not {anchor}")
-        if name not in TENANT_LEVEL and not (anchor.startswith("UPN:") and "@" in anchor):
+        if not tenant_level and not (anchor.startswith("UPN:") and "@" in anchor):
             return cmdlet_error(400, f"{name} acts on a mailbox: anchor it to UPN:<mailbox>, not {anchor}")
         return None
 
@@ -160,16 +170,23 @@ class Exchange(System):
             raise LookupError(identity)
         return found
 
-    def cmd_get_mailbox(self, Identity):
-        box = self.mailbox(Identity)
+    def cmd_get_mailbox(self, Identity=None, RecipientTypeDetails=None, ResultSize=None):
+        """One mailbox, or (no Identity) every mailbox of the kinds named, as a listing across the organization."""
+        if Identity is not None:
+            return [self.describe(self.mailbox(Identity))]
+        kinds = set([RecipientTypeDetails] if isinstance(RecipientTypeDetails, str) else RecipientTypeDetails or [])
+        return [self.describe(box) for box in self.tenant.mailboxes.values() if not kinds or box.kind in kinds]
+
+    def describe(self, box: Mailbox) -> dict:
         user = self.tenant.user_by_upn(box.upn)
-        return [{"UserPrincipalName": box.upn, "PrimarySmtpAddress": box.upn, "ExternalDirectoryObjectId": user["id"],
+        return {"UserPrincipalName": box.upn, "PrimarySmtpAddress": box.upn, "ExternalDirectoryObjectId": user["id"],
                  "RecipientTypeDetails": box.read_type(), "ForwardingSmtpAddress": box.forwarding,
                  "DeliverToMailboxAndForward": bool(box.forwarding), "HiddenFromAddressListsEnabled": box.hidden,
                  "LitigationHoldEnabled": box.litigation_hold, "InPlaceHolds": list(box.in_place_holds),
                  "ComplianceTagHoldApplied": box.compliance_tag_hold, "ArchiveStatus": "Active" if box.archive else "None",
                  "ArchiveGuid": str(uuid.uuid5(uuid.NAMESPACE_URL, box.upn)) if box.archive else NO_GUID,
-                 "EmailAddresses": user["proxyAddresses"]}]
+                 "EmailAddresses": user["proxyAddresses"], "Alias": box.upn.split("@")[0], "Name": box.upn.split("@")[0],
+                 "DisplayName": user["displayName"], "GrantSendOnBehalfTo": list(box.send_on_behalf)}
 
     def cmd_get_accepteddomain(self):
         return [dict(d) for d in self.tenant.accepted_domains]
@@ -182,10 +199,77 @@ class Exchange(System):
         return [{"DisplayName": box.upn, "ItemCount": 1234,
                  "TotalItemSize": f"{box.size / GB:.1f} GB ({box.size:,} bytes)"}]
 
-    def cmd_get_mailboxpermission(self, Identity):
+    def cmd_get_mailboxpermission(self, Identity, User=None):
         box = self.mailbox(Identity)
-        return [{"Identity": box.upn, "User": "NT AUTHORITY\\SELF", "AccessRights": ["FullAccess, ReadPermission"],
-                 "IsInherited": False, "Deny": False}] + box.permissions
+        found = [{"Identity": box.upn, "User": "NT AUTHORITY\\SELF", "AccessRights": ["FullAccess, ReadPermission"],
+                  "IsInherited": False, "Deny": False}] + box.permissions
+        if User is None:
+            return found
+        self.recipient(User)
+        return [p for p in found if p["User"].lower() == User.lower()]
+
+    def recipient(self, name: str) -> dict:
+        """The user a cmdlet's -User or -Trustee names (UPN or alias); LookupError as Exchange's "couldn't be found"."""
+        for user in self.tenant.users.values():
+            if name.lower() in (user["userPrincipalName"].lower(), user["userPrincipalName"].split("@")[0].lower()):
+                return user
+        raise LookupError(name)
+
+    def cmd_remove_mailboxpermission(self, Identity, User, AccessRights, InheritanceType="All", Confirm=True):
+        box = self.mailbox(Identity)
+        self.recipient(User)
+        held = [p for p in box.permissions if p["User"].lower() == User.lower()
+                and set(AccessRights) & {r for rights in p["AccessRights"] for r in rights.split(", ")}]
+        if not held:
+            return cmdlet_error(400, f"WARNING: Can't remove the access control entry on the object '{box.upn}' for "
+                                     f"account '{User}' because the ACE doesn't exist on the object.")
+        for p in held:
+            box.permissions.remove(p)
+        return []
+
+    def cmd_get_recipientpermission(self, Identity=None, Trustee=None, AccessRights=None, ResultSize=None):
+        boxes = [self.mailbox(Identity)] if Identity else list(self.tenant.mailboxes.values())
+        if Trustee:
+            self.recipient(Trustee)
+        return [{"Identity": box.upn, "Trustee": t, "AccessControlType": "Allow", "AccessRights": ["SendAs"],
+                 "IsInherited": False} for box in boxes for t in box.send_as
+                if not Trustee or t.lower() == Trustee.lower()]
+
+    def cmd_add_recipientpermission(self, Identity, Trustee, AccessRights, Confirm=True):
+        box = self.mailbox(Identity)
+        user = self.recipient(Trustee)
+        if AccessRights != ["SendAs"]:
+            return cmdlet_error(400, "Cannot process argument transformation on parameter 'AccessRights': only SendAs.")
+        if not any(t.lower() == user["userPrincipalName"].lower() for t in box.send_as):
+            box.send_as.append(user["userPrincipalName"])
+        return []
+
+    def cmd_remove_recipientpermission(self, Identity, Trustee, AccessRights, Confirm=True):
+        box = self.mailbox(Identity)
+        user = self.recipient(Trustee)
+        held = [t for t in box.send_as if t.lower() == user["userPrincipalName"].lower()]
+        if not held:
+            return cmdlet_error(400, f"WARNING: Can't remove the access control entry on the object '{box.upn}' for "
+                                     f"account '{Trustee}' because the ACE doesn't exist on the object.")
+        box.send_as.remove(held[0])
+        return []
+
+    def cmd_remove_calendarevents(self, Identity, QueryWindowInDays=None, CancelOrganizedMeetings=False,
+                                  QueryStartDate=None, PreviewOnly=False, Confirm=True):
+        """Cancels the future meetings the mailbox organised that have attendees; appointments stay."""
+        box = self.mailbox(Identity)
+        if not isinstance(QueryWindowInDays, int) or not 1 <= QueryWindowInDays <= 1825:
+            return cmdlet_error(400, "Cannot validate argument on parameter 'QueryWindowInDays': give 1 to 1825 days.")
+        if not CancelOrganizedMeetings:
+            return []
+        start = dt.datetime.now(dt.timezone.utc) if QueryStartDate is None else \
+            dt.datetime.fromisoformat(QueryStartDate).replace(tzinfo=dt.timezone.utc)
+        end = start + dt.timedelta(days=QueryWindowInDays)
+        for event in self.tenant.events[self.tenant.user_by_upn(box.upn)["id"]]:
+            when = dt.datetime.fromisoformat(event["start"]["dateTime"][:19]).replace(tzinfo=dt.timezone.utc)
+            if event["isOrganizer"] and event["attendees"] and start <= when < end and not PreviewOnly:
+                event["isCancelled"] = True
+        return []
 
     def cmd_get_mailboxautoreplyconfiguration(self, Identity):
         return [dict(self.mailbox(Identity).auto_reply, Identity=Identity)]
@@ -201,6 +285,17 @@ class Exchange(System):
             box.forwarding = changes["ForwardingSmtpAddress"]
         if "HiddenFromAddressListsEnabled" in changes:
             box.hidden = changes["HiddenFromAddressListsEnabled"]
+        if "GrantSendOnBehalfTo" in changes:
+            edit = changes["GrantSendOnBehalfTo"]
+            if not isinstance(edit, dict) or edit.get("@odata.type") != "#Exchange.GenericHashTable" \
+                    or not set(edit) - {"@odata.type"} <= {"add", "remove"}:
+                return cmdlet_error(400, "Cannot bind parameter 'GrantSendOnBehalfTo': give a hashtable "
+                                         "{'@odata.type': '#Exchange.GenericHashTable', 'add'|'remove': ...}.")
+            for verb in ("remove", "add"):
+                for name in [edit[verb]] if isinstance(edit.get(verb), str) else edit.get(verb) or []:
+                    alias = self.recipient(name)["userPrincipalName"].split("@")[0]
+                    box.send_on_behalf = [a for a in box.send_on_behalf if a.lower() != alias.lower()]
+                    box.send_on_behalf += [alias] if verb == "add" else []
         return []
 
     def cmd_add_mailboxpermission(self, Identity, User, AccessRights, InheritanceType, AutoMapping):

@@ -45,6 +45,7 @@ MOBILE_REFUSED = ("A user can't have an alternateMobile number without a mobile 
                   "number first.")
 SYNCED_REFUSED = ("Unable to update the specified properties for on-premises mastered Directory Sync objects or "
                   "objects currently undergoing migration.")
+LAST_OWNER_REFUSED = "The group must have at least one owner: the last owner cannot be removed."
 GUID = r"([^/?]+)"
 USER_FILTER = ("employeeId", "userPrincipalName", "mail", "id")
 NUMBERS = "/admin/teams/telephoneNumberManagement"
@@ -106,6 +107,29 @@ class Graph(System):
             (rf"POST {NUMBERS}/numberAssignments/(unassignNumber|assignNumber)", self.order_number,
              "POST numberAssignments/{action}"),
             (rf"GET {NUMBERS}/operations/{GUID}", self.number_operation, None),
+            (rf"GET /users/{GUID}/ownedObjects/microsoft\.graph\.group", self.owned_groups, None),
+            (rf"GET /groups/{GUID}/owners", self.list_owners, None),
+            (rf"POST /groups/{GUID}/owners/\$ref", self.add_owner, "POST groups/{id}/owners/$ref"),
+            (rf"DELETE /groups/{GUID}/owners/{GUID}/\$ref", self.remove_owner, "DELETE groups/{id}/owners/{id}/$ref"),
+            (rf"GET /users/{GUID}/oauth2PermissionGrants", self.list_grants, None),
+            (r"POST /oauth2PermissionGrants", self.create_grant, "POST oauth2PermissionGrants"),
+            (rf"DELETE /oauth2PermissionGrants/{GUID}", self.delete_grant, "DELETE oauth2PermissionGrants/{id}"),
+            (rf"GET /users/{GUID}/managedDevices", self.list_devices, None),
+            (rf"POST /deviceManagement/managedDevices/{GUID}/(retire|wipe)", self.device_action,
+             "POST deviceManagement/managedDevices/{id}/{action}"),
+            (rf"GET /users/{GUID}/drive/root", self.drive_root, None),
+            (rf"GET /users/{GUID}/drive/root/permissions", self.drive_permissions, None),
+            (rf"POST /users/{GUID}/drive/root/invite", self.drive_invite, "POST users/{id}/drive/root/invite"),
+            (rf"DELETE /users/{GUID}/drive/root/permissions/{GUID}", self.drive_unshare,
+             "DELETE users/{id}/drive/root/permissions/{id}"),
+            (rf"GET /users/{GUID}/drive/items/{GUID}/children", self.drive_children, None),
+            (rf"GET /users/{GUID}/drive/items/{GUID}/permissions", self.item_permissions, None),
+            (rf"DELETE /users/{GUID}/drive/items/{GUID}/permissions/{GUID}", self.delete_item_permission,
+             "DELETE users/{id}/drive/items/{id}/permissions/{id}"),
+            (rf"GET /users/{GUID}/mailFolders/inbox/messageRules", self.list_rules, None),
+            (rf"PATCH /users/{GUID}/mailFolders/inbox/messageRules/{GUID}", self.patch_rule,
+             "PATCH users/{id}/mailFolders/inbox/messageRules/{id}"),
+            (rf"GET /users/{GUID}/calendarView", self.calendar_view, None),
         ]
 
     # -- HTTP ----------------------------------------------------------------------------------
@@ -398,11 +422,9 @@ class Graph(System):
         return self.render_group(call.tenant.groups[group_id], self._select(call))
 
     @staticmethod
-    def _membership_refusal(group: dict) -> Response | None:
-        """What Graph answers a cloud write to the members of a group the cloud does not own."""
-        if "DynamicMembership" in group["groupTypes"]:
-            return graph_error(400, "Request_BadRequest", "Insufficient privileges: members of a group with dynamic "
-                               "membership cannot be changed.")
+    def _mastered_elsewhere(group: dict) -> Response | None:
+        """What Graph answers a cloud write to a synced group, a mail-enabled security group or a distribution list
+        (members and owners alike: AD or Exchange holds them)."""
         if group["onPremisesSyncEnabled"]:
             return graph_error(400, "Request_BadRequest", SYNCED_REFUSED)
         if group["mailEnabled"] and "Unified" not in group["groupTypes"]:
@@ -410,7 +432,16 @@ class Graph(System):
                                "distribution list.")
         return None
 
-    def add_member(self, call: Call, group_id):
+    @classmethod
+    def _membership_refusal(cls, group: dict) -> Response | None:
+        """What Graph answers a cloud write to the members of a group the cloud does not own."""
+        if "DynamicMembership" in group["groupTypes"]:
+            return graph_error(400, "Request_BadRequest", "Insufficient privileges: members of a group with dynamic "
+                               "membership cannot be changed.")
+        return cls._mastered_elsewhere(group)
+
+    def _add_reference(self, call: Call, group_id: str, collection: str, refusal) -> Response | None:
+        """POST groups/{id}/members/$ref or owners/$ref: a user by its @odata.id, once."""
         tenant, group = call.tenant, call.tenant.groups[group_id]
         base = call.url.split("/v1.0", 1)[0]
         reference = re.fullmatch(re.escape(base) + r"/v1\.0/(?:directoryObjects|users)/([^/]+)",
@@ -420,13 +451,16 @@ class Graph(System):
         if reference.group(1) not in tenant.users:
             return graph_error(404, "Request_ResourceNotFound", f"Resource '{reference.group(1)}' does not exist or "
                                "one of its queried reference-property objects are not present.")
-        if refused := self._membership_refusal(group):
+        if refused := refusal(group):
             return refused
-        if reference.group(1) in group["members"]:
+        if reference.group(1) in group[collection]:
             return graph_error(400, "Request_BadRequest", "One or more added object references already exist for the "
-                               "following modified properties: 'members'.")
-        group["members"].add(reference.group(1))
+                               f"following modified properties: '{collection}'.")
+        group[collection].add(reference.group(1))
         return None
+
+    def add_member(self, call: Call, group_id):
+        return self._add_reference(call, group_id, "members", self._membership_refusal)
 
     def remove_member(self, call: Call, group_id, user_id):
         group = call.tenant.groups[group_id]
@@ -484,3 +518,176 @@ class Graph(System):
         return {"id": op_id, "createdDateTime": op["created"], "status": op["status"],
                 "numbers": [{"status": op["status"], "statusDetail": op.get("detail", ""),
                              "resourceLocation": op["number"]}]}
+    # -- ownership ----------------------------------------------------------------------------------
+    def owned_groups(self, call: Call, user_id):
+        call.tenant.users[user_id]
+        owned = [g for g in call.tenant.groups.values() if user_id in g["owners"]]
+        return self._page([{"@odata.type": "#microsoft.graph.group", **self.render_group(g, self._select(call))}
+                           for g in owned], call)
+
+    def list_owners(self, call: Call, group_id):
+        tenant = call.tenant
+        return self._page([{"@odata.type": "#microsoft.graph.user", **self.render_user(tenant, u, self._select(call))}
+                           for u in sorted(tenant.groups[group_id]["owners"])], call)
+
+    def add_owner(self, call: Call, group_id):
+        return self._add_reference(call, group_id, "owners", self._mastered_elsewhere)
+
+    def remove_owner(self, call: Call, group_id, user_id):
+        group = call.tenant.groups[group_id]
+        if refused := self._mastered_elsewhere(group):
+            return refused
+        if user_id not in group["owners"]:
+            raise KeyError(user_id)
+        if group["owners"] == {user_id}:
+            return graph_error(400, "Request_BadRequest", LAST_OWNER_REFUSED)
+        group["owners"].discard(user_id)
+        return None
+
+    # -- delegated consents -------------------------------------------------------------------------
+    def list_grants(self, call: Call, user_id):
+        call.tenant.users[user_id]
+        return self._page([dict(g) for g in call.tenant.grants if g["principalId"] == user_id], call)
+
+    def create_grant(self, call: Call):
+        body, tenant = call.body, call.tenant
+        if body.get("consentType") not in ("Principal", "AllPrincipals") or not body.get("clientId") \
+                or not body.get("resourceId") or (body["consentType"] == "Principal") != bool(body.get("principalId")):
+            return graph_error(400, "Request_BadRequest", "clientId, consentType, resourceId (and principalId for "
+                               "consentType Principal) are required.")
+        if body.get("principalId") and body["principalId"] not in tenant.users:
+            return graph_error(404, "Request_ResourceNotFound", f"Resource '{body['principalId']}' does not exist.")
+        key = lambda g: (g["clientId"], g["consentType"], g.get("principalId"), g["resourceId"])   # noqa: E731
+        if any(key(g) == key(body) for g in tenant.grants):
+            return graph_error(409, "Request_MultipleObjectsWithSameKeyValue", "Permission entry already exists.")
+        grant = {"id": tenant._id(), "scope": "", **{k: body.get(k) for k in ("clientId", "consentType", "principalId",
+                                                                            "resourceId", "scope")}}
+        tenant.grants.append(grant)
+        return json_response(201, grant)
+
+    def delete_grant(self, call: Call, grant_id):
+        grant = next((g for g in call.tenant.grants if g["id"] == grant_id), None)
+        if grant is None:
+            raise KeyError(grant_id)
+        call.tenant.grants.remove(grant)
+        return None
+
+    # -- Intune -------------------------------------------------------------------------------------
+    def list_devices(self, call: Call, user_id):
+        call.tenant.users[user_id]
+        select = self._select(call)
+        devices = [d for d in call.tenant.devices.values() if d["userId"] == user_id]
+        return self._page([{k: d.get(k) for k in (select or d)} | {"id": d["id"]} for d in devices], call)
+
+    def device_action(self, call: Call, device_id, verb):
+        device = call.tenant.devices[device_id]
+        if verb == "wipe" and device["managedDeviceOwnerType"] == "personal":
+            return graph_error(400, "BadRequest", "Wipe is not supported on a personally owned device: retire it.")
+        if device["managementState"] != "managed":
+            return graph_error(400, "BadRequest", f"The device is {device['managementState']}: no other action "
+                               "can be issued until it completes.")
+        device["managementState"] = f"{verb}Pending"
+        return None
+
+    # -- OneDrive -----------------------------------------------------------------------------------
+    def _drive(self, call: Call, user_id) -> dict:
+        call.tenant.users[user_id]
+        if user_id not in call.tenant.drives:
+            raise KeyError("drive")           # no OneDrive provisioned: Graph answers 404
+        return call.tenant.drives[user_id]
+
+    def drive_root(self, call: Call, user_id):
+        drive = self._drive(call, user_id)
+        root = {"id": drive["id"], "name": "root", "webUrl": drive["webUrl"], "root": {}}
+        return {k: root.get(k) for k in (self._select(call) or root)} | {"id": drive["id"]}
+
+    def drive_permissions(self, call: Call, user_id):
+        return self._page([dict(p) for p in self._drive(call, user_id)["permissions"]], call)
+
+    def drive_invite(self, call: Call, user_id):
+        drive, body, tenant = self._drive(call, user_id), call.body, call.tenant
+        if not body.get("recipients") or not body.get("roles") or set(body["roles"]) - {"read", "write"}:
+            return graph_error(400, "invalidRequest", "recipients and roles (read or write) are required.")
+        granted = []
+        for recipient in body["recipients"]:
+            users = tenant.named(recipient.get("email", ""))
+            if not users:
+                return graph_error(400, "invalidRequest", "New guests can't be invited using app-only access.")
+            user = tenant.users[users[0]]
+            permission = next((p for p in drive["permissions"] if p["grantedToV2"]["user"]["id"] == user["id"]), None)
+            if permission is None:
+                permission = {"id": tenant._id(), "roles": [],
+                              "grantedToV2": {"user": {"id": user["id"], "email": user["userPrincipalName"]}}}
+                drive["permissions"].append(permission)
+            permission["roles"] = sorted({*permission["roles"], *body["roles"]})
+            granted.append(dict(permission))
+        return {"value": granted}
+
+    def drive_unshare(self, call: Call, user_id, permission_id):
+        drive = self._drive(call, user_id)
+        permission = next((p for p in drive["permissions"] if p["id"] == permission_id), None)
+        if permission is None:
+            raise KeyError(permission_id)
+        if "owner" in permission["roles"]:
+            return graph_error(403, "accessDenied", "The owner's permission cannot be removed.")
+        drive["permissions"].remove(permission)
+        return None
+
+    def _item(self, call: Call, user_id, item_id) -> dict:
+        drive = self._drive(call, user_id)
+        if item_id == drive["id"]:
+            return {"id": drive["id"], "name": "root", "folder": True, "permissions": drive["permissions"]}
+        return drive.setdefault("items", {})[item_id]
+
+    def drive_children(self, call: Call, user_id, item_id):
+        """Files and folders below one folder; `shared` only on items someone besides the owner can reach."""
+        self._item(call, user_id, item_id)
+        items = [i for i in self._drive(call, user_id).get("items", {}).values() if i["parent"] == item_id]
+        out = []
+        for item in items:
+            facets = {"id": item["id"], "name": item["name"]}
+            if item["folder"]:
+                facets["folder"] = {"childCount": sum(1 for i in items if i["parent"] == item["id"])}
+            if any("owner" not in p.get("roles", []) for p in item["permissions"]):
+                facets["shared"] = {"scope": "users"}
+            out.append({k: v for k, v in facets.items() if k in (self._select(call) or facets) or k == "id"})
+        return self._page(out, call)
+
+    def item_permissions(self, call: Call, user_id, item_id):
+        return self._page([dict(p) for p in self._item(call, user_id, item_id)["permissions"]], call)
+
+    def delete_item_permission(self, call: Call, user_id, item_id, permission_id):
+        permissions = self._item(call, user_id, item_id)["permissions"]
+        permission = next((p for p in permissions if p["id"] == permission_id), None)
+        if permission is None:
+            raise KeyError(permission_id)
+        if permission.get("inheritedFrom"):
+            return graph_error(400, "invalidRequest", "Only sharing permissions that are not inherited can be deleted.")
+        if "owner" in permission.get("roles", []):
+            return graph_error(403, "accessDenied", "The owner's permission cannot be removed.")
+        permissions.remove(permission)
+        return None
+
+    # -- mail and calendar --------------------------------------------------------------------------
+    def list_rules(self, call: Call, user_id):
+        return self._page([dict(r) for r in call.tenant.rules[user_id]], call)
+
+    def patch_rule(self, call: Call, user_id, rule_id):
+        rule = next((r for r in call.tenant.rules[user_id] if r["id"] == rule_id), None)
+        if rule is None:
+            raise KeyError(rule_id)
+        if rule["isReadOnly"]:
+            return graph_error(403, "ErrorAccessDenied", "The rule is read-only.")
+        rule.update({k: v for k, v in call.body.items() if k in ("isEnabled", "displayName", "sequence")})
+        return dict(rule)
+
+    def calendar_view(self, call: Call, user_id):
+        """Events overlapping startDateTime..endDateTime (both required, as in Graph)."""
+        start, end = call.query.get("startDateTime"), call.query.get("endDateTime")
+        if not start or not end:
+            return graph_error(400, "ErrorInvalidParameter", "This request requires a time window specified by the "
+                               "query string parameters StartDateTime and EndDateTime.")
+        inside = [e for e in call.tenant.events[user_id] if not e["isCancelled"]
+                  and start[:19] <= e["start"]["dateTime"][:19] < end[:19]]
+        select = self._select(call)
+        return self._page([{k: e.get(k) for k in (select or e)} | {"id": e["id"]} for e in inside], call)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 GB = 1024 ** 3
 #: kinds that do not hold the default method in place (not MFA methods a default could fall back to)
 NOT_BLOCKING_DEFAULT = {"password", "qrCodePin"}
+GRAPH_PRINCIPAL = "5c1e0b1f-3333-4d2c-8e7f-2b3c4d5e6f70"    # the object id of Microsoft Graph's service principal
 
 
 def stamp(when: dt.datetime | None = None) -> str:
@@ -43,6 +44,8 @@ class Mailbox:
     auto_reply: dict = field(default_factory=lambda: {"AutoReplyState": "Disabled", "InternalMessage": "",
                                                       "ExternalMessage": ""})
     devices: list[dict] = field(default_factory=list)
+    send_as: list[str] = field(default_factory=list)            # trustees (UPNs) with SendAs on this mailbox
+    send_on_behalf: list[str] = field(default_factory=list)     # GrantSendOnBehalfTo: recipients by alias
     converting_to: str | None = None
     reads_until_converted: int = 0
     conversion_reads: int = 1          # Get-Mailbox reads that still show the old type after Set-Mailbox -Type
@@ -70,6 +73,11 @@ class Tenant:
         self.default_method: dict[str, str] = {}          # user id -> id of the default MFA method
         self.mailboxes: dict[str, Mailbox] = {}
         self.passwords: dict[str, str] = {}               # user id -> the last password an admin set (secret-leak tests)
+        self.grants: list[dict] = []                     # oauth2PermissionGrants (delegated consents)
+        self.devices: dict[str, dict] = {}               # Intune managed devices: id -> device (userId names the user)
+        self.rules: dict[str, list[dict]] = {}           # user id -> inbox messageRules
+        self.events: dict[str, list[dict]] = {}          # user id -> calendar events
+        self.drives: dict[str, dict] = {}                # user id -> OneDrive: {id, webUrl, permissions}
         self.accepted_domains = [{"DomainName": domain, "DomainType": "Authoritative", "Default": True},
                                  {"DomainName": f"{domain.split('.')[0]}.onmicrosoft.com",
                                   "DomainType": "Authoritative", "Default": False}]
@@ -94,7 +102,9 @@ class Tenant:
         return next(s for s, v in self.skus.items() if v["skuPartNumber"] == part)
 
     def add_group(self, name: str, *, dynamic: bool = False, synced: bool = False, mail_enabled: bool = False,
-                  unified: bool = False, licences: tuple[str, ...] = (), role_assignable: bool = False) -> str:
+                  unified: bool = False, licences: tuple[str, ...] = (), role_assignable: bool = False,
+                  owners: tuple[str, ...] = ()) -> str:
+        """`owners` are UPNs of users already added."""
         group_id = self._id()
         types = (["Unified"] if unified else []) + (["DynamicMembership"] if dynamic else [])
         mail = f"{name.lower().replace(' ', '-')}@{self.domain}" if mail_enabled or unified else None
@@ -102,7 +112,8 @@ class Tenant:
                                  "mailEnabled": mail_enabled or unified, "securityEnabled": not unified,
                                  "onPremisesSyncEnabled": True if synced else None, "mail": mail,
                                  "isAssignableToRole": role_assignable,
-                                 "licences": [self.sku(p) for p in licences], "members": set()}
+                                 "licences": [self.sku(p) for p in licences], "members": set(),
+                                 "owners": {self.user_by_upn(o)["id"] for o in owners}}
         return group_id
 
     def add_role(self, name: str, *, custom: bool = False) -> str:
@@ -123,7 +134,7 @@ class Tenant:
                  licences: tuple[str, ...] = (), groups: tuple[str, ...] = (), roles: tuple[str, ...] = (),
                  methods: tuple[str, ...] = ("password",), default: str = "", mailbox: Mailbox | None = None,
                  proxies: tuple[str, ...] = (), manager: str = "", immutable_id: str = "",
-                 given: str = "", surname: str = "") -> str:
+                 given: str = "", surname: str = "", drive: bool = False) -> str:
         """`methods` are kinds (`phone` is a mobile; `phone:alternateMobile` names the type); `default` is one of them.
         `immutable_id` is a synced user's onPremisesImmutableId: the base64 objectGUID of its AD account."""
         user_id = self._id()
@@ -159,6 +170,12 @@ class Tenant:
         if mailbox:
             mailbox.upn = upn
             self.mailboxes[upn.lower()] = mailbox
+        self.rules[user_id], self.events[user_id] = [], []
+        if drive:
+            self.drives[user_id] = {"id": self._id(), "webUrl": f"https://{self.domain.split('.')[0]}-my.sharepoint.com"
+                                    f"/personal/{upn.replace('@', '_').replace('.', '_')}/Documents",
+                                    "permissions": [{"id": "owner", "roles": ["owner"],
+                                                     "grantedToV2": {"user": {"id": user_id, "email": upn}}}]}
         return user_id
 
     def add_phone_number(self, upn: str, number: str, number_type: str = "callingPlan") -> None:
@@ -171,6 +188,58 @@ class Tenant:
 
     def teams_numbers(self, user_id: str) -> list[str]:
         return sorted(n for n, a in self.phone_numbers.items() if a["assignmentTargetId"] == user_id)
+
+    # -- what a leaver reaches besides their own account -------------------------
+    def add_grant(self, upn: str, client_id: str, scope: str = "Mail.Read offline_access") -> str:
+        """A delegated consent the user gave an app (clientId: the app's service principal)."""
+        grant_id = self._id()
+        self.grants.append({"id": grant_id, "clientId": client_id, "consentType": "Principal",
+                            "principalId": self.user_by_upn(upn)["id"], "resourceId": GRAPH_PRINCIPAL,
+                            "scope": scope})
+        return grant_id
+
+    def add_device(self, upn: str, name: str, owner_type: str = "personal", os: str = "iOS") -> str:
+        device_id = self._id()
+        self.devices[device_id] = {"id": device_id, "userId": self.user_by_upn(upn)["id"], "deviceName": name,
+                                   "managedDeviceOwnerType": owner_type, "operatingSystem": os,
+                                   "managementState": "managed", "userPrincipalName": upn}
+        return device_id
+
+    def add_rule(self, upn: str, name: str, *, forward_to: str = "", redirect_to: str = "", enabled: bool = True,
+                 delete: bool = False) -> str:
+        recipients = lambda a: [{"emailAddress": {"address": a, "name": a}}] if a else []   # noqa: E731
+        rule_id = self._id()
+        actions = {"forwardTo": recipients(forward_to), "redirectTo": recipients(redirect_to),
+                   "forwardAsAttachmentTo": [], "delete": delete, "stopProcessingRules": False}
+        self.rules[self.user_by_upn(upn)["id"]].append(
+            {"id": rule_id, "displayName": name, "sequence": 1 + len(self.rules[self.user_by_upn(upn)["id"]]),
+             "isEnabled": enabled, "conditions": {}, "actions": actions, "hasError": False, "isReadOnly": False})
+        return rule_id
+
+    def add_file(self, upn: str, name: str, *, folder: str = "", link: str = "", shared_with: str = "") -> str:
+        """A file (or, with a trailing '/', a folder) in the user's OneDrive below `folder` (a name; '' = root);
+        `link` (anonymous | organization | users) adds a sharing link, `shared_with` a direct grant to a user."""
+        drive = self.drives[self.user_by_upn(upn)["id"]]
+        items = drive.setdefault("items", {})
+        parent = next(i["id"] for i in items.values() if i["name"] == folder) if folder else drive["id"]
+        item_id = self._id()
+        permissions = [{"id": self._id(), "roles": ["read"], "link": {"scope": link, "type": "view",
+                                                                       "webUrl": f"https://contoso-my.sharepoint.com/:x:/s/{item_id}"}}] if link else []
+        if shared_with:
+            permissions.append({"id": self._id(), "roles": ["write"],
+                                "grantedToV2": {"user": {"id": self.user_by_upn(shared_with)["id"], "email": shared_with}}})
+        items[item_id] = {"id": item_id, "name": name.rstrip("/"), "parent": parent, "folder": name.endswith("/"),
+                          "permissions": permissions}
+        return item_id
+
+    def add_meeting(self, upn: str, subject: str, start: dt.datetime, *, attendees: tuple[str, ...] = (),
+                    organizer: bool = True) -> str:
+        event_id = self._id()
+        self.events[self.user_by_upn(upn)["id"]].append(
+            {"id": event_id, "subject": subject, "isOrganizer": organizer, "isCancelled": False,
+             "start": {"dateTime": start.strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": "UTC"},
+             "attendees": [{"emailAddress": {"address": a}, "type": "required"} for a in attendees]})
+        return event_id
 
     def sync(self, upn: str) -> None:
         """The directory sync carries the AD disable of a synced user to Entra (at its next cycle)."""
@@ -205,6 +274,15 @@ class Tenant:
                 counts[sku] += 1
         return counts
 
+    @staticmethod
+    def rights_of(user: dict, box: Mailbox) -> list[str]:
+        """FullAccess, SendAs and SendOnBehalf `user` holds on `box`."""
+        upn = user["userPrincipalName"].lower()
+        rights = [r for p in box.permissions if p["User"].lower() == upn for r in p["AccessRights"]]
+        rights += ["SendAs"] * any(t.lower() == upn for t in box.send_as)
+        rights += ["SendOnBehalf"] * any(a.lower() == upn.split("@")[0] for a in box.send_on_behalf)
+        return rights
+
     def snapshot(self, upn: str) -> dict:
         """Everything a leaver's offboarding can change, read from the state (not through a provider)."""
         user = self.user_by_upn(upn)
@@ -219,6 +297,18 @@ class Tenant:
             "methods": sorted(m["@odata.type"] + (f":{m['phoneType']}" if "phoneType" in m else "")
                               for m in self.methods[user_id]),
             "teams_numbers": self.teams_numbers(user_id),
+            "owner_of": sorted(g["displayName"] for g in self.groups.values() if user_id in g["owners"]),
+            "grants": sorted(g["clientId"] for g in self.grants if g["principalId"] == user_id),
+            "devices": sorted((d["deviceName"], d["managementState"]) for d in self.devices.values()
+                              if d["userId"] == user_id),
+            "rules": sorted((r["displayName"], r["isEnabled"]) for r in self.rules[user_id]),
+            "meetings": sorted(e["subject"] for e in self.events[user_id] if not e["isCancelled"]),
+            "drive_links": sorted(f"{i['name']}:{p['link']['scope']}" for i in self.drives.get(user_id, {}).get(
+                "items", {}).values() for p in i["permissions"] if p.get("link")),
+            "drive_access": sorted(p["grantedToV2"]["user"]["email"] + ":" + ",".join(p["roles"])
+                                   for p in self.drives.get(user_id, {}).get("permissions", [])),
+            "access_elsewhere": sorted(f"{box.upn}:{right}" for box in self.mailboxes.values() if box.upn != upn
+                                       for right in self.rights_of(user, box)),
             "mailbox": mailbox and {"type": mailbox.converting_to or mailbox.kind, "forwarding": mailbox.forwarding,
                                     "hidden": mailbox.hidden, "permissions": json.dumps(mailbox.permissions),
                                     "auto_reply": json.dumps(mailbox.auto_reply), "devices": json.dumps(mailbox.devices)},

@@ -462,8 +462,8 @@ def test_500_leavers_go_in_batches(m365, entra):
     subjects = {t.id: entra.match(t).subject for t in leavers}
     plans = {t.id: entra.plan(subjects[t.id], t) for t in leavers}
     # subscribedSkus, one filter per leaver, then memberOf, methods, manager, Teams numbers, role assignments and
-    # eligibilities
-    assert m365.count("graph") == 1 + batches(n) + batches(6 * n)
+    # eligibilities, owned groups and delegated consents
+    assert m365.count("graph") == 1 + batches(n) + batches(8 * n)
 
     for phase, reads, writes in (("revoke", 1, 3), ("reclaim", 3, 6)):
         m365.calls.clear()

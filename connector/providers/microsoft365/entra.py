@@ -21,22 +21,30 @@ blocks, and reclaim takes them out only once Entra reads the account back disabl
 Teams Phone numbers (teams_phone.py) go with the user: `policy.teams_numbers = "successor"`
 hands each direct number to the successor in preserve; in reclaim whatever is still
 assigned is unassigned, so no number stays routed to a disabled user.
+
+What the leaver owns is handed over in preserve, so it is not lost with them: the successor
+becomes an owner of their groups and Teams before reclaim takes the leaver out of any
+ownership (Graph refuses to remove a group's last owner, and a sole ownership nobody took
+over stays for a person), and may be invited to their OneDrive root. Delegated consents go
+on revoke, since an app's refresh token outlives the session revoke. Intune devices are
+retired or wiped in reclaim, after the hand-over; a wipe cannot be undone, so it has no undo.
 """
 from __future__ import annotations
 
 import datetime as dt
 import re
 import secrets
-from typing import Generator
+from typing import ClassVar, Generator
 from urllib.parse import quote
 
 from ... import http
-from ...errors import ConfigError, NotYet, OffboardError, PermanentError, RetryableError
+from ...errors import ConfigError, NeedsHuman, NotYet, OffboardError, PermanentError, RetryableError
 from ...model import ActionContext, PlannedAction, Result, Subject, Termination
 from . import teams_phone
 from .exchange_api import Cmdlet
 from .graph import GraphCall
-from .provider import GROUP_FIELDS, ROLE_READS, Microsoft365Provider, Step, odata_literal, successor_facts
+from .provider import (GROUP_FIELDS, ROLE_READS, Microsoft365Provider, Step, odata_literal, recipient,
+                       successor_facts)
 
 SHARED = "SharedMailbox"
 GB = 1024 ** 3
@@ -163,21 +171,40 @@ class EntraProvider(Microsoft365Provider):
         "reset_password": "revoke",
         "add_to_block_group": "revoke",
         "revoke_sessions": "revoke",
+        "remove_consents": "revoke",
         "hand_over_teams_numbers": "preserve",
+        "hand_over_groups": "preserve",
+        "share_onedrive": "preserve",
+        "remove_sharing_links": "preserve",
         "unassign_teams_numbers": "reclaim",
-        "restore_teams_numbers": "restore",
         "remove_auth_methods": "reclaim",
+        "remove_group_ownerships": "reclaim",
         "remove_groups": "reclaim",
         "remove_licenses": "reclaim",
         "remove_from_block_group": "reclaim",
+        "retire_devices": "reclaim",
+        "restore_consents": "restore",
+        "restore_group_ownerships": "restore",
+        "unshare_onedrive": "restore",
+        "remove_added_owners": "restore",
+        "restore_teams_numbers": "restore",
     }
-    #: action -> the action that puts its journaled before-state back (`offboard restore`)
-    undo = {"hand_over_teams_numbers": "restore_teams_numbers", "unassign_teams_numbers": "restore_teams_numbers"}
+    #: action -> the action that puts its journaled before-state back (`offboard restore`); a retired or wiped device,
+    #: cancelled meetings and deleted sharing links cannot come back
+    undo: ClassVar[dict[str, str]] = {"hand_over_teams_numbers": "restore_teams_numbers",
+                                      "unassign_teams_numbers": "restore_teams_numbers",
+                                      "remove_consents": "restore_consents",
+                                      "remove_group_ownerships": "restore_group_ownerships",
+                                      "share_onedrive": "unshare_onedrive", "hand_over_groups": "remove_added_owners"}
     reads = {"block_sign_in": ("user",), "reset_password": ("user",), "revoke_sessions": ("user",),
              "add_to_block_group": ("memberOf",), "remove_auth_methods": ("methods",),
              "remove_groups": ("user", "memberOf"), "remove_licenses": ("user", "memberOf", "mailbox", "statistics"),
              "remove_from_block_group": ("user", "memberOf"), "hand_over_teams_numbers": ("teamsNumbers",),
-             "unassign_teams_numbers": ("teamsNumbers",)}
+             "unassign_teams_numbers": ("teamsNumbers",), "remove_consents": ("grants",),
+             "restore_consents": ("grants",), "hand_over_groups": ("owned",), "remove_group_ownerships": ("owned",),
+             "restore_group_ownerships": ("owned",), "remove_added_owners": ("owned",),
+             "share_onedrive": ("drive", "drivePermissions"), "unshare_onedrive": ("drive", "drivePermissions"),
+             "retire_devices": ("managedDevices",), "remove_sharing_links": ("drive",)}
 
     def __init__(self, name, options, tenant, where=""):
         super().__init__(name, options, tenant, where)
@@ -222,14 +249,30 @@ class EntraProvider(Microsoft365Provider):
 
     def observe(self, subject: Subject, seen: dict) -> Step:
         subject.state["user"] = seen["user"]
+        elsewhere = self.reaches()
         member_of, methods, manager, numbers, *_ = yield from self.fetch(
-            seen, subject, "memberOf", "methods", "manager", "teamsNumbers", *ROLE_READS)
+            seen, subject, "memberOf", "methods", "manager", "teamsNumbers", *ROLE_READS, *elsewhere)   # one round
         subject.state.update(groups=groups_of(member_of), methods=methods,
                              teams_numbers=sorted(n["telephoneNumber"] for n in numbers)
                              if isinstance(numbers, list) else str(numbers))
         subject.manager = successor_facts(manager)
         yield from self.mark_admin(subject, seen)
+        found = yield from self.fetch(seen, subject, *elsewhere)
+        subject.state.update(zip(elsewhere, found))
+        if "owned" in elsewhere:
+            subject.state["owned"] = yield from self.ownerships(seen, subject)
+        if subject.state.get("drive") and self.tenant.policy.onedrive_links == "remove":
+            subject.state["links"] = yield from self.sharing_links(subject, subject.state["drive"]["id"])
         return subject
+
+    def reaches(self) -> tuple[str, ...]:
+        """The reads of what else the leaver reaches that this tenant's policy acts on."""
+        policy = self.tenant.policy
+        wanted = {"owned": policy.hand_over_groups != "none" or policy.remove_groups,
+                  "grants": policy.remove_consents, "managedDevices": policy.devices != "none",
+                  "drive": policy.onedrive_access != "none" or policy.onedrive_links == "remove",
+                  "drivePermissions": policy.onedrive_access != "none"}
+        return tuple(key for key, on in wanted.items() if on)
 
     def subscribed_skus(self) -> list[dict]:
         return list(self.graph.pages(GraphCall("GET", "/subscribedSkus?$select=skuId,skuPartNumber,consumedUnits")))
@@ -269,7 +312,9 @@ class EntraProvider(Microsoft365Provider):
             wanted.append(("remove_licenses", "remove licences (after the mailbox is shared)"))
         if blocking and (enabled or in_block_group):
             wanted.append(("remove_from_block_group", "leave the block group once Entra reads the account disabled"))
-        return [self.planned(name, description) for name, description in wanted]
+        wanted += self.plan_elsewhere(subject, termination)
+        order = list(self.actions)
+        return [self.planned(name, description) for name, description in sorted(wanted, key=lambda w: order.index(w[0]))]
 
     def blocks(self, user: dict) -> bool:
         """Does this user get the Conditional Access block while the AD disable syncs?"""
@@ -487,3 +532,283 @@ class EntraProvider(Microsoft365Provider):
             for number in before:
                 yield from teams_phone.move(number, target, self.graph.base, self.where)
         return result
+
+    # -- what else the leaver reaches: groups they own, OneDrive, consents, devices ----------------------
+    def plan_elsewhere(self, subject: Subject, termination: Termination) -> list[tuple[str, str]]:
+        state, policy, wanted = subject.state, self.tenant.policy, []
+        if state.get("grants"):
+            wanted.append(("remove_consents", "remove the leaver's delegated consents to apps"))
+        if "owned" in state:
+            if policy.hand_over_groups != "none" and self.successor_missing(state["owned"], subject, termination):
+                wanted.append(("hand_over_groups", "make the successor an owner of the groups and Teams the leaver "
+                                                   f"owns ({policy.hand_over_groups})"))
+            if policy.remove_groups and any(ownership_flaw(g) == "" for g, _ in state["owned"]):
+                wanted.append(("remove_group_ownerships", "remove the leaver as owner where another owner stays"))
+        if state.get("drive") and policy.onedrive_access != "none" and self.onedrive_lacks(state, termination):
+            wanted.append(("share_onedrive", f"invite {policy.onedrive_access} to edit the leaver's OneDrive"))
+        if state.get("links"):
+            wanted.append(("remove_sharing_links", "turn off the sharing links on the leaver's OneDrive"))
+        if policy.devices != "none" and device_verbs(state.get("managedDevices") or [], policy.devices)[0]:
+            wanted.append(("retire_devices", "retire personal devices" + (
+                " and wipe corporate-owned ones" if policy.devices == "wipe" else " and corporate-owned ones")))
+        return wanted
+
+    def onedrive_lacks(self, state: dict, termination: Termination) -> bool:
+        """Does the OneDrive recipient still lack write access (True without a successor: a person acts)?"""
+        try:
+            target = recipient(self.tenant.policy.onedrive_access, termination, "OneDrive access", self.where)
+        except NeedsHuman:
+            return True
+        return "write" not in drive_roles(state.get("drivePermissions") or [], target)
+
+    def ownerships(self, seen: dict, subject: Subject) -> Generator[list, list, list[tuple[dict, list[dict]]]]:
+        """The groups the leaver owns, each with its user owners (one read round for every group)."""
+        [owned] = yield from self.fetch(seen, subject, "owned")
+        groups = [g for g in owned or [] if g.get("@odata.type", "#microsoft.graph.group") == "#microsoft.graph.group"]
+        missing = [g for g in groups if f"owners:{g['id']}" not in seen]
+        if missing:
+            answers = yield [GraphCall("GET", f"/groups/{g['id']}/owners?$select={OWNER_FIELDS}") for g in missing]
+            seen.update((f"owners:{g['id']}", answer) for g, answer in zip(missing, answers))
+        out = []
+        for group in groups:
+            answer = seen[f"owners:{group['id']}"]
+            if isinstance(answer, OffboardError):
+                raise answer
+            out.append((group, [o for o in answer.get("value", []) if o.get("@odata.type") == "#microsoft.graph.user"]))
+        return out
+
+    def handover_groups(self, owned: list[tuple[dict, list[dict]]], subject: Subject) -> list[tuple[dict, list[dict]]]:
+        """The owned groups the successor should co-own under policy.hand_over_groups."""
+        sole = self.tenant.policy.hand_over_groups == "sole"
+        return [(g, owners) for g, owners in owned if not ownership_flaw(g)
+                and (not sole or not [o for o in owners if o["id"] != subject.native_id])]
+
+    def successor_missing(self, owned: list, subject: Subject, termination: Termination) -> bool:
+        """Is there a group to hand over that the successor does not own yet (True without a successor: a person acts)?"""
+        return any(not termination.successor or termination.successor not in owner_addresses(owners)
+                   for _, owners in self.handover_groups(owned, subject))
+
+    def hand_over_groups(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Preserve: the successor becomes an owner before reclaim takes the leaver out (no group ends ownerless)."""
+        owned = yield from self.ownerships(seen, ctx.subject)
+        successor = recipient("manager", ctx.termination, "hand over the groups the leaver owns", self.where)
+        groups = self.handover_groups(owned, ctx.subject)
+        names = {g["id"]: g.get("displayName") or g["id"] for g, _ in groups}
+        before = {"successor": successor, "names": names,
+                  "successor_owns": {g["id"]: successor in owner_addresses(owners) for g, owners in groups}}
+        after = {**before, "successor_owns": dict.fromkeys(names, True)}
+        kept = "; ".join(f"kept {g.get('displayName') or g['id']}: {flaw}" for g, _ in owned
+                         if (flaw := ownership_flaw(g)))
+        if before == after or ctx.dry_run:
+            return self.outcome(before, after, ctx.dry_run, kept)
+        reference = {"@odata.id": f"{self.graph.base}/directoryObjects/{(yield from self.user_id(successor))}"}
+        yield from self.send(*[GraphCall("POST", f"/groups/{gid}/owners/$ref", reference)
+                               for gid, owns in before["successor_owns"].items() if not owns])
+        return self.outcome(before, after, ctx.dry_run, kept)
+
+    def remove_added_owners(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Undo of hand_over_groups: the successor stops owning what the hand-over gave them, where another owner
+        stays (restore_group_ownerships runs first and makes the leaver an owner again)."""
+        owned = yield from self.ownerships(seen, ctx.subject)
+        original = action_params(action)["before"]
+        successor, added = original["successor"], {g for g, owns in original["successor_owns"].items() if not owns}
+        owns = {g["id"]: owners for g, owners in owned if g["id"] in added and successor in owner_addresses(owners)}
+        removable = [gid for gid, owners in owns.items() if owner_addresses(owners) - {successor}]
+        before = {"successor": successor, "owner_of": sorted(original["names"].get(g, g) for g in owns)}
+        after = {**before, "owner_of": sorted(original["names"].get(g, g) for g in owns if g not in removable)}
+        if before == after or ctx.dry_run:
+            return self.outcome(before, after, ctx.dry_run)
+        successor_id = yield from self.user_id(successor)
+        yield from self.send(*[GraphCall("DELETE", f"/groups/{gid}/owners/{successor_id}/$ref") for gid in removable],
+                             gone_ok=True)
+        return self.outcome(before, after, ctx.dry_run)
+
+    def user_id(self, address: str) -> Generator[list, list, str]:
+        [found] = yield [GraphCall("GET", f"/users/{quote(address)}?$select=id,userPrincipalName")]
+        if isinstance(found, http.NotFound):
+            raise PermanentError(f"{address} has no account in this tenant", self.where)
+        if isinstance(found, OffboardError):
+            raise found
+        return found["id"]
+
+    def remove_group_ownerships(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Reclaim: leave every owned group another user still owns; a sole ownership stays and a person decides."""
+        owned = yield from self.ownerships(seen, ctx.subject)
+        editable = [(g, owners) for g, owners in owned if not ownership_flaw(g)]
+        sole = {g["id"]: g.get("displayName") or g["id"] for g, owners in editable
+                if not [o for o in owners if o["id"] != ctx.subject.native_id]}
+        before = {"owner_of": {g["id"]: g.get("displayName") or g["id"] for g, _ in editable}}
+        after = {"owner_of": sole}
+        result = yield from self.settle(before, after, ctx, *[
+            GraphCall("DELETE", f"/groups/{g['id']}/owners/{ctx.subject.native_id}/$ref")
+            for g, _ in editable if g["id"] not in sole], gone_ok=True)
+        if sole:
+            return Result("needs_human", before, after, f"the only owner of {', '.join(sorted(sole.values()))}: "
+                          "name another owner (policy.hand_over_groups hands them to the successor), then run again")
+        return result
+
+    def restore_group_ownerships(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Undo of remove_group_ownerships: the leaver owns again every group it owned before."""
+        owned = yield from self.ownerships(seen, ctx.subject)
+        wanted = dict(action_params(action)["before"].get("owner_of") or {})
+        now = {g["id"]: g.get("displayName") or g["id"] for g, _ in owned if g["id"] in wanted}
+        reference = {"@odata.id": f"{self.graph.base}/directoryObjects/{ctx.subject.native_id}"}
+        return (yield from self.settle({"owner_of": now}, {"owner_of": wanted}, ctx, *[
+            GraphCall("POST", f"/groups/{gid}/owners/$ref", reference) for gid in wanted if gid not in now]))
+
+    def share_onedrive(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Preserve: the successor (or the address policy names) may edit the leaver's OneDrive; the link is kept."""
+        drive, permissions = yield from self.fetch(seen, ctx.subject, "drive", "drivePermissions")
+        if drive is None:
+            return Result("skipped", reason="the leaver has no OneDrive")
+        target = recipient(self.tenant.policy.onedrive_access, ctx.termination, "OneDrive access", self.where)
+        roles = drive_roles(permissions or [], target)
+        before = {"recipient": target, "roles": roles, "link": drive.get("webUrl")}
+        after = {**before, "roles": sorted({*roles, "write"})}
+        return (yield from self.settle(before, after, ctx, GraphCall(
+            "POST", f"/users/{ctx.subject.native_id}/drive/root/invite",
+            {"recipients": [{"email": target}], "roles": ["write"], "requireSignIn": True, "sendInvitation": False})))
+
+    def unshare_onedrive(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Undo of share_onedrive: take away the access it granted (access held before stays)."""
+        drive, permissions = yield from self.fetch(seen, ctx.subject, "drive", "drivePermissions")
+        original = action_params(action)["before"]
+        if drive is None:
+            return Result("skipped", reason="the leaver has no OneDrive any more")
+        target = original["recipient"]
+        before = {"recipient": target, "roles": drive_roles(permissions or [], target), "link": drive.get("webUrl")}
+        if original.get("roles"):
+            return self.outcome(before, before, ctx.dry_run, "the recipient had access before the hand-over: kept")
+        return (yield from self.settle(before, {**before, "roles": []}, ctx, *[
+            GraphCall("DELETE", f"/users/{ctx.subject.native_id}/drive/root/permissions/{p['id']}")
+            for p in permissions or [] if permission_email(p) == target and "owner" not in p.get("roles", [])],
+            gone_ok=True))
+
+    def sharing_links(self, subject: Subject, root_id: str) -> Generator[list, list, list[tuple[str, str, dict]]]:
+        """[(item id, item name, permission)]: every sharing link (not inherited) on the OneDrive, read folder by
+        folder (one round per level); only items Graph marks `shared` have their permissions read."""
+        items = f"/users/{subject.native_id}/drive/items"
+        folders, shared, count = [root_id], [(root_id, "(root)")], 0
+        while folders:
+            answers = yield [GraphCall("GET", f"{items}/{f}/children?$select=id,name,folder,shared") for f in folders]
+            folders = []
+            for answer in answers:
+                if isinstance(answer, OffboardError):
+                    raise answer
+                for item in answer.get("value", []):
+                    count += 1
+                    if count > DRIVE_ITEMS:
+                        raise NeedsHuman(f"the OneDrive holds more than {DRIVE_ITEMS} items: turn its sharing links "
+                                         "off in the SharePoint admin center", self.where)
+                    folders += [item["id"]] * bool(item.get("folder"))
+                    shared += [(item["id"], item.get("name") or item["id"])] * bool(item.get("shared"))
+        answers = yield [GraphCall("GET", f"{items}/{item_id}/permissions") for item_id, _ in shared]
+        out = []
+        for (item_id, name), answer in zip(shared, answers):
+            if isinstance(answer, OffboardError):
+                raise answer
+            out += [(item_id, name, p) for p in answer.get("value", []) if p.get("link") and not p.get("inheritedFrom")]
+        return out
+
+    def remove_sharing_links(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Preserve: links the leaver gave out stop working (a deleted link cannot be made again: no undo)."""
+        [drive] = yield from self.fetch(seen, ctx.subject, "drive")
+        if drive is None:
+            return Result("skipped", reason="the leaver has no OneDrive")
+        links = yield from self.sharing_links(ctx.subject, drive["id"])
+        return (yield from self.settle({"links": sorted(link_label(name, p) for _, name, p in links)}, {"links": []}, ctx, *[
+            GraphCall("DELETE", f"/users/{ctx.subject.native_id}/drive/items/{item_id}/permissions/{p['id']}")
+            for item_id, _, p in links], gone_ok=True))
+
+    def remove_consents(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Revoke: apps the leaver consented to keep their refresh tokens' scopes until the grant goes."""
+        [grants] = yield from self.fetch(seen, ctx.subject, "grants")
+        mine = [g for g in grants or [] if g.get("principalId") == ctx.subject.native_id]
+        return (yield from self.settle({"grants": consents(mine)}, {"grants": []}, ctx, *[
+            GraphCall("DELETE", f"/oauth2PermissionGrants/{g['id']}") for g in mine], gone_ok=True))
+
+    def restore_consents(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Undo of remove_consents: the same apps, the same scopes, for the same person."""
+        [grants] = yield from self.fetch(seen, ctx.subject, "grants")
+        now = consents([g for g in grants or [] if g.get("principalId") == ctx.subject.native_id])
+        wanted = action_params(action)["before"].get("grants") or []
+        missing = [g for g in wanted if g not in now]
+        return (yield from self.settle({"grants": now}, {"grants": sorted(now + missing, key=consent_key)}, ctx, *[
+            GraphCall("POST", "/oauth2PermissionGrants", {"clientId": g["clientId"], "consentType": "Principal",
+                                                          "principalId": ctx.subject.native_id,
+                                                          "resourceId": g["resourceId"], "scope": g["scope"]})
+            for g in missing]))
+
+    def retire_devices(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Reclaim, after the hand-over: Intune retires (company data off) or wipes (factory reset) each device."""
+        [devices] = yield from self.fetch(seen, ctx.subject, "managedDevices")
+        verbs, busy = device_verbs(devices or [], self.tenant.policy.devices)
+        before = {"devices": {d["id"]: f"{d.get('deviceName')}: {d.get('managementState')}" for d in devices or []
+                              if d["id"] in verbs}}
+        after = {"devices": {d["id"]: f"{d.get('deviceName')}: {verbs[d['id']]}Pending" for d in devices or []
+                             if d["id"] in verbs}}
+        reason = "; ".join(f"left {name}: {state}, another action runs on it" for name, state in busy)
+        return (yield from self.settle(before, after, ctx, *[
+            GraphCall("POST", f"/deviceManagement/managedDevices/{device_id}/{verb}",
+                      {"keepEnrollmentData": False, "keepUserData": False} if verb == "wipe" else None)
+            for device_id, verb in verbs.items()], reason=reason))
+
+
+OWNER_FIELDS = "id,userPrincipalName,mail"
+DRIVE_ITEMS = 20000             # a OneDrive walked for sharing links; beyond this a person does it
+PENDING = ("retirePending", "wipePending", "retireIssued", "wipeIssued", "deletePending")
+
+
+def link_label(item_name: str, permission: dict) -> str:
+    link = permission.get("link") or {}
+    return f"{item_name}: {link.get('scope')} {link.get('type')} link"
+
+
+def ownership_flaw(group: dict) -> str:
+    """Why the cloud cannot change this group's owners, or ""."""
+    if group.get("onPremisesSyncEnabled"):
+        return "synced from on-premises AD (change its owner there)"
+    if group.get("mailEnabled") and "Unified" not in (group.get("groupTypes") or []):
+        return "a mail-enabled security group or distribution list (its owners are ManagedBy in Exchange)"
+    return ""
+
+
+def owner_addresses(owners: list[dict]) -> set[str]:
+    return {(o.get(k) or "").lower() for o in owners for k in ("userPrincipalName", "mail")} - {""}
+
+
+def action_params(action: PlannedAction) -> dict:
+    return dict(action.params)
+
+
+def permission_email(permission: dict) -> str:
+    granted = permission.get("grantedToV2") or permission.get("grantedTo") or {}
+    return str((granted.get("user") or {}).get("email") or "").lower()
+
+
+def drive_roles(permissions: list[dict], address: str) -> list[str]:
+    return sorted({r for p in permissions if permission_email(p) == address for r in p.get("roles") or []})
+
+
+def consent_key(grant: dict) -> tuple:
+    return grant["clientId"], grant["resourceId"]
+
+
+def consents(grants: list[dict]) -> list[dict]:
+    """A person's delegated grants as the journal keeps them: enough to create each again."""
+    return sorted(({"clientId": g.get("clientId"), "resourceId": g.get("resourceId"), "scope": g.get("scope") or ""}
+                   for g in grants), key=consent_key)
+
+
+def device_verbs(devices: list[dict], policy: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """-> ({device id: retire | wipe} still to send, [(name, state)] left because Intune is busy with them).
+    "wipe" wipes only corporate-owned devices; a personal or unknown one is retired (Intune refuses to wipe it)."""
+    verbs, busy = {}, []
+    for device in devices:
+        verb = "wipe" if policy == "wipe" and device.get("managedDeviceOwnerType") == "company" else "retire"
+        state = device.get("managementState")
+        if state not in PENDING:
+            verbs[device["id"]] = verb
+        elif not state.startswith(verb):
+            busy.append((device.get("deviceName") or device["id"], state))
+    return verbs, busy

@@ -10,21 +10,28 @@ person's job. Forwarding stays inside the tenant's accepted domains unless the p
 lists the target's domain. Names from the feed reach the auto-reply only as plain,
 short, escaped words, so a crafted "first name" cannot put a link or an address in a
 message every outside sender receives.
+
+What else a leaver reaches through mail is cut on revoke: an inbox rule forwarding outside
+keeps sending their mail out after the account is blocked, and their rights on shared
+mailboxes outlive their own mailbox. Both are read from where each lives: rules through
+Graph (`messageRules`), rights through the admin endpoint; the shared mailboxes and their
+permissions are read once per pass, and a write re-reads only the leaver's own rights.
 """
 from __future__ import annotations
 
 import html
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from ... import http
-from ...errors import NeedsHuman
+from ...errors import NeedsHuman, OffboardError
 from ...model import ActionContext, PlannedAction, Result, Subject, Termination
 from .exchange_api import Cmdlet
-from .provider import ROLE_READS, Microsoft365Provider, Step, successor_facts
+from .graph import GraphCall
+from .provider import ROLE_READS, Call, Microsoft365Provider, Step, recipient, successor_facts
 
 SHARED = "SharedMailbox"
-Wanted = tuple[Any, Any, list[Cmdlet]]       # before, after, the writes that get from one to the other
+Wanted = tuple[Any, Any, list[Call]]       # before, after, the writes that get from one to the other
 
 
 def plain(text: str | None) -> str:
@@ -52,53 +59,67 @@ def feed_name(text: str) -> str:
     return " ".join(kept.split())[:NAME_LIMIT].strip()
 
 
-class NoSuccessor(NeedsHuman):
-    """The policy hands something to the successor, and the directories name none (nor does policy.successor)."""
-
-
 class ExchangeOnlineProvider(Microsoft365Provider):
     type = "exchange_online"
     actions = {
+        "disable_forwarding_rules": "revoke",
+        "remove_mailbox_access": "revoke",
         "clear_mobile_devices": "preserve",
+        "cancel_meetings": "preserve",
         "convert_mailbox_to_shared": "preserve",
         "grant_mailbox_access": "preserve",
         "set_auto_reply": "preserve",
         "set_forwarding": "preserve",
         "hide_from_gal": "preserve",
+        "enable_inbox_rules": "restore",
+        "restore_mailbox_access": "restore",
     }
+    #: action -> the action that puts its journaled before-state back (cancelled meetings cannot come back)
+    undo: ClassVar[dict[str, str]] = {"disable_forwarding_rules": "enable_inbox_rules",
+                                      "remove_mailbox_access": "restore_mailbox_access"}
     reads = {"clear_mobile_devices": ("devices",), "convert_mailbox_to_shared": ("mailbox",),
              "grant_mailbox_access": ("permissions",), "set_auto_reply": ("auto_reply",),
-             "set_forwarding": ("mailbox",), "hide_from_gal": ("mailbox",)}
+             "set_forwarding": ("mailbox",), "hide_from_gal": ("mailbox",), "disable_forwarding_rules": ("rules",),
+             "enable_inbox_rules": ("rules",), "cancel_meetings": ("meetings",), "remove_mailbox_access": ("mailbox",),
+             "restore_mailbox_access": ("mailbox",)}
+
+    def __init__(self, name, options, tenant, where=""):
+        super().__init__(name, options, tenant, where)
+        self.shared: list[tuple[dict, list[dict]]] | OffboardError | None = None   # shared mailboxes as read this pass
 
     def prepare(self, terminations: list[Termination]) -> None:
         self.tenant_domains()
+        self.shared = None                  # read again by each pass's planning, by the first leaver that needs it
         super().prepare(terminations)
+
+    def read_call(self, key: str, subject: Subject):
+        if key == "send_as":             # SendAs the leaver holds, across the organization
+            return Cmdlet.of("Get-RecipientPermission", Trustee=self.upn(subject), ResultSize="Unlimited")
+        return super().read_call(key, subject)
 
     def observe(self, subject: Subject, seen: dict) -> Step:
         """The mailbox and its hand-over state, the directory manager (None when unset) and the admin roles."""
         subject.state["user"] = seen["user"]
-        keys = ("mailbox", "devices", "permissions", "auto_reply", "manager", "memberOf", *ROLE_READS)
-        mailbox, devices, permissions, auto_reply, manager, *_ = yield from self.fetch(seen, subject, *keys)
+        policy = self.tenant.policy
+        elsewhere = ("rules",) * (policy.forwarding_rules != "none") + ("meetings",) * bool(
+            policy.cancel_meetings_days) + ("send_as",) * policy.remove_mailbox_access
+        keys = ("mailbox", "devices", "permissions", "auto_reply", "manager", "memberOf", *ROLE_READS, *elsewhere)
+        found = dict(zip(keys, (yield from self.fetch(seen, subject, *keys))))
+        mailbox, manager = found["mailbox"], found["manager"]
         if mailbox is None:
             return None
-        subject.state.update(mailbox=mailbox, devices=devices or [], permissions=permissions or [],
-                             auto_reply=auto_reply or {})
+        subject.state.update(mailbox=mailbox, **{k: found[k] or [] for k in ("devices", "permissions", *elsewhere)},
+                             auto_reply=found["auto_reply"] or {})
+        if policy.remove_mailbox_access:
+            subject.state["access"] = rights_held(self.shared_mailboxes(), found["send_as"] or [], mailbox,
+                                                  self.upn(subject))
         subject.manager = successor_facts(manager)
         subject.names = list(dict.fromkeys(subject.names + [smtp(a) for a in mailbox.get("EmailAddresses") or []]))
         yield from self.mark_admin(subject, seen)
         return subject
 
     def recipient(self, setting: str, termination: Termination, what: str) -> str:
-        """Policy `manager | none | address` -> an address, or '' for nobody. "manager" is the successor
-        from the directories; when there is none the hand-over waits for a person (NoSuccessor)."""
-        if setting == "none":
-            return ""
-        if setting != "manager":
-            return setting.lower()
-        if not termination.successor:
-            raise NoSuccessor(f"{what}: the directories name no enabled manager who stays, and policy.successor is "
-                              "empty: name a successor (policy.successor) or hand over by hand", self.where)
-        return termination.successor
+        return recipient(setting, termination, what, self.where)
 
     def stays_inside(self, address: str) -> bool:
         """Is `address` in one of the tenant's accepted domains, or a domain the policy allows forwarding to?"""
@@ -175,7 +196,9 @@ class ExchangeOnlineProvider(Microsoft365Provider):
     # -- deciding and acting --------------------------------------------------
     def plan(self, subject: Subject, termination: Termination) -> list[PlannedAction]:
         out = []
-        for name in self.actions:
+        for name, phase in self.actions.items():
+            if phase == "restore":
+                continue
             try:
                 wanted = self.wanted(name, subject.state, termination)
             except NeedsHuman:       # planned all the same: applying it records why a person must act
@@ -198,3 +221,162 @@ class ExchangeOnlineProvider(Microsoft365Provider):
 
     clear_mobile_devices = convert_mailbox_to_shared = grant_mailbox_access = reconcile_one
     set_auto_reply = set_forwarding = hide_from_gal = reconcile_one
+
+    # -- what else the leaver reaches: inbox rules, other mailboxes, meetings ---------------------------
+    def want_disable_forwarding_rules(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
+        """Rules that forward or redirect (outside the accepted and allowed domains, or anywhere) are disabled;
+        the other enabled rules that move mail on are reported."""
+        setting = self.tenant.policy.forwarding_rules
+        if setting == "none":
+            return None
+        enabled = [r for r in state.get("rules") or [] if r.get("isEnabled")]
+        targeted = {r["id"]: rule_label(r) for r in enabled if rule_targets(r) and (
+            setting == "all" or not all(self.stays_inside(a) for a in rule_targets(r)))}
+        writes = [GraphCall("PATCH", f"/users/{state['user']['id']}/mailFolders/inbox/messageRules/{rule_id}",
+                            {"isEnabled": False}) for rule_id in targeted]
+        return {"forwarding_rules": targeted}, {"forwarding_rules": {}}, writes
+
+    def disable_forwarding_rules(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        [rules] = yield from self.fetch(seen, ctx.subject, "rules")
+        result = yield from self.reconcile_one(action, ctx, seen)
+        rest = [rule_label(r) for r in rules or [] if r.get("isEnabled") and r["id"] not in
+                (result.before or {}).get("forwarding_rules", {}) and (rule_targets(r) or moves_mail(r))]
+        if rest:
+            result.reason = "; ".join(filter(None, [result.reason, "left enabled (they stay inside the tenant or do "
+                                                                  "not forward): " + ", ".join(rest)]))
+        return result
+
+    def enable_inbox_rules(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Undo of disable_forwarding_rules: the rules it disabled are enabled again."""
+        [rules] = yield from self.fetch(seen, ctx.subject, "rules")
+        wanted = dict(dict(action.params)["before"].get("forwarding_rules") or {})
+        present = {r["id"]: r for r in rules or [] if r["id"] in wanted}
+        before = {"enabled": sorted(i for i, r in present.items() if r.get("isEnabled"))}
+        reason = "; ".join(f"{label}: the rule is gone" for i, label in sorted(wanted.items()) if i not in present)
+        return (yield from self.settle(before, {"enabled": sorted(present)}, ctx, *[
+            GraphCall("PATCH", f"/users/{ctx.subject.native_id}/mailFolders/inbox/messageRules/{i}", {"isEnabled": True})
+            for i, r in present.items() if not r.get("isEnabled")], reason=reason))
+
+    def want_cancel_meetings(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
+        days = self.tenant.policy.cancel_meetings_days
+        if not days:
+            return None
+        organised = sorted(e["id"] for e in state.get("meetings") or []
+                           if e.get("isOrganizer") and e.get("attendees") and not e.get("isCancelled"))
+        return ({"meetings_organised": len(organised)}, {"meetings_organised": 0},
+                [Cmdlet.of("Remove-CalendarEvents", anchor=upn, Identity=upn, CancelOrganizedMeetings=True,
+                           QueryWindowInDays=days, Confirm=False)])
+
+    def shared_mailboxes(self) -> list[tuple[dict, list[dict]]]:
+        """Every shared mailbox with its explicit permissions, read once per pass for planning everyone; a failed
+        read fails the match of each leaver it was read for, as any other read does."""
+        if self.shared is None:
+            try:
+                boxes = self.exchange.invoke(Cmdlet.of("Get-Mailbox", RecipientTypeDetails=["SharedMailbox"],
+                                                       ResultSize="Unlimited"))
+                permissions = self.exchange.invoke_many([Cmdlet.of(
+                    "Get-MailboxPermission", anchor=b["PrimarySmtpAddress"], Identity=b["PrimarySmtpAddress"])
+                    for b in boxes])
+                self.shared = next((p for p in permissions if isinstance(p, OffboardError)), None) or \
+                    list(zip(boxes, permissions))
+            except OffboardError as e:
+                self.shared = e
+        if isinstance(self.shared, OffboardError):
+            raise self.shared
+        return self.shared
+
+    def fresh_access(self, seen: dict, subject: Subject, mailbox: dict, boxes: list[str]) -> Step:
+        """The leaver's rights on `boxes` read again now (before a write, which acts only on what it read)."""
+        upn = self.upn(subject)
+        answers = yield [*(Cmdlet.of("Get-Mailbox", anchor=b, Identity=b) for b in boxes),
+                         *(Cmdlet.of("Get-MailboxPermission", anchor=b, Identity=b, User=upn) for b in boxes),
+                         self.read_call("send_as", subject)]
+        for answer in answers:
+            if isinstance(answer, OffboardError) and not isinstance(answer, http.NotFound):
+                raise answer
+        found = [(box[0], rights) for box, rights in zip(answers[:len(boxes)], answers[len(boxes):-1])
+                 if isinstance(box, list) and box and isinstance(rights, list)]
+        return rights_held(found, answers[-1] if isinstance(answers[-1], list) else [], mailbox, upn)
+
+    def want_remove_mailbox_access(self, state: dict, termination: Termination, upn: str) -> Wanted | None:
+        if not self.tenant.policy.remove_mailbox_access:
+            return None
+        return state["access"], dict.fromkeys(state["access"], []), access_writes(state["access"], upn, "remove")
+
+    def remove_mailbox_access(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Revoke: FullAccess, SendAs and SendOnBehalf the leaver holds on shared mailboxes go."""
+        return (yield from self.settle_access(ctx, seen, ctx.subject.state["access"], wanted=None))
+
+    def restore_mailbox_access(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Undo of remove_mailbox_access: each right on each mailbox it removed is granted again."""
+        return (yield from self.settle_access(ctx, seen, dict(action.params)["before"],
+                                              wanted=dict(action.params)["before"]))
+
+    def settle_access(self, ctx: ActionContext, seen: dict, rights: dict, wanted: dict | None) -> Step:
+        """Read the leaver's rights on the mailboxes `rights` names again, then remove them all (wanted None)
+        or grant what `wanted` holds and they lack."""
+        [mailbox] = yield from self.fetch(seen, ctx.subject, "mailbox")
+        if mailbox is None:
+            raise http.NotFound(f"{self.upn(ctx.subject)} has no mailbox any more", self.where)
+        boxes = sorted({b for held in rights.values() for b in held})
+        now = yield from self.fresh_access(seen, ctx.subject, mailbox, boxes)
+        upn = self.upn(ctx.subject)
+        if wanted is None:
+            return (yield from self.settle(now, dict.fromkeys(now, []), ctx, *access_writes(now, upn, "remove")))
+        after = {right: sorted({*now[right], *wanted.get(right, [])}) for right in now}
+        missing = {right: [b for b in after[right] if b not in now[right]] for right in now}
+        return (yield from self.settle(now, after, ctx, *access_writes(missing, upn, "add")))
+
+    cancel_meetings = reconcile_one
+
+
+def rights_held(boxes: list[tuple[dict, list[dict]]], send_as: list[dict], mailbox: dict, upn: str) -> dict:
+    """{FullAccess, SendAs, SendOnBehalf: [shared mailboxes]} the leaver holds, their own mailbox aside.
+    GrantSendOnBehalfTo names recipients as Exchange shows them (alias, name, address): any of the leaver's counts."""
+    names = {str(mailbox.get(k) or "").lower() for k in ("UserPrincipalName", "PrimarySmtpAddress", "Alias", "Name",
+                                                          "DisplayName", "ExternalDirectoryObjectId")} - {""}
+    others = [(b, held) for b, held in boxes if smtp(b.get("PrimarySmtpAddress")) != upn.lower()]
+    return {"FullAccess": sorted(smtp(b["PrimarySmtpAddress"]) for b, held in others
+                                 if any(p.get("User", "").lower() == upn.lower() and not p.get("Deny")
+                                        and not p.get("IsInherited") and any("FullAccess" in r for r in p.get(
+                                            "AccessRights") or []) for p in held)),
+            "SendAs": sorted(smtp(p["Identity"]) for p in send_as if "SendAs" in (p.get("AccessRights") or [])
+                             and smtp(p.get("Trustee")) == upn.lower() and smtp(p["Identity"]) != upn.lower()),
+            "SendOnBehalf": sorted(smtp(b["PrimarySmtpAddress"]) for b, _ in others
+                                   if names & {str(n).lower() for n in b.get("GrantSendOnBehalfTo") or []})}
+
+
+def access_writes(rights: dict, upn: str, verb: str) -> list[Cmdlet]:
+    """The cmdlets that remove (or add) the leaver's rights on each mailbox `rights` names."""
+    full, send_as = ("Remove-MailboxPermission", "Remove-RecipientPermission") if verb == "remove" else (
+        "Add-MailboxPermission", "Add-RecipientPermission")
+    extra = {"Confirm": False} if verb == "remove" else {"AutoMapping": True}
+    return [*(Cmdlet.of(full, anchor=box, Identity=box, User=upn, AccessRights=["FullAccess"], InheritanceType="All",
+                        **extra) for box in rights.get("FullAccess", [])),
+            *(Cmdlet.of(send_as, anchor=box, Identity=box, Trustee=upn, AccessRights=["SendAs"], Confirm=False)
+              for box in rights.get("SendAs", [])),
+            *(Cmdlet.of("Set-Mailbox", anchor=box, Identity=box, GrantSendOnBehalfTo=hashtable(verb, upn))
+              for box in rights.get("SendOnBehalf", []))]
+
+
+def hashtable(verb: str, value: str) -> dict:
+    """A multivalued property's add or remove, as the admin endpoint binds a PowerShell hashtable."""
+    return {"@odata.type": "#Exchange.GenericHashTable", verb: value}
+
+
+def rule_targets(rule: dict) -> list[str]:
+    """Where a messageRule sends mail on: forwardTo, forwardAsAttachmentTo and redirectTo addresses."""
+    actions = rule.get("actions") or {}
+    return sorted({str((r.get("emailAddress") or {}).get("address") or "").lower()
+                   for key in ("forwardTo", "forwardAsAttachmentTo", "redirectTo") for r in actions.get(key) or []} - {""})
+
+
+def moves_mail(rule: dict) -> bool:
+    """Deletes mail or moves it away from the inbox: what a rule hiding mail from its owner does."""
+    actions = rule.get("actions") or {}
+    return bool(actions.get("delete") or actions.get("permanentDelete") or actions.get("moveToFolder"))
+
+
+def rule_label(rule: dict) -> str:
+    targets = rule_targets(rule)
+    return f"{rule.get('displayName') or rule['id']}" + (f" -> {', '.join(targets)}" if targets else "")

@@ -15,6 +15,7 @@ answer, no eligibility to find.
 """
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Callable, ClassVar, Generator
 from urllib.parse import quote
 
@@ -22,7 +23,7 @@ from pydantic import model_validator
 
 from ... import http
 from ...config import HttpsUrl, PluginOptions, SecretRef, invalid
-from ...errors import ConfigError, OffboardError, PermanentError
+from ...errors import ConfigError, NeedsHuman, OffboardError, PermanentError
 from ...model import ActionContext, Match, PlannedAction, Result, Subject, Termination
 from ..base import Provider
 from .auth import Tokens
@@ -64,13 +65,38 @@ GROUP_FIELDS = "id,displayName,mail,groupTypes,mailEnabled,securityEnabled,onPre
 MANAGER_FIELDS = "id,mail,userPrincipalName,accountEnabled"
 ROLE_READS = {"roleAssignments": "roleAssignments", "roleEligibility": "roleEligibilityScheduleInstances"}
 NO_PIM = "AadPremiumLicenseRequired"      # Graph's answer where PIM is not licensed: nobody can be eligible
-#: reads whose 404 is a fact (no mailbox, no manager), not an error
-ABSENT_OK = {*MAILBOX_READS, "devices", "manager"}
 #: reads whose failure is kept as the value (the actions that need it report it): a tenant without Teams Phone
 #: permission still offboards everything else
 KEPT_ERRORS = {"teamsNumbers"}
 TEAMS_NUMBERS = "/admin/teams/telephoneNumberManagement/numberAssignments"
 NUMBER_FIELDS = "id,telephoneNumber,assignmentTargetId,numberType,assignmentCategory,assignmentStatus"
+#: what else the leaver reaches, read below /users/{id}: the key a pass reads it as -> the rest of the path
+USER_READS = {"owned": f"/ownedObjects/microsoft.graph.group?$select={GROUP_FIELDS}",
+              "grants": "/oauth2PermissionGrants",
+              "managedDevices": "/managedDevices?$select=id,deviceName,managedDeviceOwnerType,operatingSystem,"
+                                "managementState",
+              "drive": "/drive/root?$select=id,webUrl", "drivePermissions": "/drive/root/permissions",
+              "rules": "/mailFolders/inbox/messageRules"}
+MEETING_FIELDS = "id,subject,isOrganizer,isCancelled,attendees,start"
+#: reads whose 404 is a fact (no mailbox, no manager, no OneDrive), not an error
+ABSENT_OK = {*MAILBOX_READS, "devices", "manager", "drive", "drivePermissions", "rules", "meetings"}
+
+
+class NoSuccessor(NeedsHuman):
+    """The policy hands something to the successor, and the directories name none (nor does policy.successor)."""
+
+
+def recipient(setting: str, termination: Termination, what: str, where: str) -> str:
+    """Policy `manager | none | address` -> an address, or '' for nobody. "manager" is the successor
+    from the directories; when there is none the hand-over waits for a person (NoSuccessor)."""
+    if setting == "none":
+        return ""
+    if setting != "manager":
+        return setting.lower()
+    if not termination.successor:
+        raise NoSuccessor(f"{what}: the directories name no enabled manager who stays, and policy.successor is "
+                          "empty: name a successor (policy.successor) or hand over by hand", where)
+    return termination.successor
 
 
 def role_call(kind: str, principal_id: str) -> GraphCall:
@@ -240,6 +266,13 @@ class Microsoft365Provider(Provider):
         if key == "teamsNumbers":
             return GraphCall("GET", f"{TEAMS_NUMBERS}?$filter={quote(f'assignmentTargetId eq {odata_literal(user_id)}')}"
                                     f"&$select={NUMBER_FIELDS}")
+        if key in USER_READS:
+            return GraphCall("GET", f"/users/{user_id}{USER_READS[key]}")
+        if key == "meetings":            # the window Remove-CalendarEvents cancels in
+            start = dt.datetime.now(dt.timezone.utc)
+            end = start + dt.timedelta(days=max(1, self.tenant.policy.cancel_meetings_days))
+            window = f"startDateTime={start:%Y-%m-%dT%H:%M:%SZ}&endDateTime={end:%Y-%m-%dT%H:%M:%SZ}"
+            return GraphCall("GET", f"/users/{user_id}/calendarView?{window}&$select={MEETING_FIELDS}")
         upn = self.upn(subject)        # every cmdlet takes the UPN as an identity
         if key == "devices":
             return Cmdlet.of("Get-MobileDeviceStatistics", anchor=upn, Mailbox=upn)
