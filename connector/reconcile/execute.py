@@ -121,7 +121,7 @@ class Executor:
                 log.exception("%s: matching %s crashed", provider.where, lv.id)
                 unread[name] = PermanentError(f"internal error: {type(e).__name__}: {e}", provider.where)
         for name, error in unread.items():
-            self._journal_error(lv, name, "match_account", "revoke", error)
+            self._journal_error(lv, name, "match_account", self._match_phase(name), error)
         remembered = {name: o for name in unread
                       if (o := Observation.load(_loads(journal.get(f"{lv.id}/{name}/match_account", {}).get("after"))))}
         found = person_hold(self.tenant, matches, remembered)
@@ -134,24 +134,33 @@ class Executor:
         for name, match in matches.items():
             self._plan(lv, name, match, journal, hold, approvals)
 
+    def _match_phase(self, name: str) -> str:
+        """The phase a provider's matching counts in: `revoke` for a provider that revokes (until it is read,
+        nobody knows the person is locked out there, so every later phase waits), else its own first phase
+        (a PSA that is down holds only billing, a phone system only its own hand-over)."""
+        phases = {p for p in self.providers[name].actions.values() if p in PHASES}
+        if not phases or phases & {"restrict", "revoke"}:
+            return "revoke"
+        return min(phases, key=PHASES.index)
+
     def _is_leaving(self, address: str) -> bool:
         other = self.store.find_termination(self.tenant.id, address)
         return bool(other) and other["state"] not in ("cancelled", "restored")
 
     def _plan(self, lv: Leaver, name: str, match: Match, journal: dict, hold: str, approvals: list[dict]) -> None:
         if match.status == "not_found":
-            self._journal_decision(lv, name, "match_account", "revoke", "skipped",
+            self._journal_decision(lv, name, "match_account", self._match_phase(name), "skipped",
                                    match.reason or "no account for this person")
             return
         if match.status == "ambiguous":
-            self._journal_decision(lv, name, "match_account", "revoke", "needs_human",
+            self._journal_decision(lv, name, "match_account", self._match_phase(name), "needs_human",
                                    f"ambiguous: {match.reason or ', '.join(match.candidates)}")
             return
         subject = match.subject
         lv.subjects[name] = subject
         match_id = f"{lv.id}/{name}/match_account"
-        self.store.upsert_action_status(match_id, lv.id, name, "match_account", "revoke", "unchanged",
-                                        f"matched {subject.native_id}")
+        self.store.upsert_action_status(match_id, lv.id, name, "match_account", self._match_phase(name),
+                                        "unchanged", f"matched {subject.native_id}")
         self.store.record_outcome(match_id, "unchanged", after=Observation.of(subject).dump(),
                                   reason=f"matched {subject.native_id}")
         planned = self.providers[name].plan(subject, lv.termination)

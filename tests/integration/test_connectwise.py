@@ -462,3 +462,17 @@ def test_hostile_answers_are_errors_not_crashes(systems):
     systems.cw.route = lambda request: (200, "<html>maintenance</html>")
     with pytest.raises(PermanentError, match="expected a list"):
         list(provider.api.pages("/company/contacts"))
+
+
+def test_a_psa_down_for_a_pass_holds_only_billing_and_the_next_pass_finishes(systems):
+    cfg, store = make_config(systems), Store.memory()
+    t = leaver_in_both(systems, 1)
+    systems.cw.knobs.outage = True                       # down for the start-of-pass check: not dropped
+    passes(cfg, store, t, times=2)
+    assert store.action(f"{t.id}/connectwise/match_account")["phase"] == "bill"
+    assert store.action(f"{t.id}/entra/remove_licenses")["status"] == "changed", \
+        "the PSA being down held the licence removal"
+    assert store.termination(t.id)["state"] == "in_progress"       # no word yet from the PSA: not done
+    systems.cw.knobs.outage = False
+    passes(cfg, store, t, now=NOW + dt.timedelta(hours=1), times=1)
+    assert store.termination(t.id)["state"] == "done"
