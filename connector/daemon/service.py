@@ -32,6 +32,7 @@ from ..reconcile.engine import WORKABLE
 from ..reconcile.intake import Intake, record
 from ..providers.connectwise.api import ConnectWise
 from ..reconcile import tickets
+from ..reconcile.announce import TicketNotes
 from ..reconcile.leases import Leases, owner_id
 from ..sources.webhook import MAX_BODY
 from ..store import Store, iso, now, parse_iso
@@ -81,7 +82,7 @@ class Daemon:
         self.scheduler.add_job(self._watch, IntervalTrigger(seconds=WATCH_SECONDS), id="watch")
         self.scheduler.add_job(self.adopt_orphans, IntervalTrigger(seconds=ADOPT_SECONDS), id="adopt",
                                next_run_time=dt.datetime.now(dt.timezone.utc))
-        self.scheduler.add_job(self.alerter.check, IntervalTrigger(seconds=ALERT_SECONDS), id="alerts")
+        self.scheduler.add_job(self._tell_people, IntervalTrigger(seconds=ALERT_SECONDS), id="alerts")
         self.scheduler.add_job(lambda: retention.purge_expired(self.config, self.store),
                                IntervalTrigger(seconds=PURGE_SECONDS), id="purge",
                                next_run_time=dt.datetime.now(dt.timezone.utc))
@@ -198,6 +199,12 @@ class Daemon:
             self.reschedule_wakeup()
             if not first:
                 self._work_on_due(("scheduled", "due"), now(), "store")
+
+    def _tell_people(self) -> None:
+        """Alerts, and ticket notes a PSA that was down refused when the termination settled."""
+        self.alerter.check()
+        if self.config.psa is not None:
+            TicketNotes(self.config, self.store).retry_pending()
 
     def adopt_orphans(self) -> None:
         """Runs a dead daemon queued are run here under their own ids; the ones it was running are failed

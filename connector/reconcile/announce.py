@@ -59,6 +59,9 @@ class Announcer:
                 self(StateChange(row["id"], tenant, before.get(row["id"]), row["state"], row["reason"] or "", run_id))
 
 
+PENDING = "note-pending:"          # store cursors: a note the PSA refused, kept for `retry_pending`
+
+
 class TicketNotes:
     """The engine's own listener: one internal note on the termination's ticket when it is done, needs a
     person or is held. The note ends with a tag of what it says, so the same news is never posted twice."""
@@ -76,9 +79,28 @@ class TicketNotes:
                 posted = psa.add_note_once(int(row["ticket"]), text, note_tag(row, self.store.actions(row["id"])))
         except OffboardError as e:
             self.store.audit("ticket_note_failed", row["id"], change.run_id, ticket=row["ticket"], reason=str(e))
+            self.store.set_cursor(PENDING + row["id"], row["state"])       # `retry_pending` tries it again
             raise
+        if self.store.cursor(PENDING + row["id"]) is not None:
+            self.store.set_cursor(PENDING + row["id"], None)
         if posted:
             self.store.audit("ticket_note_posted", row["id"], change.run_id, ticket=row["ticket"], state=row["state"])
+
+
+    def retry_pending(self) -> int:
+        """Post again the notes a PSA that was down refused (the daemon calls this on a timer); how many went."""
+        sent = 0
+        for key in self.store.cursors(PENDING):
+            row = self.store.termination(key[len(PENDING):])
+            if row is None or row["state"] not in NOTED or self.config.psa is None:
+                self.store.set_cursor(key, None)
+                continue
+            try:
+                self(StateChange(row["id"], row["tenant"], None, row["state"], row["reason"] or "", None))
+                sent += 1
+            except OffboardError:
+                continue                                         # still down: the next round tries again
+        return sent
 
 
 class TicketOpener:

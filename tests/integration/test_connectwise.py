@@ -13,7 +13,7 @@ import json
 import pytest
 
 from connector import config
-from connector.errors import ConfigError, PermanentError, RetryableError
+from connector.errors import ConfigError, OffboardError, PermanentError, RetryableError
 from connector.model import ActionContext, PlannedAction
 from connector.providers.connectwise.provider import ConnectWiseProvider
 from connector.providers.facts import TenantFacts
@@ -476,3 +476,24 @@ def test_a_psa_down_for_a_pass_holds_only_billing_and_the_next_pass_finishes(sys
     systems.cw.knobs.outage = False
     passes(cfg, store, t, now=NOW + dt.timedelta(hours=1), times=1)
     assert store.termination(t.id)["state"] == "done"
+
+
+def test_a_note_the_psa_refused_is_posted_once_it_is_back(systems):
+    from connector.reconcile.announce import PENDING, StateChange, TicketNotes
+
+    cfg, store = make_config(systems), Store.memory()
+    t = leaver_in_both(systems, 1)
+    systems.bill_as_now()
+    passes(cfg, store, t)
+    ticket = int(t.ticket)
+    systems.cw.notes[ticket].clear()                     # as if the PSA had been down when it settled
+    systems.cw.knobs.outage = True
+    notes = TicketNotes(cfg, store)
+    with pytest.raises(OffboardError):
+        notes(StateChange(t.id, "contoso", "in_progress", "done", "", "r1"))
+    assert store.cursor(PENDING + t.id) == "done"
+    assert notes.retry_pending() == 0                    # still down: kept for the next round
+    systems.cw.knobs.outage = False
+    assert notes.retry_pending() == 1 and len(systems.cw.internal_notes(ticket)) == 1
+    assert store.cursor(PENDING + t.id) is None and notes.retry_pending() == 0
+    assert len(systems.cw.internal_notes(ticket)) == 1
