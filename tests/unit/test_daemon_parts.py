@@ -255,3 +255,25 @@ def test_a_wrong_callback_token_is_not_found_and_a_bad_webhook_queues_nothing(da
     assert status == 413
     assert daemon.store.runs(["queued", "running", "done", "failed"]) == [] and daemon.store.terminations() == []
     assert call(app, "DELETE", "/healthz", **inside)[0] == 405
+
+
+def test_healthz_is_503_with_the_reason_when_the_scheduler_or_the_store_is_not_working(daemon, monkeypatch):
+    from connector.daemon.web import App
+
+    app, inside = App(daemon), {"REMOTE_ADDR": "10.0.0.5"}
+    status, body = call(app, "GET", "/healthz", **inside)
+    assert status == 503 and body["reasons"] == ["the scheduler is not running"]
+    daemon.scheduler.start(paused=True)
+    try:
+        assert call(app, "GET", "/healthz", **inside) == (200, {"status": "ok", "reasons": [], "tenants": 1,
+                                                                 "held_tenants": {}, "paused": ""})
+
+        def refuse(*args):
+            raise PermissionError("attempt to write a readonly database")
+
+        monkeypatch.setattr(daemon.store, "set_cursor", refuse)
+        status, body = call(app, "GET", "/healthz", **inside)
+        assert status == 503 and body["reasons"] == ["the state store is not writable: attempt to write a readonly "
+                                                     "database"]
+    finally:
+        daemon.scheduler.shutdown(wait=False)
