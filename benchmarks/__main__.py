@@ -66,7 +66,8 @@ def in_memory_provider(entries: list[dict]) -> ActiveDirectoryProvider:
     provider = ActiveDirectoryProvider(pc.name, pc.options, t, pc.where)
     provider._ldap = lambda doing: contextlib.nullcontext(None)
     provider._paged = lambda conn, base, flt, attrs: iter(entries)
-    provider._privileged_groups = lambda conn: {}
+    provider._privileged_groups = lambda conn: ("S-1-5-21-1-2-3", [])
+    provider._token_groups_reason = lambda account: ""      # one base read per matched leaver: not the index
     return provider
 
 
