@@ -27,8 +27,8 @@ from .reconcile.tickets import on_demand, run_from_ticket
 from .retention import purge_expired
 from .store import EVERY_TENANT, PERSON_HOLD, Store, iso, now as utcnow
 
-OPEN = ["scheduled", "due", "in_progress", "held", "needs_human"]
-ALL = OPEN + ["done", "cancelled"]
+OPEN = ["scheduled", "due", "restricted", "in_progress", "held", "needs_human"]
+ALL = OPEN + ["done", "cancelled", "deleted", "restored"]
 
 
 def emit(args, objects: list[dict], human: str) -> None:
@@ -291,7 +291,7 @@ def cmd_decide(args, cfg: Config) -> int:
         store.set_state(tid, "held", PERSON_HOLD)
     elif decision == "cancel":
         if state == "done":
-            raise ConfigError("is done; restore access by hand (see `offboard history`)", tid)
+            raise ConfigError(f"is done; `offboard restore {tid}` gives the access back", tid)
         store.set_state(tid, "cancelled", "cancelled by a person")
     elif decision == "retry":
         store.audit("retry", tid, None, actions=store.reopen(tid))
@@ -452,6 +452,29 @@ def cmd_audit(args, cfg: Config) -> int:
     return 0 if ok else 1
 
 
+def cmd_restore(args, cfg: Config) -> int:
+    """Undo an offboarding from the journal; a new password or pass is printed once, here, and nowhere else."""
+    from .reconcile.restore import restore
+
+    store = open_store(cfg, scratch=args.dry_run)
+    row = resolve_id(store, args.id, args.tenant)
+    preflight(cfg, row["tenant"])
+    result = restore(cfg, store, row["id"], dry_run=args.dry_run)
+    steps = [[s["provider"], s["action"], s["undoes"], s["outcome"], s["reason"]] for s in result.steps]
+    human = (f"{row['id']}: {row['state']} -> {result.state}" + (f"\n  {result.reason}" if result.reason else "")
+             + ("\n" + _indent(table(["provider", "action", "undoes", "outcome", "reason"], steps)) if steps else
+                "\n  nothing in the journal to put back"))
+    if result.shown:
+        human += "\n\nShown once, stored nowhere (give it to the person):\n" + "\n".join(f"  {t}" for t in result.shown)
+    objects = [{"id": row["id"], "run_id": result.run_id, "dry_run": result.dry_run, "state": result.state,
+                "reason": result.reason, "steps": result.steps, "shown_once": result.shown,
+                "exit_code": result.exit_code}]
+    emit(args, objects, human)
+    for e in result.config_errors:
+        print(f"offboard: error: {mask_secrets(str(e))}", file=sys.stderr)
+    return result.exit_code
+
+
 def cmd_backup(args, cfg: Config) -> int:
     """A consistent copy of the state store while the daemon runs (SQLite's online backup)."""
     store = open_store(cfg)
@@ -528,6 +551,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--dry-run", action="store_true")
     c = sub.add_parser("confirm", parents=[common], help="a person did a manual step (journaled and audited)")
     c.add_argument("id"); c.add_argument("step", metavar="[PROVIDER/]STEP"); c.add_argument("--tenant")
+    c = sub.add_parser("restore", parents=[common], help="undo an offboarding (rehire, mistake) from the journal")
+    c.add_argument("id"); c.add_argument("--tenant"); c.add_argument("--dry-run", action="store_true")
     c = sub.add_parser("audit", parents=[common], help="audit log tools")
     c.add_argument("verb", choices=["verify", "head"])
     c = sub.add_parser("backup", parents=[common], help="a consistent copy of the state store, while it is in use")
@@ -544,7 +569,7 @@ COMMANDS = {"check": cmd_check, "plan": cmd_plan, "reconcile": cmd_reconcile, "r
             "status": cmd_status,
             "history": cmd_history, "approve": cmd_decide, "hold": cmd_decide, "cancel": cmd_decide,
             "retry": cmd_decide, "confirm": cmd_confirm, "audit": cmd_audit, "backup": cmd_backup, "pause": cmd_pause,
-            "resume": cmd_resume, "purge": cmd_purge}
+            "resume": cmd_resume, "purge": cmd_purge, "restore": cmd_restore}
 
 
 def main(argv: list[str] | None = None) -> int:

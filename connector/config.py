@@ -319,6 +319,16 @@ class Policy(Section):
     remove_mailbox_access: bool = True                  # the leaver's FullAccess / SendAs / SendOnBehalf on shared mailboxes
     remove_consents: bool = True                        # the leaver's delegated consents (oauth2PermissionGrants)
     devices: Literal["none", "retire", "wipe"] = "none"  # Intune: retire all, or retire personal and wipe corporate
+    restrict_days_before: NonNegative = 0               # notice period: restrict this many days before due (0: off)
+    restrict_remove_groups: list[str] = []              # globs of the groups a restricted leaver leaves
+    restrict_add_groups: list[str] = []                 # groups a restricted leaver joins (names or ids/DNs)
+
+    def restricts_group(self, *names: str) -> str:
+        """The first `restrict_remove_groups` glob matching any of `names` (case-insensitive), or ''."""
+        for pattern in self.restrict_remove_groups:
+            if any(n and fnmatch.fnmatchcase(n.lower(), pattern.lower()) for n in names):
+                return pattern
+        return ""
 
 
 class Tenant(Section):

@@ -9,7 +9,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-PHASES = ("revoke", "preserve", "reclaim", "bill", "retain")
+PHASES = ("restrict", "revoke", "preserve", "reclaim", "bill", "retain")
+RESTORE = "restore"                       # the phase of the undo actions `offboard restore` runs
 OUTCOMES = ("changed", "unchanged", "planned", "skipped", "failed", "needs_human")
 KINDS = ("voluntary", "immediate")
 
@@ -94,3 +95,4 @@ class ActionContext:
     local_date: dt.date | None = None     # the tenant-local date to stamp in descriptions
     approved: frozenset[str] = frozenset()   # needs_human reasons a person approved for this action
     proceed: Callable[[], bool] = lambda: True   # False once a person cancelled or held the termination mid-pass
+    show_once: Callable[[str], None] = lambda text: None   # a new password or pass for the operator: never logged or stored

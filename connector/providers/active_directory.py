@@ -11,6 +11,12 @@ search each (AD computes it for no other scope), and empty tokenGroups mean they
 hidden from us, so the match fails rather than call the account ordinary. Every
 action re-reads its account by objectGUID (it may have moved since the pass began),
 writes only on a difference, and turns LDAP result codes into the engine's typed errors.
+
+The notice period (`restrict`) leaves the groups the policy's globs name and joins the
+ones it adds. Retention deletes the account, or moves it to `deleted_ou` where a client
+keeps objects, and says whether the AD Recycle Bin could bring a deleted one back. Restore
+puts each journaled before-state back; a password never comes back: the operator is shown
+a new one, once.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ from ldap3.utils.dn import escape_rdn, safe_dn, to_dn
 from pydantic import AfterValidator, model_validator
 
 from ..config import PluginOptions, Positive, SecretRef, invalid
-from ..errors import ConfigError, OffboardError, PermanentError, RetryableError
+from ..errors import ConfigError, NeedsHuman, OffboardError, PermanentError, RetryableError
 from ..model import ActionContext, Match, PlannedAction, Result, Subject, Termination
 from .base import Provider
 
@@ -79,6 +85,7 @@ class ActiveDirectoryOptions(PluginOptions):
     bind_user: str                                     # UPN, DOMAIN\\user or DN of the service account
     bind_password: SecretRef
     disabled_ou: str                                   # DN of the OU leavers are moved into
+    deleted_ou: str | None = None                      # retain moves accounts here instead of deleting them
     ca_file: str | None = None                         # PEM of the CA that signed the DC's certificate (default: system CAs)
     base_dn: str | None = None                         # where users are searched (default: the domain, from rootDSE)
     start_tls: bool = False
@@ -214,12 +221,24 @@ class ActiveDirectoryProvider(Provider):
     type = "active_directory"
     options_model = ActiveDirectoryOptions
     actions = {
+        "restrict_groups": "restrict",
         "disable_account": "revoke",
         "reset_password": "revoke",
         "remove_groups": "reclaim",
         "stamp_description": "reclaim",
         "move_to_disabled_ou": "reclaim",
+        "delete_account": "retain",
+        "undelete_account": "restore",
+        "move_back": "restore",
+        "restore_description": "restore",
+        "restore_groups": "restore",
+        "issue_password": "restore",
+        "enable_account": "restore",
     }
+    undo = {"restrict_groups": "restore_groups", "disable_account": "enable_account",
+            "reset_password": "issue_password", "remove_groups": "restore_groups",
+            "stamp_description": "restore_description", "move_to_disabled_ou": "move_back",
+            "delete_account": "undelete_account"}
     manager_authority = 2          # synced users come from here: its `manager` names the successor
 
     def __init__(self, name: str, options: ActiveDirectoryOptions, tenant, where: str = ""):
@@ -237,6 +256,7 @@ class ActiveDirectoryProvider(Provider):
         self._admins: dict[str, str] = {}                     # guid -> why, from the paged read
         self._token_reasons: dict[str, str] = {}              # guid -> why, from its tokenGroups
         self._privileged_names: dict[str, str] = {}           # SID of a privileged group -> its name here
+        self._restrict_add: list[str] | None = None           # DNs of policy.restrict_add_groups, read once
 
     # -- connection ----------------------------------------------------------
     def _connection(self) -> ldap3.Connection:
@@ -318,6 +338,7 @@ class ActiveDirectoryProvider(Provider):
         with self._ldap("read the user accounts") as conn:
             accounts = [Account.from_entry(e) for e in self._paged(conn, self.base_dn, USER_FILTER, USER_ATTRIBUTES)]
             domain_sid, privileged = self._privileged_groups(conn)
+        self.restrict_add_groups()
         by_dn: dict[str, PrivilegedGroup] = {}
         by_sid: dict[str, PrivilegedGroup] = {}
         for group in privileged:                   # the first (most privileged) chain names a group
@@ -359,6 +380,32 @@ class ActiveDirectoryProvider(Provider):
             groups += [PrivilegedGroup(e["dn"], _sid(e), top.name, _cn(e))
                        for e in self._paged(conn, self.domain_dn, chain, ["objectSid", "cn"])]
         return domain_sid, groups
+
+    def restrict_add_groups(self) -> list[str]:
+        """The DNs of `policy.restrict_add_groups` (each a DN, a cn or a sAMAccountName), read once."""
+        if self._restrict_add is None:
+            found = []
+            for name in self.tenant.policy.restrict_add_groups:
+                if "=" in name:
+                    found.append(name)
+                    continue
+                escaped = escape_filter_chars(name)
+                with self._ldap(f"find group {name}") as conn:
+                    dns = [e["dn"] for e in self._paged(conn, self.domain_dn, f"(&(objectClass=group)(|(cn={escaped})"
+                                                        f"(sAMAccountName={escaped})))", ["cn"])]
+                if len(dns) != 1:
+                    raise ConfigError(f"{'no' if not dns else len(dns)} AD group(s) named {name!r}: give its DN",
+                                      f"{self.where.partition('.provider')[0]}.policy.restrict_add_groups")
+                found += dns
+            self._restrict_add = found
+        return self._restrict_add
+
+    def restricted_groups(self, groups: list[str]) -> tuple[list[str], list[str]]:
+        """-> (memberships the notice period removes, groups it adds) for a member of `groups`."""
+        policy = self.tenant.policy
+        leave = [g for g in groups if policy.restricts_group(_rdn_value(g), g)]
+        join = [g for g in self.restrict_add_groups() if not any(same_dn(g, m) for m in groups)]
+        return leave, join
 
     def match(self, termination: Termination) -> Match:
         employee_id, email = termination.employee_id, termination.email.lower()
@@ -430,8 +477,10 @@ class ActiveDirectoryProvider(Provider):
 
     # -- deciding ------------------------------------------------------------
     def plan(self, subject: Subject, termination: Termination) -> list[PlannedAction]:
-        state = subject.state
+        state, policy = subject.state, self.tenant.policy
         wanted = []
+        if policy.restrict_days_before and any(self.restricted_groups(state["groups"])):
+            wanted.append(self.planned("restrict_groups", "notice period: leave and join the policy's groups"))
         if not state["uac"] & ACCOUNTDISABLE:
             wanted.append(self.planned("disable_account", "disable the account"))
         wanted.append(self.planned("reset_password", "reset the password to a random one nobody knows"))
@@ -441,6 +490,9 @@ class ActiveDirectoryProvider(Provider):
             wanted.append(self.planned("stamp_description", f"stamp the description '{STAMP} <date>'"))
         if not same_dn(parent_dn(state["dn"]), self.options.disabled_ou):
             wanted.append(self.planned("move_to_disabled_ou", f"move to {self.options.disabled_ou}"))
+        deleted_ou = self.options.deleted_ou
+        if policy.delete_after_days and not (deleted_ou and same_dn(parent_dn(state["dn"]), deleted_ou)):
+            wanted.append(self.planned("delete_account", f"move to {deleted_ou}" if deleted_ou else "delete the account"))
         return wanted
 
     # -- acting --------------------------------------------------------------
@@ -507,8 +559,10 @@ class ActiveDirectoryProvider(Provider):
         return self._converge(ctx, before, {"description": stamp}, [write])
 
     def move_to_disabled_ou(self, action: PlannedAction, ctx: ActionContext) -> Result:
-        ou = self.options.disabled_ou
-        account = self._read(ctx.subject.native_id)
+        return self._move(self._read(ctx.subject.native_id), self.options.disabled_ou, ctx)
+
+    def _move(self, account: Account, ou: str, ctx: ActionContext) -> Result:
+        """Into `ou`, keeping the name; a namesake already there: both kept, told apart by login."""
         if same_dn(parent_dn(account.dn), ou):
             return Result("unchanged", {"dn": account.dn}, {"dn": account.dn})
         rdn = to_dn(account.dn)[0]
@@ -520,6 +574,123 @@ class ActiveDirectoryProvider(Provider):
             except lx.LDAPEntryAlreadyExistsResult:   # a namesake left before: keep both, told apart by login
                 conn.modify_dn(account.dn, f"{rdn} ({escape_rdn(account.sam)})", new_superior=ou)
         return Result("changed", {"dn": account.dn}, {"dn": self._read(account.guid).dn})
+
+
+    # -- the notice period and retention -----------------------------------------
+    def restrict_groups(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        account = self._read(ctx.subject.native_id)
+        leave, join = self.restricted_groups(account.groups)
+        writes = [(g, {"member": [(ldap3.MODIFY_DELETE, [account.dn])]}, f"remove {account.sam} from {g} (write member)")
+                  for g in leave]
+        writes += [(g, {"member": [(ldap3.MODIFY_ADD, [account.dn])]}, f"add {account.sam} to {g} (write member)")
+                   for g in join]
+        after = sorted({*account.groups, *join} - set(leave))
+        return self._converge(ctx, {"groups": sorted(account.groups)}, {"groups": after}, writes)
+
+    def recycle_bin(self) -> bool:
+        """Is the AD Recycle Bin on (msDS-EnabledFeature of the Partitions container names it)?"""
+        with self._ldap("read whether the AD Recycle Bin is on") as conn:
+            conn.search("", "(objectClass=*)", ldap3.BASE, attributes=["configurationNamingContext"])
+            configuration = conn.response[0]["raw_attributes"]["configurationNamingContext"][0].decode()
+            conn.search(f"CN=Partitions,{configuration}", "(objectClass=*)", ldap3.BASE,
+                        attributes=["msDS-EnabledFeature"])
+            features = conn.response[0]["raw_attributes"].get("msDS-EnabledFeature") or []
+        return any(f.decode().lower().startswith("cn=recycle bin feature,") for f in features)
+
+    def delete_account(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        """Retention: into `deleted_ou` when set, else deleted (the Recycle Bin, when on, can bring it back)."""
+        account = self._read(ctx.subject.native_id)
+        before = {"dn": account.dn, "deleted": False}
+        deleted_ou = self.options.deleted_ou
+        if deleted_ou:
+            if same_dn(parent_dn(account.dn), deleted_ou):
+                return Result("unchanged", before, before)
+            result = self._move(account, deleted_ou, ctx)
+            return Result(result.outcome, before, {**result.after, "deleted": False})
+        reason = ("the AD Recycle Bin is on: the object can be restored with all its attributes until its "
+                  "deleted-object lifetime ends" if self.recycle_bin() else "the AD Recycle Bin is off: only a "
+                  "tombstone stays (a restore needs a backup)")
+        if ctx.dry_run:
+            return Result("planned", before, {"deleted": True}, reason)
+        with self._ldap(f"delete {account.dn} (delete right)") as conn:
+            conn.delete(account.dn)
+        return Result("changed", before, {"deleted": True}, reason)
+
+    # -- restore -----------------------------------------------------------------
+    def undelete_account(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        """Back from `deleted_ou`; a deleted object comes back only through the Recycle Bin, which is a person's job."""
+        _, before = self.undone(action)
+        try:
+            account = self._read(ctx.subject.native_id)
+        except PermanentError:
+            raise NeedsHuman(f"{before['dn']} was deleted from AD: restore it from the AD Recycle Bin "
+                             "(Restore-ADObject) or a backup, then run restore again", self.host_where) from None
+        return self._move_to(account, before["dn"], ctx)
+
+    def move_back(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        _, before = self.undone(action)
+        return self._move_to(self._read(ctx.subject.native_id), before["dn"], ctx)
+
+    def _move_to(self, account: Account, dn: str, ctx: ActionContext) -> Result:
+        if same_dn(account.dn, dn):
+            return Result("unchanged", {"dn": account.dn}, {"dn": account.dn})
+        if ctx.dry_run:
+            return Result("planned", {"dn": account.dn}, {"dn": dn})
+        with self._ldap(f"move {account.dn} back to {dn} (delete child here, create child there)") as conn:
+            conn.modify_dn(account.dn, to_dn(dn)[0], new_superior=parent_dn(dn))
+        return Result("changed", {"dn": account.dn}, {"dn": self._read(account.guid).dn})
+
+    def restore_description(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        _, before = self.undone(action)
+        account = self._read(ctx.subject.native_id)
+        wanted = before["description"]
+        write = (account.dn, {"description": [(ldap3.MODIFY_REPLACE, [wanted] if wanted else [])]},
+                 f"write description of {account.dn}")
+        return self._converge(ctx, {"description": account.description}, {"description": wanted}, [write])
+
+    def restore_groups(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        """The journaled groups back; the groups the notice period joined (and the account was not in) left."""
+        _, before = self.undone(action)
+        account = self._read(ctx.subject.native_id)
+        had = before["groups"]
+        back = [g for g in had if not any(same_dn(g, m) for m in account.groups)]
+        joined = [g for g in account.groups if any(same_dn(g, a) for a in self.restrict_add_groups())
+                  and not any(same_dn(g, h) for h in had)]
+        writes = [(g, {"member": [(ldap3.MODIFY_ADD, [account.dn])]}, f"add {account.sam} to {g} (write member)")
+                  for g in back]
+        writes += [(g, {"member": [(ldap3.MODIFY_DELETE, [account.dn])]}, f"remove {account.sam} from {g} "
+                    "(write member)") for g in joined]
+        after = sorted({*account.groups, *back} - set(joined))
+        return self._converge(ctx, {"groups": sorted(account.groups)}, {"groups": after}, writes)
+
+    def enable_account(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        _, before = self.undone(action)
+        account = self._read(ctx.subject.native_id)
+        wanted = account.uac & ~ACCOUNTDISABLE | before["userAccountControl"] & ACCOUNTDISABLE
+        write = (account.dn, {"userAccountControl": [(ldap3.MODIFY_REPLACE, [wanted])]},
+                 f"write userAccountControl of {account.dn}")
+        return self._converge(ctx, {"userAccountControl": account.uac}, {"userAccountControl": wanted}, [write])
+
+    def issue_password(self, action: PlannedAction, ctx: ActionContext) -> Result:
+        """Passwords never come back: a new one, shown to the operator once (never journaled or logged)."""
+        account = self._read(ctx.subject.native_id)
+        before = {"pwdLastSet": account.state()["pwd_last_set"]}
+        since = ctx.since and (ctx.since if ctx.since.tzinfo else ctx.since.replace(tzinfo=dt.timezone.utc))
+        if since and account.pwd_last_set and account.pwd_last_set >= since:
+            return Result("unchanged", before, before, reason="a new password was issued since this restore began")
+        if ctx.dry_run:
+            return Result("planned", before, {"pwdLastSet": "now"}, "a new password is shown once")
+        password = new_password([account.sam, *re.split(r"[\s,.\-_#]+", account.display_name)])
+        with self._ldap(f"set a new password for {account.dn} (Reset Password right)") as conn:
+            conn.modify(account.dn, {"unicodePwd": [(ldap3.MODIFY_REPLACE, [unicode_pwd(password)])]})
+        ctx.show_once(f"{account.upn or account.sam}: new AD password {password}")
+        return Result("changed", before, {"pwdLastSet": self._read(account.guid).state()["pwd_last_set"]},
+                      "a new password was shown to the operator once")
+
+
+def _rdn_value(dn: str) -> str:
+    """`CN=Finance,OU=Groups,...` -> `Finance`: the name a group glob is matched against (besides the DN)."""
+    return to_dn(dn)[0].split("=", 1)[-1]
 
 
 def _ambiguous(accounts: list[Account], reason: str) -> Match:

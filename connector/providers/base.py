@@ -5,6 +5,15 @@ no I/O), and performs one action (`apply`), which re-reads the target and writes
 only on a difference, reporting `changed` or `unchanged` with before and after
 (in dry-run mode: `planned` or `unchanged`, and no write). It raises the typed
 errors of `connector.errors`; the engine decides what happens next.
+
+Restore (`offboard restore`): `undo` maps an action to the action that puts its journaled
+before-state back. Undo actions are ordinary actions (phase "restore") applied through the
+same contract, with `params` carrying `before` (the original's journaled before-state) and
+`action` (the original's name). An action mapped to "" needs nothing put back (new sign-ins
+make new sessions); one with no entry is a person's job, and restore says so by name.
+Retain: before anything is deleted the engine asks every provider what the person's
+account there still `anchors` (a shared mailbox, a hold, numbers not moved): while any
+provider names something, no provider deletes.
 """
 from __future__ import annotations
 
@@ -21,6 +30,8 @@ class Provider(Plugin):
     #: whose `Subject.manager` names the successor when several systems know the person (higher wins):
     #: on-premises AD, where synced users come from, outranks Entra ID
     manager_authority: ClassVar[int] = 0
+    #: action -> the action that puts its journaled before-state back ("" : nothing to put back)
+    undo: ClassVar[dict[str, str]] = {}
 
     # -- reading -----------------------------------------------------------
     def check_online(self) -> None:
@@ -37,6 +48,11 @@ class Provider(Plugin):
     def plan(self, subject: Subject, termination: Termination) -> list[PlannedAction]:
         """Pure: the actions still needed, from `subject.state` and the tenant policy."""
         raise NotImplementedError
+
+    def anchors(self, subject: Subject, termination: Termination) -> list[str]:
+        """What this account still anchors, in words ("a shared mailbox ..."): while any provider names
+        something, the person's accounts are not deleted (retain). May read; the default anchors nothing."""
+        return []
 
     # -- acting ------------------------------------------------------------
     def apply(self, action: PlannedAction, ctx: ActionContext) -> Result:
@@ -68,6 +84,12 @@ class Provider(Plugin):
     # -- helpers for subclasses -------------------------------------------
     def planned(self, action: str, description: str = "", **params: Any) -> PlannedAction:
         return PlannedAction(self.name, action, self.actions[action], description, tuple(sorted(params.items())))
+
+    @staticmethod
+    def undone(action: PlannedAction) -> tuple[str, Any]:
+        """(the original action's name, its journaled before-state) from an undo action's params."""
+        params = dict(action.params)
+        return params["action"], params["before"]
 
     @staticmethod
     def outcome(before: Any, after: Any, dry_run: bool, reason: str = "") -> Result:

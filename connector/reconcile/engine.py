@@ -20,12 +20,15 @@ from .announce import Announcer, Listener, StateChange, TicketNotes, TicketOpene
 from .execute import Executor, Leaver, termination_from_row
 from .intake import Intake, cancel_missing, pull_sources, record
 from .leases import Leases, owner_id
+from .schedule import RESTRICT_ONLY, workable_phases
 
 log = logging.getLogger(__name__)
 
 WORKABLE = ("scheduled", "due", "in_progress")
+# states a pass looks at: a restricted one becomes due at its instant, a done one is retained after delete_after_days
+PICKED = WORKABLE + ("restricted", "done")
 # nothing left for this pass to do (a dry run's `due` is what it would do)
-CONVERGED = ("done", "scheduled", "cancelled", "held", "deleted", "restored")
+CONVERGED = ("done", "scheduled", "restricted", "cancelled", "held", "deleted", "restored")
 
 
 @dataclass
@@ -199,10 +202,10 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
         report.holds[tenant.id] = "; ".join(h["reason"] for h in holds)
     if store.open_hold(tenant.id):
         return
-    rows = [r for r in store.terminations(tenant.id, WORKABLE)
-            if r["due_at"] <= iso(now) and (wanted is None or r["id"] in wanted)
+    rows = [(r, phases) for r in store.terminations(tenant.id, PICKED)
+            if (phases := workable_phases(r, tenant, now)) and (wanted is None or r["id"] in wanted)
             and (employee is None or employee in (r["employee_id"], r["email"], r["id"]))]
-    leavers = [Leaver(row=r, termination=termination_from_row(r)) for r in rows
+    leavers = [Leaver(row=r, termination=termination_from_row(r), phases=phases) for r, phases in rows
                if _claim(store, leases, r, announce, report.run_id)]
     if not leavers:
         return
@@ -217,16 +220,16 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
     names = [p.name for p in providers]
     for lv in leavers:
         if leases.holds(f"termination:{lv.id}"):
-            settle(store, lv.id, report.run_id, names, announce)
+            settle(store, lv.id, report.run_id, names, announce, lv.phases)
         leases.release(f"termination:{lv.id}")
 
 
 def _claim(store: Store, leases: Leases, row: dict, announce: Announcer, run_id: str) -> bool:
-    """One worker per termination: the lease first, then the state (compare-and-set)."""
+    """One worker per termination: the lease first, then the state it was picked in (compare-and-set)."""
     key = f"termination:{row['id']}"
     if not leases.take(key):
         return False             # another process is working on it, or died holding it (taken over on expiry)
-    if store.set_state(row["id"], "in_progress", expect=WORKABLE):
+    if store.set_state(row["id"], "in_progress", expect=(row["state"],)):
         announce(StateChange(row["id"], row["tenant"], row["state"], "in_progress", "", run_id))
         return True
     leases.release(key)          # a person's hold or cancel got there first
@@ -246,15 +249,16 @@ def unresolvable_secrets(tenant: Tenant) -> list[ConfigError]:
 
 
 def settle(store: Store, termination_id: str, run_id: str, providers: list[str],
-           announce: Announcer = Announcer()) -> str:
-    """Derive the termination's state from its journal after a pass.
+           announce: Announcer = Announcer(), phases: tuple[str, ...] = ()) -> str:
+    """Derive the termination's state from its journal after a pass that ran `phases`.
 
     `done` only when every configured provider has journaled its part and every action
-    ended changed, unchanged or skipped; `needs_human` once only a person can move it on.
+    ended changed, unchanged or skipped; after the notice-period pass that is `restricted`,
+    after a pass that ran retain `deleted`; `needs_human` once only a person can move it on.
     Compare-and-set: a person's `cancel` or `hold` made while the pass ran wins, and is not
     overwritten.
     """
-    actions = store.actions(termination_id)
+    actions = [a for a in store.actions(termination_id) if a["phase"] != "retain" or "retain" in phases]
     statuses = [a["status"] for a in actions]
     silent = [p for p in providers if not any(a["provider"] == p for a in actions)]
     if silent or any(s in ("failed", "pending", "in_flight") for s in statuses):
@@ -263,14 +267,18 @@ def settle(store: Store, termination_id: str, run_id: str, providers: list[str],
         state = "needs_human"
     elif "planned" in statuses:       # a dry run: it would be worked on now
         state = "due"
+    elif phases == RESTRICT_ONLY:
+        state = "restricted"
+    elif "retain" in phases:
+        state = "deleted"
     else:
         state = "done"
     reason = "; ".join(sorted({a["reason"] for a in actions
                                if a["status"] in ("needs_human", "failed") and a["reason"]}))
     if silent:
         reason = "; ".join(filter(None, [reason, "no word yet from " + ", ".join(silent)]))
-    if store.set_state(termination_id, state, reason, expect=("in_progress",),
-                       finished_at=iso(utcnow()) if state == "done" else None) and state != "in_progress":
+    finished = {} if state == "deleted" else {"finished_at": iso(utcnow()) if state == "done" else None}
+    if store.set_state(termination_id, state, reason, expect=("in_progress",), **finished) and state != "in_progress":
         store.audit(f"termination_{state}", termination_id, run_id, reason=reason)
         announce(StateChange(termination_id, termination_id.split("/", 1)[0], "in_progress", state, reason, run_id))
     return state

@@ -22,7 +22,7 @@ from ..model import PHASES, ActionContext, Match, PlannedAction, Result, Subject
 from ..providers.base import Provider
 from ..store import Store, parse_iso
 from .person import Observation, choose_successor, person_hold
-from .schedule import local_date
+from .schedule import OFFBOARD, local_date
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class Leaver:
     actions: list[PlannedAction] = field(default_factory=list)
     outcomes: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # action id -> (provider, phase, status)
     approved: dict[str, frozenset[str]] = field(default_factory=dict)    # action id -> reasons a person approved
+    phases: tuple[str, ...] = OFFBOARD     # what this pass may run for it (schedule.workable_phases)
 
     @property
     def id(self) -> str:
@@ -131,8 +132,14 @@ class Executor:
                                      self.tenant.policy.successor, self._is_leaving)
         lv.termination = dataclasses.replace(lv.termination, successor=successor)
         approvals = _loads(lv.row.get("approvals")) or []
+        planned = {}
         for name, match in matches.items():
-            self._plan(lv, name, match, journal, hold, approvals)
+            if match.status == "matched" and match.subject:
+                planned[name] = [a for a in self.providers[name].plan(match.subject, lv.termination)
+                                 if a.phase in lv.phases]
+        anchored = self._anchors(lv, matches, planned, journal)
+        for name, match in matches.items():
+            self._plan(lv, name, match, planned.get(name, []), journal, hold, approvals, anchored)
 
     def _match_phase(self, name: str) -> str:
         """The phase a provider's matching counts in: `revoke` for a provider that revokes (until it is read,
@@ -147,7 +154,27 @@ class Executor:
         other = self.store.find_termination(self.tenant.id, address)
         return bool(other) and other["state"] not in ("cancelled", "restored")
 
-    def _plan(self, lv: Leaver, name: str, match: Match, journal: dict, hold: str, approvals: list[dict]) -> None:
+    def _anchors(self, lv: Leaver, matches: dict[str, Match], planned: dict[str, list[PlannedAction]],
+                 journal: dict) -> str:
+        """Before any deletion: what the person's accounts still anchor, in every provider, and any hand-over
+        still open. '' when nothing is deleted this pass, or nothing stands in the way."""
+        if not any(a.phase == "retain" and journal.get(lv.action_id(a), {}).get("status") not in FINISHED
+                   for actions in planned.values() for a in actions):
+            return ""
+        found = [f"an open hand-over ({row['provider']}/{row['action']} is {row['status']})"
+                 for row in journal.values() if row["phase"] == "preserve" and row["status"] not in FINISHED]
+        for name, match in sorted(matches.items()):
+            if match.status != "matched" or not match.subject:
+                continue
+            try:
+                found += [f"{name}: {anchor}" for anchor in self.providers[name].anchors(match.subject, lv.termination)]
+            except OffboardError as e:
+                found.append(f"{name}: cannot tell what the account anchors ({e})")
+        return "the account still anchors " + "; ".join(found) + ": nothing is deleted until it is resolved" \
+            if found else ""
+
+    def _plan(self, lv: Leaver, name: str, match: Match, planned: list[PlannedAction], journal: dict, hold: str,
+              approvals: list[dict], anchored: str) -> None:
         if match.status == "not_found":
             self._journal_decision(lv, name, "match_account", self._match_phase(name), "skipped",
                                    match.reason or "no account for this person")
@@ -163,7 +190,6 @@ class Executor:
                                         "unchanged", f"matched {subject.native_id}")
         self.store.record_outcome(match_id, "unchanged", after=Observation.of(subject).dump(),
                                   reason=f"matched {subject.native_id}")
-        planned = self.providers[name].plan(subject, lv.termination)
         wanted = set()
         for action in planned:
             aid = lv.action_id(action)
@@ -173,6 +199,9 @@ class Executor:
                 continue
             if hold and not approved(approvals, name, action.action, hold):
                 self._journal_decision(lv, name, action.action, action.phase, "needs_human", hold)
+                continue
+            if anchored and action.phase == "retain":
+                self._journal_decision(lv, name, action.action, action.phase, "needs_human", anchored)
                 continue
             if previous and previous["status"] == "needs_human":
                 lv.outcomes[aid] = (name, action.phase, "needs_human")
@@ -187,7 +216,7 @@ class Executor:
         for aid, previous in journal.items():
             # read back as already done: a step that failed or crashed mid-way but is no longer needed
             if previous["provider"] == name and aid not in wanted and previous["action"] != "match_account" \
-                    and previous["status"] in ("failed", "in_flight", "pending"):
+                    and previous["phase"] in lv.phases and previous["status"] in ("failed", "in_flight", "pending"):
                 self.store.record_outcome(aid, "unchanged", reason="already in the wanted state on re-read")
 
     def _journal_decision(self, lv: Leaver, provider: str, action: str, phase: str, status: str, reason: str) -> None:
@@ -200,7 +229,7 @@ class Executor:
     def _journal_error(self, lv: Leaver, provider: str, action: str, phase: str, error: OffboardError) -> None:
         """A provider that could not be read for this leaver: failed and retried, never silently dropped."""
         aid = f"{lv.id}/{provider}/{action}"
-        status, reason, cls = self._classify(provider, error)
+        status, reason, cls = self.classify(provider, error)
         next_at = self.retry_at(error)
         lv.outcomes[aid] = (provider, phase, status)
         self.store.upsert_action_status(aid, lv.id, provider, action, phase, status, reason)
@@ -260,14 +289,14 @@ class Executor:
         """DESIGN.md's ordering: revoke everywhere first; then each provider in its own order; bill after all reclaim.
 
         An action of a phase starts only when every action planned for an earlier phase that
-        gates it (revoke: every provider's; preserve and reclaim: its own provider's; bill:
-        every provider's) has succeeded this pass or earlier.
+        gates it (revoke: every provider's; preserve and reclaim: its own provider's; bill and
+        retain: every provider's) has succeeded this pass or earlier. Restrict gates nothing.
         """
         phase = PHASES.index(action.phase)
-        gated_by_all = action.phase == "bill"
+        gated_by_all = action.phase in ("bill", "retain")
 
         def gates(provider: str, other_phase: str) -> bool:
-            earlier = PHASES.index(other_phase) < phase
+            earlier = other_phase != "restrict" and PHASES.index(other_phase) < phase   # a notice period holds up nothing
             return earlier and (other_phase == "revoke" or gated_by_all or provider == action.provider)
 
         for provider, other_phase, status in lv.outcomes.values():
@@ -308,7 +337,7 @@ class Executor:
     def _record(self, lv: Leaver, action: PlannedAction, result: Result | OffboardError) -> None:
         aid = lv.action_id(action)
         if isinstance(result, OffboardError):
-            status, reason, cls = self._classify(action.provider, result)
+            status, reason, cls = self.classify(action.provider, result)
             next_at = self.retry_at(result)
             before = after = None
         else:
@@ -326,7 +355,7 @@ class Executor:
         delay = error.delay if error.delay == error.delay else MAX_DELAY       # NaN
         return self.now + dt.timedelta(seconds=min(max(delay, 1.0), MAX_DELAY))
 
-    def _classify(self, provider: str, error: OffboardError) -> tuple[str, str, str]:
+    def classify(self, provider: str, error: OffboardError) -> tuple[str, str, str]:
         error.at(self.providers[provider].where)
         cls = type(error).__name__
         if isinstance(error, Stopped):

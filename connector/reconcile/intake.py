@@ -23,6 +23,12 @@ OPEN_BEFORE_DUE = ("scheduled", "held")
 BEFORE_LOOKBACK = ("left more than lookback_days before the connector first saw it: not acted on "
                    "(offboard it with `offboard run` if it still needs doing)")
 FINISHED = ("done", "cancelled")
+
+
+def restriction_stays(termination_id: str, what: str) -> str:
+    """DESIGN.md: a changed or withdrawn date during a notice period undoes nothing by itself."""
+    return (f"{what} while the notice-period restriction is on: the restriction stays "
+            f"(`offboard restore {termination_id}` undoes it)")
 REVIVING = {"termination_date", "termination_time", "kind", "due_at", "email"}
 
 
@@ -96,6 +102,10 @@ def record(tenant: Tenant, store: Store, terminations: list[Termination], now: d
             if on_demand and old["state"] in FINISHED:
                 writes.append({**row, "state": "scheduled", "reason": ""})
                 events.append(("termination_reopened", t.id, run_id, {"previous_state": old["state"]}))
+            elif changed and old["state"] == "restricted":
+                writes.append({**row, "state": "restricted", "reason": restriction_stays(t.id, "the date changed")})
+                events.append(("termination_changed", t.id, run_id,
+                               {"changes": changed, "reason": restriction_stays(t.id, "the date changed")}))
             elif changed and (old["state"] in OPEN_BEFORE_DUE + ("due",) or revived(old, changed)):
                 if old["state"] == "cancelled" or counts_as_new(old, row, now):
                     # re-dated, re-addressed or revived: new to the limits, so a mass re-dating is held
@@ -138,8 +148,10 @@ def _active_again(store: Store, old: dict | None, run_id: str) -> None:
     if old["state"] in OPEN_BEFORE_DUE:
         store.set_state(old["id"], "cancelled", "the HR feed says this person is active again")
         store.audit("termination_cancelled", old["id"], run_id, reason="active again before it was due")
-    elif old["state"] != "needs_human":
-        reason = "rehired after offboarding: restore access by hand (see `offboard history`)"
+    elif old["state"] == "restricted":
+        withdrawn(store, old["id"], run_id, "the HR feed says this person is active again")
+    elif old["state"] not in ("needs_human", "restored", "deleted"):
+        reason = f"rehired after offboarding: `offboard restore {old['id']}` gives the access back"
         store.set_state(old["id"], "needs_human", reason)
         before = {f"{a['provider']}/{a['action']}": json.loads(a["before"]) for a in store.actions(old["id"])
                   if a["status"] == "changed" and a["before"]}
@@ -158,7 +170,7 @@ def cancel_missing(tenant: Tenant, store: Store, pulls: list[tuple[str, Pull]], 
         if not pull.complete:
             continue
         present = {t.id for t in pull.terminations} | {i for r in pull.rejected for i in r.ids}
-        waiting = [r for r in store.terminations(tenant.id, OPEN_BEFORE_DUE) if r["source"] == name]
+        waiting = [r for r in store.terminations(tenant.id, OPEN_BEFORE_DUE + ("restricted",)) if r["source"] == name]
         missing = [r for r in waiting if r["id"] not in present]
         if not missing:
             continue
@@ -176,8 +188,18 @@ def cancel_missing(tenant: Tenant, store: Store, pulls: list[tuple[str, Pull]], 
                 store.audit("cancellations_held", None, run_id, tenant=tenant.id, source=name, terminations=ids)
             continue
         for r in missing:
+            if r["state"] == "restricted":
+                withdrawn(store, r["id"], run_id, "the termination disappeared from the HR feed")
+                continue
             store.set_state(r["id"], "cancelled", "no longer in the HR feed before it was due")
             store.audit("termination_cancelled", r["id"], run_id, reason="disappeared from the feed before it was due")
+
+
+def withdrawn(store: Store, termination_id: str, run_id: str, what: str) -> None:
+    """A restricted termination the feed withdraws: a person decides (restore), nothing is undone by itself."""
+    reason = restriction_stays(termination_id, what)
+    store.set_state(termination_id, "needs_human", reason, expect=("restricted",))
+    store.audit("termination_withdrawn", termination_id, run_id, reason=reason)
 
 
 def _limit_reason(tenant: Tenant, store: Store, new: int, now: dt.datetime) -> str:

@@ -1,10 +1,23 @@
-"""When a termination becomes due, in the tenant's own zone (DST included)."""
+"""When a termination becomes due, in the tenant's own zone (DST included), and what is workable when.
+
+A termination's life has three instants: the start of its notice-period restriction
+(`restrict_days_before` the due instant, same local wall-clock time), the due instant, and
+the end of retention (`delete_after_days` after the due instant). Each decides which phases
+a pass may run; `next_wakeup` tells the daemon the next of them, so it wakes at the instant
+instead of at the next poll.
+"""
 from __future__ import annotations
 
 import datetime as dt
 
-from ..config import Tenant
-from ..model import Termination
+from ..config import Config, Tenant
+from ..model import PHASES, Termination
+from ..store import StateStore, parse_iso
+
+#: what a pass may do for a termination in each window of its life
+RESTRICT_ONLY = ("restrict",)
+OFFBOARD = tuple(p for p in PHASES if p not in ("restrict", "retain"))
+RETAIN_ONLY = ("retain",)
 
 
 def due_at(termination: Termination, tenant: Tenant) -> dt.datetime:
@@ -25,3 +38,57 @@ def due_at(termination: Termination, tenant: Tenant) -> dt.datetime:
 
 def local_date(when: dt.datetime, tenant: Tenant) -> dt.date:
     return when.astimezone(tenant.zone).date()
+
+
+def shifted(when: dt.datetime, days: int, tenant: Tenant) -> dt.datetime:
+    """`days` calendar days from `when` at the same local wall-clock time (a DST change between keeps the hour)."""
+    local = when.astimezone(tenant.zone)
+    moved = dt.datetime.combine(local.date() + dt.timedelta(days=days), local.time(), tzinfo=tenant.zone)
+    return moved.astimezone(dt.timezone.utc)
+
+
+def restrict_at(due: dt.datetime, tenant: Tenant) -> dt.datetime | None:
+    days = tenant.policy.restrict_days_before
+    return shifted(due, -days, tenant) if days else None
+
+
+def retain_at(due: dt.datetime, tenant: Tenant) -> dt.datetime | None:
+    days = tenant.policy.delete_after_days
+    return shifted(due, days, tenant) if days else None
+
+
+def workable_phases(row: dict, tenant: Tenant, now: dt.datetime) -> tuple[str, ...]:
+    """The phases a pass may run now for this termination row; () when it has nothing to do yet.
+
+    Before its restriction starts: nothing. In the notice period: restrict only (a restricted
+    one waits for its due instant). Due: revoke to bill, with retain once retention is over.
+    `done` waits for retention (it is not reopened before); then only retain runs.
+    """
+    due = parse_iso(row["due_at"])
+    retain = retain_at(due, tenant)
+    retention_over = retain is not None and retain <= now
+    if row["state"] == "done":
+        return RETAIN_ONLY if retention_over else ()
+    if due <= now:
+        return OFFBOARD + (RETAIN_ONLY if retention_over else ())
+    start = restrict_at(due, tenant)
+    if start is not None and start <= now and row["state"] in ("scheduled", "due", "in_progress"):
+        return RESTRICT_ONLY
+    return ()
+
+
+def next_wakeup(config: Config, store: StateStore, now: dt.datetime) -> dt.datetime | None:
+    """The earliest instant after `now` at which something becomes workable: a due instant, the start of a
+    restriction, an action's `next_attempt_at`, the end of a retention; None when nothing waits."""
+    instants: list[dt.datetime] = []
+    for tenant in config.tenants:
+        for row in store.terminations(tenant.id, ("scheduled", "due", "restricted", "in_progress", "done")):
+            due = parse_iso(row["due_at"])
+            if row["state"] == "done":
+                instants.append(retain_at(due, tenant))
+                continue
+            instants += [due, restrict_at(due, tenant) if row["state"] != "restricted" else None]
+            instants += [parse_iso(a["next_attempt_at"]) for a in store.actions(row["id"])
+                         if a["status"] in ("failed", "pending") and a["next_attempt_at"]]
+    future = [i for i in instants if i is not None and i > now]
+    return min(future, default=None)

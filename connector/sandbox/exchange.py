@@ -38,6 +38,8 @@ CMDLETS = {
     "Set-Mailbox": {"Identity", "Type", "ForwardingSmtpAddress", "DeliverToMailboxAndForward",
                     "HiddenFromAddressListsEnabled", "GrantSendOnBehalfTo"},
     "Add-MailboxPermission": {"Identity", "User", "AccessRights", "InheritanceType", "AutoMapping"},
+    "Remove-MailboxPermission": {"Identity", "User", "AccessRights", "InheritanceType", "Confirm"},
+    "Add-DistributionGroupMember": {"Identity", "Member", "BypassSecurityGroupManagerCheck"},
     "Set-MailboxAutoReplyConfiguration": {"Identity", "AutoReplyState", "InternalMessage", "ExternalMessage",
                                           "ExternalAudience"},
     "Clear-MobileDevice": {"Identity", "AccountOnly", "Confirm"},
@@ -166,7 +168,7 @@ class Exchange(System):
     # -- cmdlets, on `self.tenant` -------------------------------------------------------------
     def mailbox(self, identity: str) -> Mailbox:
         found = self.tenant.mailboxes.get(identity.lower())
-        if found is None:
+        if found is None or not self.tenant.named(found.upn):       # its user deleted: the mailbox went with it
             raise LookupError(identity)
         return found
 
@@ -279,8 +281,9 @@ class Exchange(System):
 
     def cmd_set_mailbox(self, Identity, **changes):
         box = self.mailbox(Identity)
-        if changes.get("Type") == "Shared" and box.kind != "SharedMailbox":
-            box.converting_to, box.reads_until_converted = "SharedMailbox", box.conversion_reads
+        kind = {"Shared": "SharedMailbox", "Regular": "UserMailbox"}.get(changes.get("Type"))
+        if kind and box.kind != kind:
+            box.converting_to, box.reads_until_converted = kind, box.conversion_reads
         if "ForwardingSmtpAddress" in changes:
             box.forwarding = changes["ForwardingSmtpAddress"]
         if "HiddenFromAddressListsEnabled" in changes:
@@ -307,10 +310,20 @@ class Exchange(System):
                                     "IsInherited": False, "Deny": False, "AutoMapping": AutoMapping})
         return []
 
+    def cmd_remove_mailboxpermission(self, Identity, User, AccessRights, InheritanceType, Confirm):
+        box = self.mailbox(Identity)
+        kept = [p for p in box.permissions if p["User"].lower() != User.lower()]
+        if len(kept) == len(box.permissions):
+            return cmdlet_error(400, f"|Microsoft.Exchange.Management.Tasks.RecipientTaskException|Can't remove the "
+                                     f"access control entry on the object '{Identity}' for account '{User}' because "
+                                     "the ACE doesn't exist on the object.")
+        box.permissions = kept
+        return []
+
     def cmd_set_mailboxautoreplyconfiguration(self, Identity, **settings):
         box = self.mailbox(Identity)
         for key in ("InternalMessage", "ExternalMessage"):       # Exchange keeps them as HTML
-            if key in settings:
+            if settings.get(key):
                 settings[key] = f"<html>\n<body>\n{html.escape(settings[key])}\n</body>\n</html>\n"
         box.auto_reply.update({k: v for k, v in settings.items() if k != "ExternalAudience"})
         return []
@@ -321,6 +334,17 @@ class Exchange(System):
         if device is None:
             raise LookupError(Identity)
         device.update(DeviceWipeRequestTime=stamp(), Status="DeviceWipePending", AccountOnly=AccountOnly)
+        return []
+
+    def cmd_add_distributiongroupmember(self, Identity, Member, BypassSecurityGroupManagerCheck):
+        group = next((g for g in self.tenant.groups.values() if (g["mail"] or "").lower() == Identity.lower()), None)
+        if group is None:
+            raise LookupError(Identity)
+        user = self.tenant.user_by_upn(Member)
+        if user["id"] in group["members"]:
+            return cmdlet_error(400, f"|Microsoft.Exchange.Management.Tasks.MemberAlreadyExistsException|The recipient "
+                                f"{Member} is already a member of the group {Identity}.")
+        group["members"].add(user["id"])
         return []
 
     def cmd_remove_distributiongroupmember(self, Identity, Member, BypassSecurityGroupManagerCheck, Confirm):

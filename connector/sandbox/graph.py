@@ -4,7 +4,9 @@ Writes really change the tenant, and it bites where Graph bites: properties outs
 default set come back only when named in `$select`; batch sub-requests with a body need a
 Content-Type; more than 20 sub-requests is a 400; `$skip` on users is refused; `$search`
 and `$count` need `ConsistencyLevel: eventual`; synced objects, dynamic groups and
-mail-enabled groups refuse cloud writes; a member added twice is a 400; a licence inherited from a group cannot be removed
+mail-enabled groups refuse cloud writes; a member added twice is a 400; a deleted user waits
+in directory/deletedItems (restorable, or purged there); a Temporary Access Pass is shown
+only in the answer that creates it; a licence inherited from a group cannot be removed
 from the user; the default MFA method cannot be deleted while others remain, nor a
 `mobile` phone while an `alternateMobile` exists; PIM answers `AadPremiumLicenseRequired`
 in a tenant without P2. Throttling is per tenant and, as in Graph, judged per request
@@ -18,6 +20,7 @@ that keep failing (`failing`) and permissions the app lacks (`denied`).
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
@@ -90,6 +93,13 @@ class Graph(System):
             (r"GET /users", self.list_users, None),
             (rf"GET /users/{GUID}", self.get_user, None),
             (rf"PATCH /users/{GUID}", self.patch_user, "PATCH users/{id}"),
+            (rf"DELETE /users/{GUID}", self.delete_user, "DELETE users/{id}"),
+            (rf"GET /directory/deletedItems/{GUID}", self.get_deleted, None),
+            (rf"DELETE /directory/deletedItems/{GUID}", self.purge_deleted, "DELETE directory/deletedItems/{id}"),
+            (rf"POST /directory/deletedItems/{GUID}/restore", self.restore_deleted,
+             "POST directory/deletedItems/{id}/restore"),
+            (rf"POST /users/{GUID}/authentication/temporaryAccessPassMethods", self.add_temporary_access_pass,
+             "POST users/{id}/authentication/temporaryAccessPassMethods"),
             (rf"POST /users/{GUID}/revokeSignInSessions", self.revoke_sessions, "POST users/{id}/revokeSignInSessions"),
             (rf"POST /users/{GUID}/assignLicense", self.assign_license, "POST users/{id}/assignLicense"),
             (rf"GET /users/{GUID}/memberOf", self.member_of, None),
@@ -316,6 +326,37 @@ class Graph(System):
             user["lastPasswordChangeDateTime"] = stamp()
             call.tenant.passwords[user_id] = body["passwordProfile"]["password"]
         return None
+
+    def delete_user(self, call: Call, user_id):
+        user = call.tenant.users[user_id]
+        if user["onPremisesSyncEnabled"]:
+            return graph_error(400, "Request_BadRequest", SYNCED_REFUSED)
+        call.tenant.delete_user(user_id)
+        return None
+
+    def get_deleted(self, call: Call, user_id):
+        call.tenant.deleted[user_id]
+        return {"@odata.type": "#microsoft.graph.user", "id": user_id,
+                "userPrincipalName": call.tenant.deleted[user_id]["userPrincipalName"]}
+
+    def purge_deleted(self, call: Call, user_id):
+        del call.tenant.deleted[user_id]
+        return None
+
+    def restore_deleted(self, call: Call, user_id):
+        user = call.tenant.restore_user(user_id)
+        return {"@odata.type": "#microsoft.graph.user", "id": user_id, "userPrincipalName": user["userPrincipalName"]}
+
+    def add_temporary_access_pass(self, call: Call, user_id):
+        call.tenant.users[user_id]
+        lifetime = call.body.get("lifetimeInMinutes", 60)
+        if not 10 <= lifetime <= 43200:
+            return graph_error(400, "badRequest", "lifetimeInMinutes must be between 10 and 43200.")
+        method = {"@odata.type": "#microsoft.graph.temporaryAccessPassAuthenticationMethod", "id": call.tenant._id(),
+                  "createdDateTime": stamp(), "lifetimeInMinutes": lifetime,
+                  "isUsableOnce": bool(call.body.get("isUsableOnce")), "isUsable": True, "methodUsabilityReason": "Enabled"}
+        call.tenant.methods[user_id].append(method)
+        return json_response(201, {**method, "temporaryAccessPass": secrets.token_urlsafe(12)})
 
     def revoke_sessions(self, call: Call, user_id):
         call.tenant.users[user_id]["signInSessionsValidFromDateTime"] = stamp()

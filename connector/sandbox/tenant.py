@@ -64,6 +64,7 @@ class Tenant:
     def __init__(self, tenant_id: str, domain: str = "contoso.com"):
         self.tenant_id, self.domain = tenant_id, domain
         self.users: dict[str, dict] = {}
+        self.deleted: dict[str, dict] = {}               # soft-deleted users (directory/deletedItems), by id
         self.groups: dict[str, dict] = {}
         self.roles: dict[str, dict] = {}                 # role definitions: id -> {id, displayName, isBuiltIn}
         self.assignments: list[dict] = []                # {id, principalId, roleDefinitionId, directoryScopeId, eligible}
@@ -246,6 +247,15 @@ class Tenant:
         user = self.user_by_upn(upn)
         assert user["onPremisesSyncEnabled"], f"{upn} is not synced"
         user["accountEnabled"] = False
+
+    def delete_user(self, user_id: str) -> None:
+        """Soft delete, as Entra does: gone from /users and from matching, restorable for 30 days with its
+        memberships, licences and mailbox."""
+        self.deleted[user_id] = self.users.pop(user_id)
+
+    def restore_user(self, user_id: str) -> dict:
+        self.users[user_id] = self.deleted.pop(user_id)
+        return self.users[user_id]
 
     def group_named(self, name: str) -> dict:
         return next(g for g in self.groups.values() if g["displayName"] == name)

@@ -125,7 +125,7 @@ def test_bad_values_name_the_key_path_and_file(tmp_path, text, where):
     (lambda t: t.replace('disabled_ou = "OU=Leavers,DC=contoso,DC=local"', "disabled_ou = 7"),
      "tenant[0].provider[1].disabled_ou: expected a string, got int"),
     (lambda t: t + "colour = 'red'\n", "tenant[0].provider[1].colour: unknown key (known keys: base_dn, bind_password, "
-     "bind_user, ca_file, disabled_ou, name, page_size, start_tls, timeout, type, url)"),
+     "bind_user, ca_file, deleted_ou, disabled_ou, name, page_size, start_tls, timeout, type, url)"),
     (lambda t: t.replace('disabled_ou = "OU=Leavers,DC=contoso,DC=local"', ""),
      "tenant[0].provider[1].disabled_ou: required key is missing"),
     (lambda t: t.replace('"env:AD_PW"', '"Pa55word-in-the-file"'),

@@ -28,6 +28,12 @@ ownership (Graph refuses to remove a group's last owner, and a sole ownership no
 over stays for a person), and may be invited to their OneDrive root. Delegated consents go
 on revoke, since an app's refresh token outlives the session revoke. Intune devices are
 retired or wiped in reclaim, after the hand-over; a wipe cannot be undone, so it has no undo.
+The notice period leaves the cloud groups the policy's globs name and joins the ones it
+adds. Retention deletes the user (soft: restorable from directory/deletedItems for 30 days;
+purged there too only with `policy.hard_delete`); a synced user goes with its AD account.
+Restore brings a soft-deleted user back first, then each journaled before-state: licences
+only where the tenant has free units, and a Temporary Access Pass, shown once, for the
+password that is never restored.
 """
 from __future__ import annotations
 
@@ -167,6 +173,7 @@ class EntraProvider(Microsoft365Provider):
     type = "entra"
     manager_authority = 1          # the cloud directory: its manager names the successor unless AD knows the person
     actions = {
+        "restrict_groups": "restrict",
         "block_sign_in": "revoke",
         "reset_password": "revoke",
         "add_to_block_group": "revoke",
@@ -183,19 +190,31 @@ class EntraProvider(Microsoft365Provider):
         "remove_licenses": "reclaim",
         "remove_from_block_group": "reclaim",
         "retire_devices": "reclaim",
+        "delete_user": "retain",
+        "undelete_user": "restore",
         "restore_consents": "restore",
         "restore_group_ownerships": "restore",
         "unshare_onedrive": "restore",
         "remove_added_owners": "restore",
         "restore_teams_numbers": "restore",
+        "restore_licenses": "restore",
+        "restore_groups": "restore",
+        "leave_block_group": "restore",
+        "issue_temporary_access": "restore",
+        "unblock_sign_in": "restore",
     }
     #: action -> the action that puts its journaled before-state back (`offboard restore`); a retired or wiped device,
     #: cancelled meetings and deleted sharing links cannot come back
-    undo: ClassVar[dict[str, str]] = {"hand_over_teams_numbers": "restore_teams_numbers",
+    undo: ClassVar[dict[str, str]] = {"restrict_groups": "restore_groups", "block_sign_in": "unblock_sign_in",
+                                      "reset_password": "issue_temporary_access",
+                                      "add_to_block_group": "leave_block_group", "revoke_sessions": "",
+                                      "hand_over_teams_numbers": "restore_teams_numbers",
                                       "unassign_teams_numbers": "restore_teams_numbers",
                                       "remove_consents": "restore_consents",
                                       "remove_group_ownerships": "restore_group_ownerships",
-                                      "share_onedrive": "unshare_onedrive", "hand_over_groups": "remove_added_owners"}
+                                      "share_onedrive": "unshare_onedrive", "hand_over_groups": "remove_added_owners",
+                                      "remove_groups": "restore_groups", "remove_licenses": "restore_licenses",
+                                      "remove_from_block_group": "", "delete_user": "undelete_user"}
     reads = {"block_sign_in": ("user",), "reset_password": ("user",), "revoke_sessions": ("user",),
              "add_to_block_group": ("memberOf",), "remove_auth_methods": ("methods",),
              "remove_groups": ("user", "memberOf"), "remove_licenses": ("user", "memberOf", "mailbox", "statistics"),
@@ -204,13 +223,16 @@ class EntraProvider(Microsoft365Provider):
              "restore_consents": ("grants",), "hand_over_groups": ("owned",), "remove_group_ownerships": ("owned",),
              "restore_group_ownerships": ("owned",), "remove_added_owners": ("owned",),
              "share_onedrive": ("drive", "drivePermissions"), "unshare_onedrive": ("drive", "drivePermissions"),
-             "retire_devices": ("managedDevices",), "remove_sharing_links": ("drive",)}
+             "retire_devices": ("managedDevices",), "remove_sharing_links": ("drive",), "restrict_groups": ("memberOf",),
+             "delete_user": ("user",), "restore_licenses": ("user", "memberOf"), "restore_groups": ("memberOf",),
+             "leave_block_group": ("memberOf",), "issue_temporary_access": ("methods",), "unblock_sign_in": ("user",)}
 
     def __init__(self, name, options, tenant, where=""):
         super().__init__(name, options, tenant, where)
         self.sku_names: dict[str, str] = {}
         self.block_group: dict | None = None       # policy.block_group as read this pass (an instance lives one pass)
         self.block_group_read = False
+        self.restrict_add: list[dict] | None = None  # policy.restrict_add_groups as read this pass
 
     # -- reading -----------------------------------------------------------
     def check_online(self) -> None:
@@ -221,6 +243,9 @@ class EntraProvider(Microsoft365Provider):
         self.sku_names = {s["skuId"]: s["skuPartNumber"] for s in self.subscribed_skus()}
         if not self.block_group_read:
             self.block_group, self.block_group_read = self.read_block_group(), True
+        if self.restrict_add is None:
+            self.restrict_add = [self.read_group(name, "restrict_add_groups", "")
+                                 for name in self.tenant.policy.restrict_add_groups]
         super().prepare(terminations)
 
     def read_block_group(self) -> dict | None:
@@ -228,7 +253,15 @@ class EntraProvider(Microsoft365Provider):
         wanted = self.tenant.policy.block_group.strip()
         if not wanted:
             return None
-        where = f"{self.where.partition('.provider')[0]}.policy.block_group"
+        found = self.read_group(wanted, "block_group", "a Conditional Access block needs one cloud-only security group")
+        if flaw := block_group_flaw(found):
+            raise ConfigError(f"group {wanted!r} cannot be the block group: {flaw}; a Conditional Access block needs "
+                              "one cloud-only security group", f"{self.where.partition('.provider')[0]}.policy.block_group")
+        return found
+
+    def read_group(self, wanted: str, key: str, need: str) -> dict:
+        """The one group `wanted` (an object id or an exact display name) names, for `policy.<key>`."""
+        where = f"{self.where.partition('.provider')[0]}.policy.{key}"
         if OBJECT_ID.fullmatch(wanted):
             try:
                 found = [self.graph.request(GraphCall("GET", f"/groups/{wanted}?$select={GROUP_FIELDS}"))]
@@ -237,14 +270,12 @@ class EntraProvider(Microsoft365Provider):
         else:
             found = list(self.graph.pages(GraphCall(
                 "GET", f"/groups?$filter={quote(f'displayName eq {odata_literal(wanted)}')}&$select={GROUP_FIELDS}")))
-        need = "a Conditional Access block needs one cloud-only security group"
+        need = f": {need}" if need else ""
         if not found:
-            raise ConfigError(f"no group {wanted!r} in Entra: {need}", where)
+            raise ConfigError(f"no group {wanted!r} in Entra{need}", where)
         if len(found) > 1:
-            raise ConfigError(f"{len(found)} groups are named {wanted!r}: give the object id of the one meant "
-                              f"({need})", where)
-        if flaw := block_group_flaw(found[0]):
-            raise ConfigError(f"group {wanted!r} cannot be the block group: {flaw}; {need}", where)
+            raise ConfigError(f"{len(found)} groups are named {wanted!r}: give the object id of the one meant{need}",
+                              where)
         return found[0]
 
     def observe(self, subject: Subject, seen: dict) -> Step:
@@ -290,6 +321,8 @@ class EntraProvider(Microsoft365Provider):
     def plan(self, subject: Subject, termination: Termination) -> list[PlannedAction]:
         user, policy = subject.state["user"], self.tenant.policy
         wanted = []
+        if policy.restrict_days_before and any(self.restricted_groups(subject.state["groups"], subject)):
+            wanted.append(("restrict_groups", "notice period: leave and join the policy's groups"))
         if not self.ad_owns(user):
             if user.get("accountEnabled") is not False:
                 wanted.append(("block_sign_in", "block sign-in"))
@@ -312,6 +345,9 @@ class EntraProvider(Microsoft365Provider):
             wanted.append(("remove_licenses", "remove licences (after the mailbox is shared)"))
         if blocking and (enabled or in_block_group):
             wanted.append(("remove_from_block_group", "leave the block group once Entra reads the account disabled"))
+        if policy.delete_after_days and not self.ad_owns(user):
+            wanted.append(("delete_user", "delete the user" + (" and purge it" if policy.hard_delete else
+                                                              " (restorable for 30 days)")))
         wanted += self.plan_elsewhere(subject, termination)
         order = list(self.actions)
         return [self.planned(name, description) for name, description in sorted(wanted, key=lambda w: order.index(w[0]))]
@@ -812,3 +848,176 @@ def device_verbs(devices: list[dict], policy: str) -> tuple[dict[str, str], list
         elif not state.startswith(verb):
             busy.append((device.get("deviceName") or device["id"], state))
     return verbs, busy
+    # -- the notice period and retention -------------------------------------
+    def join(self, group: dict, subject: Subject) -> GraphCall | Cmdlet | str:
+        """How the user joins `group`, or why the cloud cannot do it (the mirror of `leave`)."""
+        how = self.leave(group, subject)
+        if isinstance(how, str):
+            return how.replace("remove the member", "add the member")
+        if isinstance(how, Cmdlet):
+            return Cmdlet.of("Add-DistributionGroupMember", anchor=self.upn(subject), Identity=group["mail"],
+                             Member=self.upn(subject), BypassSecurityGroupManagerCheck=True)
+        return GraphCall("POST", f"/groups/{group['id']}/members/$ref",
+                         {"@odata.id": f"{self.graph.base}/directoryObjects/{subject.native_id}"})
+
+    def restricted_groups(self, groups: list[dict], subject: Subject):
+        """-> (the memberships the notice period ends {name: call}, the groups it joins {name: call},
+        what it cannot change {name: why})."""
+        policy, member = self.tenant.policy, {g["id"] for g in groups}
+        leave, join, kept = {}, {}, {}
+        for group in groups:
+            name = group.get("displayName") or group["id"]
+            if policy.restricts_group(name, group["id"]):
+                how = self.leave(group, subject)
+                (kept if isinstance(how, str) else leave)[name] = how
+        for group in self.restrict_add or []:
+            if group["id"] not in member:
+                how = self.join(group, subject)
+                (kept if isinstance(how, str) else join)[group.get("displayName") or group["id"]] = how
+        return leave, join, kept
+
+    def restrict_groups(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        [member_of] = yield from self.fetch(seen, ctx.subject, "memberOf")
+        groups = groups_of(member_of)
+        leave, join, kept = self.restricted_groups(groups, ctx.subject)
+        names = {g.get("displayName") or g["id"] for g in groups}
+        reason = "; ".join(f"kept {name}: {why}" for name, why in sorted(kept.items()))
+        return (yield from self.settle({"groups": sorted(names)}, {"groups": sorted(names - set(leave) | set(join))},
+                                       ctx, *leave.values(), *join.values(), reason=reason, gone_ok=True))
+
+    def delete_user(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Soft delete (30 days in directory/deletedItems); purged there too only with policy.hard_delete."""
+        [user] = yield from self.fetch(seen, ctx.subject, "user")
+        if refused := self.cloud_owned(user, "delete the user"):
+            return refused
+        user_id, purge = ctx.subject.native_id, self.tenant.policy.hard_delete
+        result = yield from self.settle({"deleted": False, "userPrincipalName": user["userPrincipalName"]},
+                                        {"deleted": True, "purged": purge}, ctx, GraphCall("DELETE", f"/users/{user_id}"))
+        if result.outcome == "changed" and purge:
+            yield from self.send(GraphCall("DELETE", f"/directory/deletedItems/{user_id}"), gone_ok=True)
+        return result
+
+    # -- restore ---------------------------------------------------------------
+    def undelete_user(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """First of all: a soft-deleted user back from directory/deletedItems (a purged one is a person's job)."""
+        user_id = ctx.subject.native_id
+        [answer] = yield [GraphCall("GET", f"/users/{user_id}?$select=id")]
+        if not isinstance(answer, http.NotFound):
+            if isinstance(answer, OffboardError):
+                raise answer
+            return Result("unchanged", {"deleted": False}, {"deleted": False})
+        if ctx.dry_run:
+            return Result("planned", {"deleted": True}, {"deleted": False})
+        [answer] = yield [GraphCall("POST", f"/directory/deletedItems/{user_id}/restore")]
+        if isinstance(answer, http.NotFound):
+            raise NeedsHuman(f"user {user_id} is no longer in deleted items (purged, or deleted more than 30 days "
+                             "ago): create the account again by hand", self.where)
+        if isinstance(answer, OffboardError):
+            raise answer
+        return Result("changed", {"deleted": True}, {"deleted": False})
+
+    def rejoin(self, names: list[str], groups: list[dict], subject: Subject):
+        """The calls that put the user back into the groups `names` it is not in now, and the names that cannot
+        be (no such group, several, or one the cloud cannot edit) with why."""
+        have = {g.get("displayName") or g["id"] for g in groups}
+        missing = [n for n in names if n not in have]
+        if not missing:
+            return [], {}
+        answers = yield [GraphCall("GET", f"/groups?$filter={quote(f'displayName eq {odata_literal(n)}')}"
+                                          f"&$select={GROUP_FIELDS}") for n in missing]
+        calls, unresolved = [], {}
+        for name, answer in zip(missing, answers):
+            if isinstance(answer, OffboardError):
+                raise answer
+            found = answer.get("value", [])
+            how = self.join(found[0], subject) if len(found) == 1 else f"{len(found) or 'no'} groups have this name"
+            if isinstance(how, str):
+                unresolved[name] = how
+            else:
+                calls.append(how)
+        return calls, unresolved
+
+    def restore_groups(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """The journaled groups back; the groups the notice period joined (and the user was not in) left."""
+        _, before = self.undone(action)
+        [member_of] = yield from self.fetch(seen, ctx.subject, "memberOf")
+        groups, wanted = groups_of(member_of), before["groups"]
+        calls, unresolved = yield from self.rejoin(wanted, groups, ctx.subject)
+        added = {g["id"] for g in self.restrict_add or []}
+        joined = {g.get("displayName") or g["id"]: self.leave(g, ctx.subject) for g in groups
+                  if g["id"] in added and (g.get("displayName") or g["id"]) not in wanted}
+        calls += [how for how in joined.values() if not isinstance(how, str)]
+        names = {g.get("displayName") or g["id"] for g in groups}
+        result = yield from self.settle({"groups": sorted(names)},
+                                        {"groups": sorted(names - set(joined) | set(wanted) - set(unresolved))},
+                                        ctx, *calls, gone_ok=True)
+        if unresolved:
+            return Result("needs_human", result.before, result.after, "groups not put back: " + "; ".join(
+                f"{name}: {why}" for name, why in sorted(unresolved.items())))
+        return result
+
+    def restore_licenses(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """The journaled SKUs back where the tenant has a free unit (else a person buys or frees one), the
+        licence groups rejoined."""
+        _, before = self.undone(action)
+        user, member_of = yield from self.fetch(seen, ctx.subject, "user", "memberOf")
+        [skus] = yield [GraphCall("GET", "/subscribedSkus?$select=skuId,skuPartNumber,consumedUnits,prepaidUnits")]
+        if isinstance(skus, OffboardError):
+            raise skus
+        by_part = {s["skuPartNumber"]: s for s in skus.get("value", [])}
+        have = {self.sku_names.get(s, s) for s in direct_skus(user)}
+        missing = [p for p in before["skus"] if p not in have]
+        free = {p: (by_part[p].get("prepaidUnits") or {}).get("enabled", 0) - by_part[p].get("consumedUnits", 0)
+                for p in missing if p in by_part}
+        short = sorted(p for p in missing if free.get(p, 0) < 1)
+        adding = [by_part[p]["skuId"] for p in missing if p not in short]
+        calls, unresolved = yield from self.rejoin(before["groups"], groups_of(member_of), ctx.subject)
+        if adding:
+            calls.append(GraphCall("POST", f"/users/{ctx.subject.native_id}/assignLicense",
+                                   {"addLicenses": [{"skuId": s, "disabledPlans": []} for s in adding],
+                                    "removeLicenses": []}))
+        current = {g.get("displayName") or g["id"] for g in groups_of(member_of)}
+        was = {"skus": sorted(have & set(before["skus"])), "groups": sorted(current & set(before["groups"]))}
+        result = yield from self.settle(was, {"skus": sorted(set(before["skus"]) - set(short)),
+                                              "groups": sorted(set(before["groups"]) - set(unresolved))}, ctx, *calls)
+        problems = [f"no free unit of {p}: buy or free one, then run restore again" for p in short]
+        problems += [f"licence group {name} not rejoined: {why}" for name, why in sorted(unresolved.items())]
+        if problems:
+            return Result("needs_human", result.before, result.after, "; ".join(problems))
+        return result
+
+    def leave_block_group(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        [member_of] = yield from self.fetch(seen, ctx.subject, "memberOf")
+        if self.block_group is None:
+            return Result("needs_human", reason="policy.block_group is no longer set: take the user out of the "
+                                                "Conditional Access block group by hand")
+        return (yield from self.settle({"block_group": self.in_block_group(groups_of(member_of))}, {"block_group": False},
+                                       ctx, GraphCall("DELETE", f"/groups/{self.block_group['id']}/members/"
+                                                                f"{ctx.subject.native_id}/$ref"), gone_ok=True))
+
+    def unblock_sign_in(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        _, before = self.undone(action)
+        [user] = yield from self.fetch(seen, ctx.subject, "user")
+        now = {"accountEnabled": user.get("accountEnabled")}
+        wanted = {"accountEnabled": True} if before.get("accountEnabled") is not False else now
+        if now != wanted and (refused := self.cloud_owned(user, "unblock sign-in")):
+            return refused
+        return (yield from self.settle(now, wanted, ctx,
+                                       GraphCall("PATCH", f"/users/{ctx.subject.native_id}", {"accountEnabled": True})))
+
+    def issue_temporary_access(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Passwords never come back: a Temporary Access Pass (8 hours), shown to the operator once, never journaled.
+        One issued since this restore began counts as done."""
+        [methods] = yield from self.fetch(seen, ctx.subject, "methods")
+        since = ctx.since and ctx.since.replace(microsecond=0)
+        issued = [m for m in methods if method_kind(m) == "temporaryAccessPass" and since and m.get("createdDateTime")
+                  and dt.datetime.fromisoformat(m["createdDateTime"]) >= since]
+        before, after = {"temporaryAccessPass": bool(issued)}, {"temporaryAccessPass": True}
+        if issued or ctx.dry_run:
+            return self.outcome(before, after, ctx.dry_run, "" if issued else "a Temporary Access Pass is shown once")
+        [answer] = yield from self.send(GraphCall("POST", f"/users/{ctx.subject.native_id}/authentication/"
+                                                          "temporaryAccessPassMethods",
+                                                  {"lifetimeInMinutes": 480, "isUsableOnce": False}))
+        ctx.show_once(f"{self.upn(ctx.subject) or ctx.subject.native_id}: Temporary Access Pass "
+                      f"{answer['temporaryAccessPass']} (valid for 8 hours)")
+        return Result("changed", before, after, "a Temporary Access Pass was shown to the operator once")

@@ -16,6 +16,11 @@ keeps sending their mail out after the account is blocked, and their rights on s
 mailboxes outlive their own mailbox. Both are read from where each lives: rules through
 Graph (`messageRules`), rights through the admin endpoint; the shared mailboxes and their
 permissions are read once per pass, and a write re-reads only the leaver's own rights.
+
+Restore puts each hand-over's journaled before-state back: the mailbox a user mailbox again
+once the user holds a licence, the successor's FullAccess removed, the auto-reply,
+forwarding and GAL visibility as they were. Before retention deletes anything, a shared
+mailbox or a hold on it is what the account still anchors.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import re
 from typing import Any, ClassVar
 
 from ... import http
-from ...errors import NeedsHuman, OffboardError
+from ...errors import NeedsHuman, NotYet, OffboardError
 from ...model import ActionContext, PlannedAction, Result, Subject, Termination
 from .exchange_api import Cmdlet
 from .graph import GraphCall
@@ -73,15 +78,27 @@ class ExchangeOnlineProvider(Microsoft365Provider):
         "hide_from_gal": "preserve",
         "enable_inbox_rules": "restore",
         "restore_mailbox_access": "restore",
+        "show_in_gal": "restore",
+        "restore_forwarding": "restore",
+        "restore_auto_reply": "restore",
+        "revoke_mailbox_access": "restore",
+        "convert_mailbox_back": "restore",
     }
-    #: action -> the action that puts its journaled before-state back (cancelled meetings cannot come back)
+    #: action -> the action that puts its journaled before-state back (cancelled meetings cannot come back; the
+    #: account-only wipe needs nothing: mail syncs again when the person signs in)
     undo: ClassVar[dict[str, str]] = {"disable_forwarding_rules": "enable_inbox_rules",
-                                      "remove_mailbox_access": "restore_mailbox_access"}
+                                      "remove_mailbox_access": "restore_mailbox_access", "clear_mobile_devices": "",
+                                      "convert_mailbox_to_shared": "convert_mailbox_back",
+                                      "grant_mailbox_access": "revoke_mailbox_access",
+                                      "set_auto_reply": "restore_auto_reply", "set_forwarding": "restore_forwarding",
+                                      "hide_from_gal": "show_in_gal"}
     reads = {"clear_mobile_devices": ("devices",), "convert_mailbox_to_shared": ("mailbox",),
              "grant_mailbox_access": ("permissions",), "set_auto_reply": ("auto_reply",),
              "set_forwarding": ("mailbox",), "hide_from_gal": ("mailbox",), "disable_forwarding_rules": ("rules",),
              "enable_inbox_rules": ("rules",), "cancel_meetings": ("meetings",), "remove_mailbox_access": ("mailbox",),
-             "restore_mailbox_access": ("mailbox",)}
+             "restore_mailbox_access": ("mailbox",), "show_in_gal": ("mailbox",), "restore_forwarding": ("mailbox",),
+             "restore_auto_reply": ("auto_reply",), "revoke_mailbox_access": ("permissions",),
+             "convert_mailbox_back": ("mailbox", "user")}
 
     def __init__(self, name, options, tenant, where=""):
         super().__init__(name, options, tenant, where)
@@ -328,6 +345,82 @@ class ExchangeOnlineProvider(Microsoft365Provider):
         return (yield from self.settle(now, after, ctx, *access_writes(missing, upn, "add")))
 
     cancel_meetings = reconcile_one
+
+    # -- retention ---------------------------------------------------------------
+    def anchors(self, subject: Subject, termination: Termination) -> list[str]:
+        """DESIGN.md: never delete a user whose object anchors a shared mailbox (it goes with the user), nor one
+        whose mailbox is on hold."""
+        mailbox = subject.state.get("mailbox") or {}
+        found = []
+        if mailbox.get("RecipientTypeDetails") == SHARED:
+            found.append(f"the shared mailbox {self.upn(subject)} (deleting the user deletes it: migrate it first)")
+        if mailbox.get("LitigationHoldEnabled"):
+            found.append("a litigation hold on its mailbox")
+        if mailbox.get("InPlaceHolds"):
+            found.append(f"{len(mailbox['InPlaceHolds'])} In-Place / eDiscovery hold(s) on its mailbox")
+        return found
+
+    # -- restore -------------------------------------------------------------------
+    def restore_one(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """Re-read what the original action changed, then put its journaled before-state back."""
+        original, before = self.undone(action)
+        [key] = self.reads[original]
+        [value] = yield from self.fetch(seen, ctx.subject, key)
+        if key == "mailbox" and value is None:
+            raise http.NotFound(f"{self.upn(ctx.subject)} has no mailbox any more", self.where)
+        now, writes = getattr(self, f"back_{original}")(value, before, self.upn(ctx.subject))
+        return (yield from self.settle(now, before, ctx, *writes))
+
+    show_in_gal = restore_forwarding = restore_auto_reply = revoke_mailbox_access = restore_one
+
+    @staticmethod
+    def back_hide_from_gal(mailbox: dict, before: dict, upn: str) -> tuple[dict, list[Cmdlet]]:
+        hidden = before["HiddenFromAddressListsEnabled"]
+        return ({"HiddenFromAddressListsEnabled": bool(mailbox.get("HiddenFromAddressListsEnabled"))},
+                [Cmdlet.of("Set-Mailbox", anchor=upn, Identity=upn, HiddenFromAddressListsEnabled=hidden)])
+
+    @staticmethod
+    def back_set_forwarding(mailbox: dict, before: dict, upn: str) -> tuple[dict, list[Cmdlet]]:
+        target = before["ForwardingSmtpAddress"]
+        return ({"ForwardingSmtpAddress": smtp(mailbox.get("ForwardingSmtpAddress"))},
+                [Cmdlet.of("Set-Mailbox", anchor=upn, Identity=upn, ForwardingSmtpAddress=f"smtp:{target}" if target
+                           else None, DeliverToMailboxAndForward=bool(target))])
+
+    @staticmethod
+    def back_set_auto_reply(auto_reply: dict, before: dict, upn: str) -> tuple[dict, list[Cmdlet]]:
+        seen = auto_reply or {}
+        now = {"AutoReplyState": seen.get("AutoReplyState"), "InternalMessage": plain(seen.get("InternalMessage")),
+               "ExternalMessage": plain(seen.get("ExternalMessage"))}
+        return now, [Cmdlet.of("Set-MailboxAutoReplyConfiguration", anchor=upn, Identity=upn,
+                               AutoReplyState=before["AutoReplyState"] or "Disabled",
+                               InternalMessage=html.escape(before["InternalMessage"]),
+                               ExternalMessage=html.escape(before["ExternalMessage"]))]
+
+    @staticmethod
+    def back_grant_mailbox_access(permissions: list[dict], before: dict, upn: str) -> tuple[dict, list[Cmdlet]]:
+        have = sorted({p["User"].lower() for p in permissions or [] if "@" in p.get("User", "")
+                       and any("FullAccess" in r for r in p.get("AccessRights") or [])
+                       and not p.get("Deny") and not p.get("IsInherited")})
+        granted = [u for u in have if u not in before["FullAccess"]]
+        return {"FullAccess": have}, [Cmdlet.of("Remove-MailboxPermission", anchor=upn, Identity=upn, User=user,
+                                                AccessRights=["FullAccess"], InheritanceType="All", Confirm=False)
+                                      for user in granted]
+
+    def convert_mailbox_back(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        """A user mailbox again, once the user holds a licence (restore puts the licences back before this)."""
+        _, before = self.undone(action)
+        mailbox, user = yield from self.fetch(seen, ctx.subject, "mailbox", "user")
+        if mailbox is None:
+            raise http.NotFound(f"{self.upn(ctx.subject)} has no mailbox any more", self.where)
+        now = {"RecipientTypeDetails": mailbox.get("RecipientTypeDetails")}
+        if now != before and not (user or {}).get("assignedLicenses"):
+            waiting = "the mailbox becomes a user mailbox once the user holds a licence again"
+            if ctx.dry_run:
+                return Result("planned", now, before, waiting)
+            raise NotYet(waiting, self.where, delay=60)
+        upn = self.upn(ctx.subject)
+        return (yield from self.settle(now, before, ctx, Cmdlet.of("Set-Mailbox", anchor=upn, Identity=upn,
+                                                                    Type="Regular")))
 
 
 def rights_held(boxes: list[tuple[dict, list[dict]]], send_as: list[dict], mailbox: dict, upn: str) -> dict:
