@@ -649,10 +649,12 @@ class ActiveDirectoryProvider(Provider):
         return self._converge(ctx, {"description": account.description}, {"description": wanted}, [write])
 
     def restore_groups(self, action: PlannedAction, ctx: ActionContext) -> Result:
-        """The journaled groups back; the groups the notice period joined (and the account was not in) left."""
-        _, before = self.undone(action)
+        """The journaled groups back; the groups the notice period joined (and the account was not in) left.
+        Those are the notice period's own undo's: the undo of a later removal leaves them out."""
+        original, before = self.undone(action)
         account = self._read(ctx.subject.native_id)
-        had = before["groups"]
+        had = [g for g in before["groups"] if original == "restrict_groups"
+               or not any(same_dn(g, a) for a in self.restrict_add_groups())]
         back = [g for g in had if not any(same_dn(g, m) for m in account.groups)]
         joined = [g for g in account.groups if any(same_dn(g, a) for a in self.restrict_add_groups())
                   and not any(same_dn(g, h) for h in had)]

@@ -938,12 +938,15 @@ def device_verbs(devices: list[dict], policy: str) -> tuple[dict[str, str], list
         return calls, unresolved
 
     def restore_groups(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
-        """The journaled groups back; the groups the notice period joined (and the user was not in) left."""
-        _, before = self.undone(action)
+        """The journaled groups back; the groups the notice period joined (and the user was not in) left.
+        Those are the notice period's own undo's: the undo of a later removal leaves them out."""
+        original, before = self.undone(action)
         [member_of] = yield from self.fetch(seen, ctx.subject, "memberOf")
-        groups, wanted = groups_of(member_of), before["groups"]
-        calls, unresolved = yield from self.rejoin(wanted, groups, ctx.subject)
         added = {g["id"] for g in self.restrict_add or []}
+        added_names = {g.get("displayName") for g in self.restrict_add or []}
+        groups = groups_of(member_of)
+        wanted = [n for n in before["groups"] if original == "restrict_groups" or n not in added_names]
+        calls, unresolved = yield from self.rejoin(wanted, groups, ctx.subject)
         joined = {g.get("displayName") or g["id"]: self.leave(g, ctx.subject) for g in groups
                   if g["id"] in added and (g.get("displayName") or g["id"]) not in wanted}
         calls += [how for how in joined.values() if not isinstance(how, str)]
