@@ -61,8 +61,9 @@ def workable_phases(row: dict, tenant: Tenant, now: dt.datetime) -> tuple[str, .
     """The phases a pass may run now for this termination row; () when it has nothing to do yet.
 
     Before its restriction starts: nothing. In the notice period: restrict only (a restricted
-    one waits for its due instant). Due: revoke to bill, with retain once retention is over.
-    `done` waits for retention (it is not reopened before); then only retain runs.
+    one waits for its due instant). Due: revoke to bill. Retain runs only for a `done` one once
+    retention is over (it is not reopened before): what the account anchors is judged on the
+    state the whole offboarding left, never before a mailbox became shared.
     """
     due = parse_iso(row["due_at"])
     retain = retain_at(due, tenant)
@@ -70,7 +71,7 @@ def workable_phases(row: dict, tenant: Tenant, now: dt.datetime) -> tuple[str, .
     if row["state"] == "done":
         return RETAIN_ONLY if retention_over else ()
     if due <= now:
-        return OFFBOARD + (RETAIN_ONLY if retention_over else ())
+        return OFFBOARD
     start = restrict_at(due, tenant)
     if start is not None and start <= now and row["state"] in ("scheduled", "due", "in_progress"):
         return RESTRICT_ONLY
