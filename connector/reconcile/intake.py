@@ -85,6 +85,11 @@ def record(tenant: Tenant, store: Store, terminations: list[Termination], now: d
     events: list[tuple] = []
     for t in terminations:
         old = existing.get(t.id)
+        if old and old["state"] == "restored" and not t.active and \
+                (on_demand or t.termination_date.isoformat() != old["termination_date"]):
+            archived = store.archive_termination(t.id)          # leaving again after a restore: a new termination
+            events.append(("termination_archived", archived, run_id, {"was": t.id}))
+            old = existing[t.id] = None
         if t.active:
             _active_again(store, old, run_id)
             continue

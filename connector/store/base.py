@@ -153,6 +153,11 @@ class StateStore(ABC):
         """By employee id or email (case-insensitive), as a technician names a person."""
 
     @abstractmethod
+    def archive_termination(self, termination_id: str) -> str:
+        """Move a finished termination and its journal to `ID#n` (the next free n), so the person's next
+        leaving starts a termination of its own under `ID`. Returns the new id."""
+
+    @abstractmethod
     def reopen(self, termination_id: str, action_ids: Iterable[str] | None = None, **extra: Any) -> int:
         """A person's go-ahead: these actions (default: every failed or needs_human one) run again,
         at the next pass if already due."""

@@ -331,6 +331,16 @@ class SqliteStore(StateStore):
         return self._one("terminations", "tenant = ? and (lower(employee_id) = lower(?) or lower(email) = lower(?))",
                          [tenant, who, who], order_by="first_seen_at desc")
 
+    def archive_termination(self, termination_id: str) -> str:
+        with self.transaction():
+            earlier = self.conn.execute("select count(*) from terminations where id like ? escape '\\'",
+                                        [termination_id.replace("%", "\\%").replace("_", "\\_") + "#%"]).fetchone()[0]
+            archived = f"{termination_id}#{earlier + 1}"
+            self.conn.execute("update actions set id = ? || substr(id, ?), termination_id = ? where termination_id = ?",
+                              [archived, len(termination_id) + 1, archived, termination_id])
+            self.conn.execute("update terminations set id = ? where id = ?", [archived, termination_id])
+            return archived
+
     def reopen(self, termination_id: str, action_ids: Iterable[str] | None = None, **extra: Any) -> int:
         if action_ids is None:
             where, args = "status in ('failed', 'needs_human')", []

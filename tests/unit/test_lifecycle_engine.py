@@ -295,3 +295,21 @@ def test_next_wakeup_names_a_retry_instant(life):
     life.at(local(2026, 3, 2, 17))
     assert next_wakeup(life.config, life.store, local(2026, 3, 2, 17)) == local(2026, 3, 2, 17, 2)
     assert utc(2026, 3, 2, 23, 2) == local(2026, 3, 2, 17, 2)
+
+
+def test_leaving_again_after_a_restore_starts_a_new_termination_and_the_old_one_stays_addressable(life):
+    life.csv(leaver("E1", "ann@contoso.com", date="2026-03-02"))
+    life.at(local(2026, 3, 2, 17))
+    life.restore()
+    assert life.account["enabled"] is True
+    writes = len(life.wrote())
+    life.csv(leaver("E1", "ann@contoso.com", date="2026-09-30"))
+    life.at(local(2026, 9, 1, 9))
+    old = life.store.termination("contoso/E1#1")
+    assert old["state"] == "restored" and old["termination_date"] == "2026-03-02"
+    assert {a["termination_id"] for a in life.store.actions("contoso/E1#1")} == {"contoso/E1#1"}
+    assert any(a["id"] == "contoso/E1#1/ad/undo_disable_account" for a in life.store.actions("contoso/E1#1"))
+    assert life.state() == "scheduled" and life.store.actions("contoso/E1") == []
+    life.at(local(2026, 9, 30, 17))
+    assert life.state() == "done" and life.account["enabled"] is False
+    assert len(life.wrote()) > writes                   # offboarded again, not read back from the old journal
