@@ -625,14 +625,16 @@ class ActiveDirectoryProvider(Provider):
         except PermanentError:
             raise NeedsHuman(f"{before['dn']} was deleted from AD: restore it from the AD Recycle Bin "
                              "(Restore-ADObject) or a backup, then run restore again", self.host_where) from None
-        return self._move_to(account, before["dn"], ctx)
+        return self._move_to(account, before["dn"], self.options.deleted_ou, ctx)
 
     def move_back(self, action: PlannedAction, ctx: ActionContext) -> Result:
         _, before = self.undone(action)
-        return self._move_to(self._read(ctx.subject.native_id), before["dn"], ctx)
+        return self._move_to(self._read(ctx.subject.native_id), before["dn"], self.options.disabled_ou, ctx)
 
-    def _move_to(self, account: Account, dn: str, ctx: ActionContext) -> Result:
-        if same_dn(account.dn, dn):
+    def _move_to(self, account: Account, dn: str, left_in: str | None, ctx: ActionContext) -> Result:
+        """Back to `dn`, only from `left_in`, where the undone move left it: anywhere else it was moved since
+        (or an earlier undo of this restore already put it on its way back)."""
+        if same_dn(account.dn, dn) or not (left_in and same_dn(parent_dn(account.dn), left_in)):
             return Result("unchanged", {"dn": account.dn}, {"dn": account.dn})
         if ctx.dry_run:
             return Result("planned", {"dn": account.dn}, {"dn": dn})
