@@ -269,7 +269,7 @@ class Tenant:
 
     # -- derived state, as Graph computes it --------------------------------
     def licence_states(self, user_id: str) -> list[dict]:
-        user = self.users[user_id]
+        user = self.users.get(user_id) or self.deleted[user_id]
         states = [{"skuId": s, "assignedByGroup": None, "state": "Active", "disabledPlans": []} for s in user["direct"]]
         for group in self.groups.values():
             if group["licences"] and user_id in group["members"]:
@@ -295,11 +295,12 @@ class Tenant:
 
     def snapshot(self, upn: str) -> dict:
         """Everything a leaver's offboarding can change, read from the state (not through a provider)."""
-        user = self.user_by_upn(upn)
+        gone = next((u for u in self.deleted.values() if u["userPrincipalName"].lower() == upn.lower()), None)
+        user = gone or self.user_by_upn(upn)
         user_id = user["id"]
         mailbox = self.mailboxes.get(upn.lower())
         return {
-            "accountEnabled": user["accountEnabled"], "password": user["lastPasswordChangeDateTime"],
+            "deleted": gone is not None, "accountEnabled": user["accountEnabled"], "password": user["lastPasswordChangeDateTime"],
             "sessions": user["signInSessionsValidFromDateTime"],
             "licences": sorted((self.skus[s["skuId"]]["skuPartNumber"], s["assignedByGroup"] or "")
                                for s in self.licence_states(user_id)),
