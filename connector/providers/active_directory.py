@@ -41,7 +41,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, safe_dn, to_dn
 from pydantic import AfterValidator, model_validator
 
-from ..config import PluginOptions, Positive, SecretRef, invalid
+from ..config import PluginOptions, Positive, SecretRef, invalid, remember_secret
 from ..errors import ConfigError, NeedsHuman, OffboardError, PermanentError, RetryableError
 from ..model import ActionContext, Match, PlannedAction, Result, Subject, Termination
 from .base import Provider
@@ -532,10 +532,16 @@ class ActiveDirectoryProvider(Provider):
             return Result("unchanged", before, before, reason="password already reset since this action began")
         if ctx.dry_run:
             return Result("planned", before, {"pwdLastSet": "now"})
-        password = new_password([account.sam, *re.split(r"[\s,.\-_#]+", account.display_name)])
-        with self._ldap(f"reset the password of {account.dn} (Reset Password right)") as conn:
-            conn.modify(account.dn, {"unicodePwd": [(ldap3.MODIFY_REPLACE, [unicode_pwd(password)])]})
+        self._set_new_password(account, "reset the password of")
         return Result("changed", before, {"pwdLastSet": self._read(account.guid).state()["pwd_last_set"]})
+
+    def _set_new_password(self, account: Account, doing: str) -> str:
+        """A random password nobody has seen, written with the Reset Password right; returned, never logged."""
+        password = new_password([account.sam, *re.split(r"[\s,.\-_#]+", account.display_name)])
+        remember_secret(password)                  # masked wherever it might surface, like a resolved secret
+        with self._ldap(f"{doing} {account.dn} (Reset Password right)") as conn:
+            conn.modify(account.dn, {"unicodePwd": [(ldap3.MODIFY_REPLACE, [unicode_pwd(password)])]})
+        return password
 
     def remove_groups(self, action: PlannedAction, ctx: ActionContext) -> Result:
         if not self.tenant.policy.remove_groups:
@@ -684,9 +690,7 @@ class ActiveDirectoryProvider(Provider):
             return Result("unchanged", before, before, reason="a new password was issued since this restore began")
         if ctx.dry_run:
             return Result("planned", before, {"pwdLastSet": "now"}, "a new password is shown once")
-        password = new_password([account.sam, *re.split(r"[\s,.\-_#]+", account.display_name)])
-        with self._ldap(f"set a new password for {account.dn} (Reset Password right)") as conn:
-            conn.modify(account.dn, {"unicodePwd": [(ldap3.MODIFY_REPLACE, [unicode_pwd(password)])]})
+        password = self._set_new_password(account, "set a new password for")
         ctx.show_once(f"{account.upn or account.sam}: new AD password {password}")
         return Result("changed", before, {"pwdLastSet": self._read(account.guid).state()["pwd_last_set"]},
                       "a new password was shown to the operator once")

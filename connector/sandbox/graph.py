@@ -355,7 +355,8 @@ class Graph(System):
         method = {"@odata.type": "#microsoft.graph.temporaryAccessPassAuthenticationMethod", "id": call.tenant._id(),
                   "createdDateTime": stamp(), "lifetimeInMinutes": lifetime,
                   "isUsableOnce": bool(call.body.get("isUsableOnce")), "isUsable": True, "methodUsabilityReason": "Enabled"}
-        call.tenant.methods[user_id].append(method)
+        methods = call.tenant.methods[user_id]          # one pass at a time: a new one replaces the old
+        methods[:] = [m for m in methods if method_kind(m) != "temporaryAccessPass"] + [method]
         return json_response(201, {**method, "temporaryAccessPass": secrets.token_urlsafe(12)})
 
     def revoke_sessions(self, call: Call, user_id):

@@ -44,6 +44,7 @@ from typing import ClassVar, Generator
 from urllib.parse import quote
 
 from ... import http
+from ...config import remember_secret
 from ...errors import ConfigError, NeedsHuman, NotYet, OffboardError, PermanentError, RetryableError
 from ...model import ActionContext, PlannedAction, Result, Subject, Termination
 from . import teams_phone
@@ -1021,6 +1022,7 @@ def device_verbs(devices: list[dict], policy: str) -> tuple[dict[str, str], list
         [answer] = yield from self.send(GraphCall("POST", f"/users/{ctx.subject.native_id}/authentication/"
                                                           "temporaryAccessPassMethods",
                                                   {"lifetimeInMinutes": 480, "isUsableOnce": False}))
+        remember_secret(answer["temporaryAccessPass"])      # masked wherever it might surface
         ctx.show_once(f"{self.upn(ctx.subject) or ctx.subject.native_id}: Temporary Access Pass "
                       f"{answer['temporaryAccessPass']} (valid for 8 hours)")
         return Result("changed", before, after, "a Temporary Access Pass was shown to the operator once")
