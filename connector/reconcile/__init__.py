@@ -4,5 +4,7 @@ The CLI, the scheduler and the webhooks all call `reconcile(...)`; a webhook onl
 names whom to look at.
 """
 from .engine import Report, reconcile, status_rows
+from .restore import Restored, restore
+from .schedule import next_wakeup
 
-__all__ = ["Report", "reconcile", "status_rows"]
+__all__ = ["Report", "Restored", "next_wakeup", "reconcile", "restore", "status_rows"]

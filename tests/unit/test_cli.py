@@ -193,3 +193,20 @@ def test_backup_is_a_verifiable_copy(cli, tmp_path):
     from connector.store import Store
     copy = Store.open(str(tmp_path / "copy.db"))
     assert copy.verify_audit()[0] and [t["id"] for t in copy.terminations()] == ["contoso/ann@contoso.com"]
+
+
+def test_restore_names_what_it_cannot_undo_and_its_dry_run_writes_nothing(cli):
+    assert cli("run", "E1", "--tenant", "contoso")[0] == 0
+    code, out, err = cli("cancel", "contoso/E1")
+    assert code == 1 and "`offboard restore contoso/E1` gives the access back" in err
+    trail = cli("--json", "history", "contoso/E1")[1]
+    code, out, _ = cli("--json", "restore", "contoso/E1", "--dry-run")
+    [dry] = lines(out)
+    assert code == 2 and dry["dry_run"] is True and dry["state"] == "done"
+    assert cli("--json", "history", "contoso/E1")[1] == trail         # a dry run writes nothing
+    code, out, _ = cli("restore", "contoso/E1")
+    assert code == 2 and "contoso/E1: done -> needs_human" in out
+    assert "ad/disable_account cannot be undone automatically" in out and "restore incomplete" in out
+    assert ACCOUNTS["u1"]["enabled"] is False                         # the fake has no undo: nothing guessed
+    code, out, _ = cli("--json", "status")
+    assert [r["state"] for r in lines(out)] == ["needs_human"]
