@@ -89,6 +89,7 @@ class _Restore:
         self.journal = store.actions(row["id"])
         self.subjects: dict[str, Subject | None] = {}
         self.down: dict[str, OffboardError] = {}
+        self.coming_back: set[str] = set()        # providers whose account a dry run would bring back first
 
     def run(self) -> None:
         for name, provider in self.providers.items():
@@ -100,7 +101,8 @@ class _Restore:
                     self.report.config_errors.append(e)
         steps = undo_order(self.journal, self.providers)
         for row in [r for r in steps if r["phase"] == "retain"]:
-            self.step(row, self.remembered(row["provider"]))
+            if self.step(row, self.remembered(row["provider"])) == "planned":
+                self.coming_back.add(row["provider"])
         for row in [r for r in steps if r["phase"] != "retain"]:
             self.step(row, self.subject(row["provider"]))
         self.settle()
@@ -123,12 +125,13 @@ class _Restore:
                 self.down[name] = e.at(provider.where)
         return self.subjects.get(name)
 
-    def step(self, original: dict, subject: Subject | None) -> None:
+    def step(self, original: dict, subject: Subject | None) -> str:
+        """Undo one journaled action; -> the outcome."""
         name, action = original["provider"], original["action"]
         provider = self.providers.get(name)
         undo = provider.undo.get(action) if provider else None
         if undo == "":
-            return self.record(name, action, undo, Result("skipped", reason="nothing to put back"))
+            return self.record(name, action, f"undo_{action}", Result("skipped", reason="nothing to put back"))
         if undo is None:
             return self.record(name, action, f"undo_{action}", Result(
                 "needs_human", reason=f"{name}/{action} cannot be undone automatically: put it back by hand "
@@ -136,11 +139,9 @@ class _Restore:
         if name in self.down:
             return self.record(name, action, undo, self.down[name])
         if subject is None:
-            waiting = self.report.dry_run and any(s["provider"] == name and s["outcome"] == "planned"
-                                                  and s["undoes"] in ("delete_user", "delete_account")
-                                                  for s in self.report.steps)
-            return self.record(name, action, undo, Result("planned", reason="once the account is back") if waiting
-                               else PermanentError(f"the account is not found in {name}: nothing to put back into"))
+            return self.record(name, action, undo, Result("planned", reason="once the account is back")
+                               if name in self.coming_back else
+                               PermanentError(f"the account is not found in {name}: nothing to put back into"))
         aid = f"{self.row['id']}/{name}/undo_{action}"
         previous = self.store.action(aid)
         intent = self.store.record_intent(aid, self.row["id"], name, undo, RESTORE, self.report.run_id)
@@ -155,9 +156,9 @@ class _Restore:
             result = e
         except Exception as e:  # a provider bug fails this step, not the restore
             result = PermanentError(f"internal error: {type(e).__name__}: {e}", provider.where)
-        self.record(name, action, undo, result, intended=True)
+        return self.record(name, action, undo, result, intended=True)
 
-    def record(self, name: str, action: str, undo: str, result: Result | OffboardError, intended: bool = False) -> None:
+    def record(self, name: str, action: str, undo: str, result: Result | OffboardError, intended: bool = False) -> str:
         aid = f"{self.row['id']}/{name}/undo_{action}"
         if isinstance(result, OffboardError):
             status, reason, cls = self.executor.classify(name, result)
@@ -174,6 +175,7 @@ class _Restore:
                          phase=RESTORE, undoes=action, before=before, after=after, reason=reason)
         self.report.steps.append({"provider": name, "action": undo, "undoes": action, "outcome": status,
                                   "reason": reason})
+        return status
 
     def settle(self) -> None:
         report = self.report
