@@ -57,6 +57,9 @@ class ProviderContract:
     action_names: list[str] = []
     #: actions after which the account is no longer found (a deletion)
     gone_after: tuple[str, ...] = ()
+    #: actions whose undo derives the wanted state from the world, not the before-state (billing re-synced to
+    #: the real count): right after the action it has nothing to change
+    undo_rederives: tuple[str, ...] = ()
 
     def test_match_finds_the_leaver(self, provider, leaver):
         provider.prepare([leaver])
@@ -107,6 +110,9 @@ class ProviderContract:
         offboarded = snapshot(leaver)
         since, shown = dt.datetime.now(dt.timezone.utc), []
         dry = run_undo(provider, leaver, subject, action_name, done.before, dry_run=True, since=since)
+        if action_name in self.undo_rederives:
+            assert dry.outcome == "unchanged" and snapshot(leaver) == offboarded
+            return
         assert dry.outcome == "planned"
         assert snapshot(leaver) == offboarded, "a dry run of the undo changed the system"
         first = run_undo(provider, leaver, subject, action_name, done.before, since=since, shown=shown)

@@ -113,6 +113,7 @@ def passes(cfg, store, *terminations, now=NOW, times=3, **kw):
 class TestConnectWiseContract(ProviderContract):
     action_names = ["deactivate_contact", "sync_billing"]
     journal_only_actions = ("sync_billing",)    # level-based: always planned, the journal says it is done
+    undo_rederives = ("sync_billing",)          # its undo is the real count again
 
     @pytest.fixture
     def provider(self, systems, leaver):

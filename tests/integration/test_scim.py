@@ -321,13 +321,13 @@ def test_undo_puts_the_user_back(scim_app, make_scim):
     assert scim_app.user(uid)["active"] is True and scim_app.groups_of(uid) == ["Finance", "Sales"]
 
 
-def test_restrict_leaves_and_joins_the_policy_groups(scim_app, make_scim, monkeypatch):
-    """The notice-period groups: read from policy keys the lifecycle work adds (read with a default until then)."""
+def test_restrict_leaves_and_joins_the_policy_groups(scim_app, make_scim):
+    """The notice-period groups, from the policy's restrict_remove_groups and restrict_add_groups."""
     scim_app.add_group("Office only")
     t, uid = new_leaver(scim_app)
     provider = make_scim()
-    monkeypatch.setattr(type(provider.tenant.policy), "restrict_remove_groups", ("fin*",), raising=False)
-    monkeypatch.setattr(type(provider.tenant.policy), "restrict_add_groups", ("Office only",), raising=False)
+    provider.tenant.policy = provider.tenant.policy.model_copy(
+        update={"restrict_remove_groups": ["fin*"], "restrict_add_groups": ["Office only"]})
     ctx = ctx_for(provider, t)
     planned = {a.action: a for a in provider.plan(ctx.subject, t)}
     assert {planned["restrict_leave_groups"].phase, planned["restrict_join_groups"].phase} == {"restrict"}
