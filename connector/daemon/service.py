@@ -28,12 +28,13 @@ from .. import config as configmod, net, retention
 from ..config import Config
 from ..errors import ConfigError, OffboardError
 from ..model import Termination
-from ..reconcile.engine import WORKABLE
+from ..reconcile.engine import PICKED
 from ..reconcile.intake import Intake, record
 from ..providers.connectwise.api import ConnectWise
 from ..reconcile import tickets
 from ..reconcile.announce import TicketNotes
 from ..reconcile.leases import Leases, owner_id
+from ..reconcile.schedule import next_wakeup, workable_phases
 from ..sources.webhook import MAX_BODY
 from ..store import Store, iso, now, parse_iso
 from . import metrics, systemd
@@ -162,7 +163,8 @@ class Daemon:
         with self._wake_lock:
             if not self.scheduler.running:
                 return
-            at = self.store.next_instant(self._horizon)
+            at = min(filter(None, [self.store.next_instant(self._horizon),       # restrict starts, retention ends
+                                   next_wakeup(self.config, self.store, self._horizon)]), default=None)
             if at is None:
                 if self.scheduler.get_job("wakeup"):
                     self.scheduler.remove_job("wakeup")
@@ -175,13 +177,14 @@ class Daemon:
         with self._wake_lock:
             at = now()
             self._horizon = at
-        self._work_on_due(WORKABLE, at, "due")
+        self._work_on_due(PICKED, at, "due")
         self.reschedule_wakeup()
 
     def _work_on_due(self, states: tuple[str, ...], at: dt.datetime, trigger: str) -> None:
         by_tenant: dict[str, list[str]] = {}
+        tenants = {t.id: t for t in self.config.tenants}
         for row in self.store.terminations(None, states):
-            if row["due_at"] <= iso(at):
+            if row["tenant"] in tenants and workable_phases(row, tenants[row["tenant"]], at):
                 by_tenant.setdefault(row["tenant"], []).append(row["id"])
         for tenant, ids in by_tenant.items():
             stopped = self.store.open_hold(tenant) or self.store.paused(tenant)     # its polls still record
