@@ -791,64 +791,7 @@ class EntraProvider(Microsoft365Provider):
             for device_id, verb in verbs.items()], reason=reason))
 
 
-OWNER_FIELDS = "id,userPrincipalName,mail"
-DRIVE_ITEMS = 20000             # a OneDrive walked for sharing links; beyond this a person does it
-PENDING = ("retirePending", "wipePending", "retireIssued", "wipeIssued", "deletePending")
 
-
-def link_label(item_name: str, permission: dict) -> str:
-    link = permission.get("link") or {}
-    return f"{item_name}: {link.get('scope')} {link.get('type')} link"
-
-
-def ownership_flaw(group: dict) -> str:
-    """Why the cloud cannot change this group's owners, or ""."""
-    if group.get("onPremisesSyncEnabled"):
-        return "synced from on-premises AD (change its owner there)"
-    if group.get("mailEnabled") and "Unified" not in (group.get("groupTypes") or []):
-        return "a mail-enabled security group or distribution list (its owners are ManagedBy in Exchange)"
-    return ""
-
-
-def owner_addresses(owners: list[dict]) -> set[str]:
-    return {(o.get(k) or "").lower() for o in owners for k in ("userPrincipalName", "mail")} - {""}
-
-
-def action_params(action: PlannedAction) -> dict:
-    return dict(action.params)
-
-
-def permission_email(permission: dict) -> str:
-    granted = permission.get("grantedToV2") or permission.get("grantedTo") or {}
-    return str((granted.get("user") or {}).get("email") or "").lower()
-
-
-def drive_roles(permissions: list[dict], address: str) -> list[str]:
-    return sorted({r for p in permissions if permission_email(p) == address for r in p.get("roles") or []})
-
-
-def consent_key(grant: dict) -> tuple:
-    return grant["clientId"], grant["resourceId"]
-
-
-def consents(grants: list[dict]) -> list[dict]:
-    """A person's delegated grants as the journal keeps them: enough to create each again."""
-    return sorted(({"clientId": g.get("clientId"), "resourceId": g.get("resourceId"), "scope": g.get("scope") or ""}
-                   for g in grants), key=consent_key)
-
-
-def device_verbs(devices: list[dict], policy: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """-> ({device id: retire | wipe} still to send, [(name, state)] left because Intune is busy with them).
-    "wipe" wipes only corporate-owned devices; a personal or unknown one is retired (Intune refuses to wipe it)."""
-    verbs, busy = {}, []
-    for device in devices:
-        verb = "wipe" if policy == "wipe" and device.get("managedDeviceOwnerType") == "company" else "retire"
-        state = device.get("managementState")
-        if state not in PENDING:
-            verbs[device["id"]] = verb
-        elif not state.startswith(verb):
-            busy.append((device.get("deviceName") or device["id"], state))
-    return verbs, busy
     # -- the notice period and retention -------------------------------------
     def join(self, group: dict, subject: Subject) -> GraphCall | Cmdlet | str:
         """How the user joins `group`, or why the cloud cannot do it (the mirror of `leave`)."""
@@ -1026,3 +969,63 @@ def device_verbs(devices: list[dict], policy: str) -> tuple[dict[str, str], list
         ctx.show_once(f"{self.upn(ctx.subject) or ctx.subject.native_id}: Temporary Access Pass "
                       f"{answer['temporaryAccessPass']} (valid for 8 hours)")
         return Result("changed", before, after, "a Temporary Access Pass was shown to the operator once")
+
+
+OWNER_FIELDS = "id,userPrincipalName,mail"
+DRIVE_ITEMS = 20000             # a OneDrive walked for sharing links; beyond this a person does it
+PENDING = ("retirePending", "wipePending", "retireIssued", "wipeIssued", "deletePending")
+
+
+def link_label(item_name: str, permission: dict) -> str:
+    link = permission.get("link") or {}
+    return f"{item_name}: {link.get('scope')} {link.get('type')} link"
+
+
+def ownership_flaw(group: dict) -> str:
+    """Why the cloud cannot change this group's owners, or ""."""
+    if group.get("onPremisesSyncEnabled"):
+        return "synced from on-premises AD (change its owner there)"
+    if group.get("mailEnabled") and "Unified" not in (group.get("groupTypes") or []):
+        return "a mail-enabled security group or distribution list (its owners are ManagedBy in Exchange)"
+    return ""
+
+
+def owner_addresses(owners: list[dict]) -> set[str]:
+    return {(o.get(k) or "").lower() for o in owners for k in ("userPrincipalName", "mail")} - {""}
+
+
+def action_params(action: PlannedAction) -> dict:
+    return dict(action.params)
+
+
+def permission_email(permission: dict) -> str:
+    granted = permission.get("grantedToV2") or permission.get("grantedTo") or {}
+    return str((granted.get("user") or {}).get("email") or "").lower()
+
+
+def drive_roles(permissions: list[dict], address: str) -> list[str]:
+    return sorted({r for p in permissions if permission_email(p) == address for r in p.get("roles") or []})
+
+
+def consent_key(grant: dict) -> tuple:
+    return grant["clientId"], grant["resourceId"]
+
+
+def consents(grants: list[dict]) -> list[dict]:
+    """A person's delegated grants as the journal keeps them: enough to create each again."""
+    return sorted(({"clientId": g.get("clientId"), "resourceId": g.get("resourceId"), "scope": g.get("scope") or ""}
+                   for g in grants), key=consent_key)
+
+
+def device_verbs(devices: list[dict], policy: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """-> ({device id: retire | wipe} still to send, [(name, state)] left because Intune is busy with them).
+    "wipe" wipes only corporate-owned devices; a personal or unknown one is retired (Intune refuses to wipe it)."""
+    verbs, busy = {}, []
+    for device in devices:
+        verb = "wipe" if policy == "wipe" and device.get("managedDeviceOwnerType") == "company" else "retire"
+        state = device.get("managementState")
+        if state not in PENDING:
+            verbs[device["id"]] = verb
+        elif not state.startswith(verb):
+            busy.append((device.get("deviceName") or device["id"], state))
+    return verbs, busy
