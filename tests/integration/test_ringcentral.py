@@ -311,3 +311,15 @@ def test_engine_moves_numbers_and_forwarding_before_disabling(rc, tmp_path, sand
     again = reconcile(cfg, store, on_demand=[Termination("contoso", leaver.employee_id, leaver.email,
                                                          termination_date=leaver.termination_date)], now=NOW)
     assert again.exit_code == 0 and len(rc.writes.entries("ringcentral")) == len(writes)
+
+
+def test_numbers_never_moved_keep_the_extension_from_being_deleted(rc, provider):
+    leaver = new_leaver(rc)
+    provider.prepare([leaver])
+    subject = provider.match(leaver).subject
+    numbers = rc.numbers_of(subject.native_id)
+    [anchor] = provider.anchors(subject, leaver)
+    assert subject.native_id in anchor and all(n in anchor for n in numbers)
+    run_action(provider, leaver, "forward_calls")
+    run_action(provider, leaver, "move_numbers")
+    assert provider.anchors(subject, leaver) == []

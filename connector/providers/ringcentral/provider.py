@@ -166,6 +166,13 @@ class RingCentralProvider(Provider):
                            for p in record.get("params") or [] if isinstance(p, dict))
         return False
 
+    def anchors(self, subject: Subject, termination: Termination) -> list[str]:
+        """Retain waits while the extension still holds direct numbers nobody took over: deleted with it they
+        would sit in inventory, and callers of that number would reach no one."""
+        numbers = [n["phoneNumber"] for n in self.direct_numbers(subject.native_id)]
+        return [f"the RingCentral extension {subject.native_id} still holds direct number(s) {', '.join(numbers)} "
+                "that were never moved to a successor"] if numbers else []
+
     def direct_numbers(self, ext_id: str) -> list[dict]:
         records = self.pages(f"{V1}/extension/{ext_id}/phone-number", {"usageType": "DirectNumber"})
         return sorted(({"id": digits(n.get("id"), "phone number"), "phoneNumber": str(n.get("phoneNumber")),
