@@ -347,3 +347,15 @@ def test_shared_mailboxes_are_read_once_per_pass_and_again_before_a_write(m365, 
     assert sorted(set(reads)) == ["Get-Mailbox", "Get-MailboxPermission", "Get-RecipientPermission"]
     assert len(reads) == 5 * 4            # each leaver's own mailbox (its names), and its rights on the shared one
     assert m365.mailboxes[SHARED].permissions == [] and m365.mailboxes[SHARED].send_as == []
+
+
+@pytest.mark.parametrize("m365_policy", [{**REACH_POLICY, "hand_over_groups": "none", "remove_groups": False,
+                                          "delete_after_days": 30}])
+def test_the_only_owner_of_a_group_anchors_the_account_until_someone_else_owns_it(m365, entra):
+    leaver = reaching_leaver(m365, 1, sole=True)
+    anchors = entra.anchors(matched(entra, leaver), leaver)
+    assert anchors == ["the only owner of group(s) Team 1, Synced 1"]
+    colleague = m365.user_by_upn(COLLEAGUE)["id"]
+    for name in ("Team 1", "Synced 1"):
+        m365.group_named(name)["owners"].add(colleague)
+    assert entra.anchors(matched(entra, leaver), leaver) == []

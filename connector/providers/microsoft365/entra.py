@@ -300,7 +300,7 @@ class EntraProvider(Microsoft365Provider):
     def reaches(self) -> tuple[str, ...]:
         """The reads of what else the leaver reaches that this tenant's policy acts on."""
         policy = self.tenant.policy
-        wanted = {"owned": policy.hand_over_groups != "none" or policy.remove_groups,
+        wanted = {"owned": policy.hand_over_groups != "none" or policy.remove_groups or policy.delete_after_days > 0,
                   "grants": policy.remove_consents, "managedDevices": policy.devices != "none",
                   "drive": policy.onedrive_access != "none" or policy.onedrive_links == "remove",
                   "drivePermissions": policy.onedrive_access != "none"}
@@ -613,6 +613,13 @@ class EntraProvider(Microsoft365Provider):
                 raise answer
             out.append((group, [o for o in answer.get("value", []) if o.get("@odata.type") == "#microsoft.graph.user"]))
         return out
+
+    def anchors(self, subject: Subject, termination: Termination) -> list[str]:
+        """Retain waits while the user is a group's only owner: deleted, it would leave the group with nobody
+        to run it (a hand-over, or a person adding an owner, lifts this)."""
+        alone = [g.get("displayName") or g["id"] for g, owners in subject.state.get("owned") or []
+                 if not [o for o in owners if o["id"] != subject.native_id]]
+        return [f"the only owner of group(s) {', '.join(alone)}"] if alone else []
 
     def handover_groups(self, owned: list[tuple[dict, list[dict]]], subject: Subject) -> list[tuple[dict, list[dict]]]:
         """The owned groups the successor should co-own under policy.hand_over_groups."""
