@@ -25,7 +25,7 @@ from .reconcile import reconcile, status_rows
 from .reconcile.engine import Report, unresolvable_secrets
 from .reconcile.tickets import on_demand, run_from_ticket
 from .retention import purge_expired
-from .store import EVERY_TENANT, PERSON_HOLD, Store, iso, now as utcnow
+from .store import EVERY_TENANT, PERSON_HOLD, StateStore, iso, now as utcnow, open_state
 
 OPEN = ["scheduled", "due", "restricted", "in_progress", "held", "needs_human"]
 ALL = OPEN + ["done", "cancelled", "deleted", "restored"]
@@ -89,9 +89,9 @@ def report_objects(report: Report) -> list[dict]:
 
 
 # -- commands ---------------------------------------------------------------------
-def open_store(cfg: Config, scratch: bool = False) -> Store:
-    path, key = cfg.connector.state, audit_key(cfg)
-    return Store.scratch_copy(path, audit_key=key) if scratch else Store.open(path, audit_key=key)
+def open_store(cfg: Config, scratch: bool = False) -> StateStore:
+    password = cfg.connector.state_password.reveal() if cfg.connector.state_password else None
+    return open_state(cfg.connector.state, password, audit_key(cfg), scratch)
 
 
 def audit_key(cfg: Config) -> bytes | None:
@@ -225,7 +225,7 @@ def cmd_status(args, cfg: Config) -> int:
     return 0
 
 
-def stopped_work(store: Store, tenant: str | None) -> list[str]:
+def stopped_work(store: StateStore, tenant: str | None) -> list[str]:
     """Why no new work starts: the global pause, a tenant's pause or safety hold (what `status` shows first)."""
     lines = [f"PAUSED every tenant since {p['paused_at']}: {p['reason']} (`offboard resume`)"
              for p in store.pauses() if p["scope"] == EVERY_TENANT]
@@ -233,7 +233,7 @@ def stopped_work(store: Store, tenant: str | None) -> list[str]:
     return lines
 
 
-def resolve_id(store: Store, ident: str, tenant: str | None) -> dict:
+def resolve_id(store: StateStore, ident: str, tenant: str | None) -> dict:
     row = store.termination(ident)
     if not row and tenant:
         row = store.find_termination(tenant, ident.removeprefix(f"{tenant}/"))
@@ -302,7 +302,7 @@ def cmd_decide(args, cfg: Config) -> int:
     return 0
 
 
-def hold_tenant(args, cfg: Config, store: Store) -> int:
+def hold_tenant(args, cfg: Config, store: StateStore) -> int:
     """`hold --tenant T`: no new work starts for that tenant until `resume --tenant T`; its feeds are still read."""
     if not args.tenant:
         raise ConfigError("give a termination id, or --tenant T to hold a whole tenant", "hold")
@@ -316,7 +316,7 @@ def cmd_pause(args, cfg: Config) -> int:
                      else "paused by a person")
 
 
-def set_pause(args, store: Store, scope: str, reason: str) -> int:
+def set_pause(args, store: StateStore, scope: str, reason: str) -> int:
     if store.pause(scope, reason):
         store.audit("person_paused", None, None, scope=scope, reason=reason)
     pause = next(p for p in store.pauses() if p["scope"] == scope)
@@ -360,7 +360,7 @@ def cmd_purge(args, cfg: Config) -> int:
     return 0
 
 
-def approve(store: Store, row: dict, scope: str | None) -> None:
+def approve(store: StateStore, row: dict, scope: str | None) -> None:
     """Approve what `status` shows now: a safety hold (only that), or the needs_human reasons recorded.
 
     The reasons are kept word for word: the engine goes ahead only where the reason it finds

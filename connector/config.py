@@ -382,7 +382,8 @@ class Tenant(Section):
 
 
 class ConnectorSettings(Section):
-    state: str = "/var/lib/offboard-connector/state.db"   # a path, or (later) a postgresql:// URL
+    state: str = "/var/lib/offboard-connector/state.db"   # a SQLite file's path, or a postgresql:// URL
+    state_password: SecretRef | None = None               # the PostgreSQL user's password, where it needs one
     poll_interval: Duration = 300.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     audit_key: SecretRef | None = None                    # keys the audit chain (HMAC)

@@ -3,7 +3,7 @@ from importlib.metadata import EntryPoint
 from connector import plugins
 from tests.contract.provider_contract import pytest_generate_tests  # noqa: F401  (parametrizes action_name)
 
-pytest_plugins = ["tests.sandboxes"]       # the sandbox fixtures: m365, entra, reach, ...
+pytest_plugins = ["tests.sandboxes", "tests.stores"]   # the sandbox fixtures (m365, entra, reach, ...), `backing`
 
 # The in-memory directory is provider type `fake` in every test, as if installed: a config
 # needs a provider (`check` refuses a tenant without one), and engine tests bring their own.

@@ -1,8 +1,29 @@
-"""The state store (see base.py for the interface and the audit chain, sqlite.py for the backend)."""
-from .base import EVERY_TENANT, GENESIS, PERSON_HOLD, PERSONAL_FIELDS, PURGED, StateStore, dumps, iso, now, parse_iso
+"""The state store (see base.py for the interface and the audit chain; sqlite.py and postgres.py, the backends)."""
+from .base import (EVERY_TENANT, GENESIS, PERSON_HOLD, PERSONAL_FIELDS, PURGED, TABLES, StateStore, copy_store, dumps,
+                   iso, now, parse_iso)
 from .sqlite import MIGRATIONS, SqliteStore
 
-Store = SqliteStore     # the one backend today; PostgreSQL will sit beside it behind StateStore
+Store = SqliteStore     # the default backend; `open_state` picks PostgreSQL for a postgresql:// URL
 
-__all__ = ["EVERY_TENANT", "GENESIS", "MIGRATIONS", "PERSON_HOLD", "PERSONAL_FIELDS", "PURGED", "StateStore",
-           "SqliteStore", "Store", "dumps", "iso", "now", "parse_iso"]
+
+def open_state(state: str, password: str | None = None, audit_key: bytes | None = None,
+               scratch: bool = False) -> StateStore:
+    """The store `[connector] state` names: a postgresql:// URL, or a SQLite file's path. A scratch store is an
+    in-memory SQLite copy (plans, dry runs): the same code runs and nothing reaches the real store."""
+    from .postgres import PostgresStore, is_url
+
+    if not is_url(state):
+        return SqliteStore.scratch_copy(state, audit_key) if scratch else SqliteStore.open(state, audit_key)
+    real = PostgresStore.open(state, password, audit_key)
+    if not scratch:
+        return real
+    copy = SqliteStore.memory(audit_key)
+    try:
+        copy_store(real, copy)
+    finally:
+        real.close()
+    return copy
+
+
+__all__ = ["EVERY_TENANT", "GENESIS", "MIGRATIONS", "PERSON_HOLD", "PERSONAL_FIELDS", "PURGED", "TABLES", "StateStore",
+           "SqliteStore", "Store", "copy_store", "dumps", "iso", "now", "open_state", "parse_iso"]

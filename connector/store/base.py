@@ -88,6 +88,22 @@ def sign(key: bytes, row_hash: str) -> str:
     return hmac.new(key, row_hash.encode(), hashlib.sha256).hexdigest()
 
 
+#: every table, in the order `copy_store` loads them
+TABLES = ("terminations", "actions", "runs", "audit", "cursors", "holds", "seen_webhooks", "leases", "pauses")
+
+
+def copy_store(source: "StateStore", target: "StateStore") -> int:
+    """Every row of `source` into an empty `target`, from one snapshot and in one transaction: a dry run's
+    scratch copy, `offboard migrate-state`. Returns the rows copied."""
+    count = 0
+    with source._snapshot(), target.transaction():
+        for table in TABLES:
+            rows = source.table_rows(table)
+            target.load_rows(table, rows)
+            count += len(rows)
+    return count
+
+
 class StateStore(ABC):
     """Terminations, the action journal, runs, cursors, holds, leases, the audit log, the webhook replay guard."""
 
@@ -108,6 +124,14 @@ class StateStore(ABC):
     @abstractmethod
     def dump(self) -> str:
         """The text of every row of every table (tests prove no secret is in it)."""
+
+    @abstractmethod
+    def table_rows(self, table: str) -> list[dict]:
+        """Every row of one of TABLES, as stored (`copy_store`)."""
+
+    @abstractmethod
+    def load_rows(self, table: str, rows: list[dict]) -> None:
+        """Insert rows as they were stored elsewhere, numbers and hashes included (`copy_store`)."""
 
     # -- leases: one worker per key (`termination:<id>`, `intake:<tenant>`) ---------------
     @abstractmethod

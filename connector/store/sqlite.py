@@ -249,6 +249,13 @@ class SqliteStore(StateStore):
             return "\n".join(f"{table}: {json.dumps(row, default=str)}" for table in self.db.table_names()
                              for row in self.db[table].rows)
 
+    def table_rows(self, table: str) -> list[dict]:
+        return self._rows(table, order_by="rowid")
+
+    def load_rows(self, table: str, rows: list[dict]) -> None:
+        with self.transaction():
+            self.db[table].insert_all(rows)
+
     def _rows(self, table: str, where: str | None = None, args: Iterable = (), **kw: Any) -> list[dict]:
         with self.lock:
             return list(self.db[table].rows_where(where, list(args), **kw))

@@ -12,10 +12,11 @@ import time
 import pytest
 import sqlite_utils
 
+import connector.store.postgres as postgres_backend
 import connector.store.sqlite as sqlite_backend
 from connector.config import Secret
 from connector.errors import ConfigError
-from connector.store import GENESIS, Store
+from connector.store import GENESIS, Store, open_state
 from connector.store.base import audit_hash
 
 KEY = b"audit-key-for-tests"
@@ -31,50 +32,50 @@ def tamper(path, *statements):
         raw.close()
 
 
-def test_audit_log_refuses_edits_and_the_chain_catches_them_anyway(tmp_path):
-    path = str(tmp_path / "s.db")
-    store = Store.open(path)
+def test_audit_log_refuses_edits_and_the_chain_catches_them_anyway(backing):
+    store = backing.open()
     for i in range(5):
         store.audit("action_changed", "t/1", "run", n=i)
     assert store.verify_audit() == (True, "", 5)
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        tamper(path, "update audit set data = '{}' where seq = 2")
-    store.close()
-    tamper(path, "drop trigger audit_no_update", "drop trigger audit_no_delete",
-           """update audit set data = '{"n":99}' where seq = 2""")
-    ok, problem, _ = Store.open(path).verify_audit()
+    with pytest.raises(backing.refusal, match="append-only"):
+        backing.raw("update audit set data = '{}' where seq = 2")
+    with pytest.raises(backing.refusal, match="append-only"):
+        backing.raw("delete from audit where seq = 5")
+    backing.drop_audit_guard()
+    backing.raw("""update audit set data = '{"n":99}' where seq = 2""")
+    ok, problem, _ = backing.open().verify_audit()
     assert not ok and "row 2 was edited" in problem
-    tamper(path, "delete from audit where seq = 4")
-    ok, problem, _ = Store.open(path).verify_audit()
+    backing.raw("delete from audit where seq = 4")
+    ok, problem, _ = backing.open().verify_audit()
     assert not ok and ("row 2" in problem or "row 4" in problem)
 
 
-def test_a_deleted_row_is_detected(tmp_path):
-    path = str(tmp_path / "s.db")
-    store = Store.open(path)
+def test_a_deleted_row_is_detected(backing):
+    store = backing.open()
     for i in range(3):
         store.audit("x", None, None, n=i)
-    tamper(path, "drop trigger audit_no_delete", "delete from audit where seq = 2")
+    backing.drop_audit_guard()
+    backing.raw("delete from audit where seq = 2")
     ok, problem, _ = store.verify_audit()
     assert not ok and "row 2 is missing" in problem
 
 
-def test_a_truncated_tail_is_detected_through_the_heads_runs_recorded(tmp_path):
-    path = str(tmp_path / "s.db")
-    store = Store.open(path)
+def test_a_truncated_tail_is_detected_through_the_heads_runs_recorded(backing):
+    store = backing.open()
     store.start_run("r1", "cli", None, False)
     for i in range(3):
         store.audit("x", None, "r1", n=i)
     store.finish_run("r1", 0, {}, [])
-    tamper(path, "drop trigger audit_no_delete", "delete from audit where seq = 3")
+    backing.drop_audit_guard()
+    backing.raw("delete from audit where seq = 3")
     ok, problem, _ = store.verify_audit()
     assert not ok and "run r1" in problem
 
 
-def test_resolved_secrets_are_masked_in_journal_and_audit(monkeypatch):
+def test_resolved_secrets_are_masked_in_journal_and_audit(monkeypatch, backing):
     monkeypatch.setenv("PW_FOR_TEST", "Very-Secret-42")
     Secret("env:PW_FOR_TEST").reveal()
-    store = Store.memory()
+    store = backing.open()
     store.record_intent("t/1/ad/x", "t/1", "ad", "x", "revoke", "r")
     store.record_outcome("t/1/ad/x", "failed", before={"pw": "Very-Secret-42"}, reason="bind Very-Secret-42 refused")
     store.audit("oops", "t/1", "r", leaked="Very-Secret-42")
@@ -82,8 +83,8 @@ def test_resolved_secrets_are_masked_in_journal_and_audit(monkeypatch):
     assert "Very-Secret-42" not in dump and "***" in dump
 
 
-def test_dump_holds_the_text_of_every_table():
-    store = Store.memory()
+def test_dump_holds_the_text_of_every_table(backing):
+    store = backing.open()
     store.upsert_terminations([termination_row("t/1")])
     store.set_cursor("t/csv", "cursor-77")
     store.acquire_lease("termination:t/1", "worker-a", 60)
@@ -159,25 +160,23 @@ def test_opening_waits_while_another_connection_has_the_file_alone(tmp_path):
     holder.close()
 
 
-def test_the_store_is_a_persistent_replay_guard_for_signed_webhooks(tmp_path):
+def test_the_store_is_a_persistent_replay_guard_for_signed_webhooks(backing):
     from connector.sources.webhook import ReplayedBody, sign, verify_and_parse
 
     body = json.dumps({"tenant": "contoso", "employee_id": "E1", "email": "ann@contoso.com", "first_name": "Ann",
                        "last_name": "Lee", "manager_email": "", "termination_date": "2026-11-23",
                        "timestamp": int(time.time())}).encode()
     headers = {"X-Offboard-Signature": sign(body, b"k3y-for-tests")}
-    store = Store.open(str(tmp_path / "s.db"))
+    store = backing.open()
     assert verify_and_parse(body, headers, {"contoso": b"k3y-for-tests"}, time.time(), store).employee_id == "E1"
-    store.close()
-    reopened = Store.open(str(tmp_path / "s.db"))      # a restart forgets nothing
+    reopened = backing.open()      # a restart, or another daemon: it forgets nothing
     with pytest.raises(ReplayedBody):
         verify_and_parse(body, headers, {"contoso": b"k3y-for-tests"}, time.time(), reopened)
 
 
 # -- leases -------------------------------------------------------------------------------
-def test_a_lease_is_refused_to_a_second_owner_until_it_expires_then_taken_over(tmp_path):
-    path = str(tmp_path / "s.db")
-    a, b = Store.open(path), Store.open(path)
+def test_a_lease_is_refused_to_a_second_owner_until_it_expires_then_taken_over(backing):
+    a, b = backing.open(), backing.open()
     assert a.acquire_lease("termination:t/1", "a", 0.5)
     assert not b.acquire_lease("termination:t/1", "b", 0.5)
     assert a.lease("termination:t/1")["owner"] == "a"
@@ -189,11 +188,12 @@ def test_a_lease_is_refused_to_a_second_owner_until_it_expires_then_taken_over(t
     assert a.acquire_lease("intake:contoso", "a", 30), "keys are independent"
 
 
-def test_renewing_keeps_a_lease_past_its_first_expiry(monkeypatch):
+def test_renewing_keeps_a_lease_past_its_first_expiry(monkeypatch, backing):
     clock = [dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.timezone.utc)]
-    monkeypatch.setattr(sqlite_backend, "now", lambda: clock[0])
+    for backend in (sqlite_backend, postgres_backend):
+        monkeypatch.setattr(backend, "now", lambda: clock[0])
     tick = lambda seconds: clock.__setitem__(0, clock[0] + dt.timedelta(seconds=seconds))
-    store = Store.memory()
+    store = backing.open()
     assert store.acquire_lease("k", "a", 10)
     first = store.lease("k")
     tick(6)
@@ -208,8 +208,8 @@ def test_renewing_keeps_a_lease_past_its_first_expiry(monkeypatch):
     assert store.lease("k")["acquired_at"] == sqlite_backend.stamp(clock[0])
 
 
-def test_only_the_owner_releases_a_lease():
-    store = Store.memory()
+def test_only_the_owner_releases_a_lease(backing):
+    store = backing.open()
     assert store.lease("k") is None
     store.acquire_lease("k", "a", 60)
     store.release_lease("k", "b")
@@ -227,8 +227,8 @@ def termination_row(tid, state="due"):
             "due_at": "2026-11-01T17:00:00+00:00", "reason": ""}
 
 
-def test_set_state_with_expect_changes_only_from_an_expected_state():
-    store = Store.memory()
+def test_set_state_with_expect_changes_only_from_an_expected_state(backing):
+    store = backing.open()
     store.upsert_terminations([termination_row("t/1", "in_progress")])
     assert store.set_state("t/1", "cancelled", "cancelled by a person")        # a person, meanwhile
     assert not store.set_state("t/1", "done", expect=["in_progress", "due"], finished_at="2026-11-02")
@@ -252,80 +252,73 @@ def people_trails(store):
             store.audit(event, person, "r1")
 
 
-def rechain_without(path, termination_id, strip_macs=False):
-    """What someone who can write the file does: drop the triggers, delete a trail, renumber, re-hash."""
-    raw = sqlite3.connect(path)
-    raw.row_factory = sqlite3.Row
-    raw.execute("drop trigger audit_no_update")
-    raw.execute("drop trigger audit_no_delete")
-    kept = [dict(r) for r in raw.execute("select * from audit where termination_id != ? order by seq",
-                                         [termination_id])]
-    raw.execute("delete from audit")
+AUDIT = ("seq", "at", "run_id", "termination_id", "event", "data", "prev_hash", "hash", "mac", "data_sha256")
+
+
+def rechain_without(backing, termination_id, strip_macs=False):
+    """What someone who can write the database does: drop the triggers, delete a trail, renumber, re-hash."""
+    kept = [dict(zip(AUDIT, r)) for r in backing.raw(f"select {', '.join(AUDIT)} from audit where termination_id != ? "
+                                                     "order by seq", args=[termination_id])]
+    backing.drop_audit_guard()
+    backing.raw("delete from audit")
     prev = GENESIS
     for seq, row in enumerate(kept, start=1):
         row.update(seq=seq, prev_hash=prev)
         row["hash"] = prev = audit_hash(row)
         if strip_macs:
             row["mac"] = None
-        raw.execute(f"insert into audit ({', '.join(row)}) values ({', '.join('?' * len(row))})", list(row.values()))
-    raw.commit()
-    raw.close()
+        backing.raw(f"insert into audit ({', '.join(row)}) values ({', '.join('?' * len(row))})",
+                    args=list(row.values()))
     return len(kept)
 
 
-def test_without_a_key_a_rechained_log_passes_verify_which_is_the_documented_limit(tmp_path):
-    path = str(tmp_path / "s.db")
-    store = Store.open(path)
+def test_without_a_key_a_rechained_log_passes_verify_which_is_the_documented_limit(backing):
+    store = backing.open()
     people_trails(store)
     assert not store.audit_keyed()
-    assert rechain_without(path, "t/bob") == 6
+    assert rechain_without(backing, "t/bob") == 6
     assert store.verify_audit() == (True, "", 6)
     assert store.audit_trail("t/bob") == []
 
 
-def test_with_a_key_a_deleted_and_rechained_trail_is_caught(tmp_path):
-    path = str(tmp_path / "s.db")
-    store = Store.open(path, audit_key=KEY)
+def test_with_a_key_a_deleted_and_rechained_trail_is_caught(backing):
+    store = backing.open(audit_key=KEY)
     people_trails(store)
     assert store.audit_keyed() and store.verify_audit() == (True, "", 9)
-    rechain_without(path, "t/ann")
-    ok, problem, _ = Store.open(path, audit_key=KEY).verify_audit()
+    rechain_without(backing, "t/ann")
+    ok, problem, _ = backing.open(audit_key=KEY).verify_audit()
     assert not ok and problem == "row 1 is not signed with the audit key"
 
 
-def test_with_a_key_stripping_every_mac_does_not_pass_for_an_unkeyed_log(tmp_path):
-    path = str(tmp_path / "s.db")
-    people_trails(Store.open(path, audit_key=KEY))
-    rechain_without(path, "t/cat", strip_macs=True)
-    assert Store.open(path).verify_audit() == (True, "", 6)
-    ok, problem, _ = Store.open(path, audit_key=KEY).verify_audit()
+def test_with_a_key_stripping_every_mac_does_not_pass_for_an_unkeyed_log(backing):
+    people_trails(backing.open(audit_key=KEY))
+    rechain_without(backing, "t/cat", strip_macs=True)
+    assert backing.open().verify_audit() == (True, "", 6)
+    ok, problem, _ = backing.open(audit_key=KEY).verify_audit()
     assert not ok and "the newest, is not signed" in problem
 
 
-def test_an_unsigned_row_after_a_signed_one_fails(tmp_path):
-    path = str(tmp_path / "s.db")
-    Store.open(path, audit_key=KEY).audit("signed", None, None)
-    Store.open(path).audit("unsigned", None, None)     # a process without the key wrote after
-    Store.open(path, audit_key=KEY).audit("signed again", None, None)
-    ok, problem, _ = Store.open(path, audit_key=KEY).verify_audit()
+def test_an_unsigned_row_after_a_signed_one_fails(backing):
+    backing.open(audit_key=KEY).audit("signed", None, None)
+    backing.open().audit("unsigned", None, None)     # a process without the key wrote after
+    backing.open(audit_key=KEY).audit("signed again", None, None)
+    ok, problem, _ = backing.open(audit_key=KEY).verify_audit()
     assert not ok and problem == "row 2 is not signed with the audit key"
-    assert Store.open(path).verify_audit() == (True, "", 3)
+    assert backing.open().verify_audit() == (True, "", 3)
 
 
-def test_a_wrong_key_fails_verify(tmp_path):
-    path = str(tmp_path / "s.db")
-    people_trails(Store.open(path, audit_key=KEY))
-    assert Store.open(path, audit_key=KEY).verify_audit()[0]
-    ok, problem, _ = Store.open(path, audit_key=b"another key").verify_audit()
+def test_a_wrong_key_fails_verify(backing):
+    people_trails(backing.open(audit_key=KEY))
+    assert backing.open(audit_key=KEY).verify_audit()[0]
+    ok, problem, _ = backing.open(audit_key=b"another key").verify_audit()
     assert not ok and problem == "row 1 is not signed with the audit key"
 
 
-def test_audit_head_names_the_newest_row_and_its_mac_when_keyed():
-    keyed, plain = Store.memory(audit_key=KEY), Store.memory()
+def test_audit_head_names_the_newest_row_and_its_mac_when_keyed(backing):
+    keyed, plain = backing.open(audit_key=KEY), backing.open()
     assert plain.audit_head() == {"seq": 0, "hash": GENESIS, "at": None}
     assert keyed.audit_head() == {"seq": 0, "hash": GENESIS, "at": None, "mac": None}
-    for store in (keyed, plain):
-        store.audit_many([("a", "t/1", "r", {}), ("b", "t/1", "r", {})])
+    keyed.audit_many([("a", "t/1", "r", {}), ("b", "t/1", "r", {})])
     head, newest = keyed.audit_head(), keyed.audit_trail("t/1")[-1]
     assert head == {"seq": 2, "hash": newest["hash"], "at": newest["at"], "mac": newest["mac"]}
     assert len(head["mac"]) == 64 and head["mac"] != head["hash"]
@@ -407,15 +400,15 @@ def test_an_owner_without_a_name_is_named_by_uid(tmp_path, monkeypatch):
 
 
 # -- backup -------------------------------------------------------------------------------------------
-def test_a_backup_is_a_whole_store_that_opens_and_verifies(tmp_path):
-    store = Store.open(str(tmp_path / "s.db"), audit_key=KEY)
+def test_a_backup_is_a_whole_store_that_opens_and_verifies(tmp_path, backing):
+    store = backing.open(audit_key=KEY)
     store.upsert_terminations([termination_row("t/1")])
     people_trails(store)
     target = tmp_path / "copies" / "b.db"
     target.parent.mkdir()
     target.write_text("an older backup")
     store.backup(str(target))
-    copy = Store.open(str(target), audit_key=KEY)
+    copy = open_state(backing.restore(str(target)), audit_key=KEY)
     assert copy.verify_audit() == (True, "", 9) and copy.state_of("t/1") == "due"
     assert sorted(p.name for p in target.parent.iterdir() if not p.name.startswith("b.db")) == []
     with pytest.raises(ConfigError, match="cannot write the backup"):
