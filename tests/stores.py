@@ -90,7 +90,7 @@ class Backing:
             store.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backing(request, tmp_path):
     if request.param == "sqlite":
         place = Backing("sqlite", str(tmp_path / "s.db"))

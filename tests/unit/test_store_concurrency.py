@@ -1,18 +1,18 @@
-"""Several writers on one state file: threads with their own Store or one shared, and real processes.
+"""Several writers on one store, on both backends: threads with their own store or one shared, and real processes.
 
-Processes are spawned (a fresh interpreter, no inherited SQLite handle) and start together on a barrier.
+Processes are spawned (a fresh interpreter, no inherited handle) and start together on a barrier.
 """
 import multiprocessing
 import threading
 
-from connector.store import Store
+from connector.store import open_state
 
 SPAWN = multiprocessing.get_context("spawn")
 KEY = b"audit-key-for-tests"
 
 
-def assert_whole_chain(path, rows):
-    store = Store.open(path, audit_key=KEY)
+def assert_whole_chain(target, rows):
+    store = open_state(target, audit_key=KEY)
     assert store.verify_audit() == (True, "", rows)
     assert [r["seq"] for r in store.audit_trail("t/1")] == list(range(1, rows + 1))
 
@@ -43,21 +43,19 @@ def run_threads(target, count):
     assert errors == []
 
 
-def test_eight_threads_each_with_its_own_store_append_one_unbroken_chain(tmp_path):
-    path = str(tmp_path / "s.db")
-    run_threads(lambda i: append(Store.open(path, audit_key=KEY), f"w{i}", 20), 8)
-    assert_whole_chain(path, 8 * 20 * 2)
+def test_eight_threads_each_with_its_own_store_append_one_unbroken_chain(backing):
+    run_threads(lambda i: append(backing.open(audit_key=KEY), f"w{i}", 20), 8)
+    assert_whole_chain(backing.target, 8 * 20 * 2)
 
 
-def test_eight_threads_sharing_one_store_append_one_unbroken_chain(tmp_path):
-    path = str(tmp_path / "s.db")
-    shared = Store.open(path, audit_key=KEY)
+def test_eight_threads_sharing_one_store_append_one_unbroken_chain(backing):
+    shared = backing.open(audit_key=KEY)
     run_threads(lambda i: append(shared, f"w{i}", 20), 8)
-    assert_whole_chain(path, 8 * 20 * 2)
+    assert_whole_chain(backing.target, 8 * 20 * 2)
 
 
-def test_threads_inside_transactions_of_a_shared_store_do_not_join_each_other(tmp_path):
-    shared = Store.open(str(tmp_path / "s.db"))
+def test_threads_inside_transactions_of_a_shared_store_do_not_join_each_other(backing):
+    shared = backing.open()
 
     def work(i):
         for n in range(10):
@@ -70,26 +68,26 @@ def test_threads_inside_transactions_of_a_shared_store_do_not_join_each_other(tm
 
 
 # -- real processes -------------------------------------------------------------------------
-def _append_process(path, start, worker, batches=40):
-    store = Store.open(path, audit_key=KEY)
+def _append_process(target, start, worker, batches=40):
+    store = open_state(target, audit_key=KEY)
     start.wait()
     append(store, worker, batches)
 
 
-def _open_process(paths, start, results):
-    for path in paths:
+def _open_process(targets, start, results):
+    for target in targets:
         start.wait()
         try:
-            Store.open(path, audit_key=KEY).audit("opened", "t/1", None)
+            open_state(target, audit_key=KEY).audit("opened", "t/1", None)
             results.put("ok")
         except Exception as e:       # noqa: BLE001 - the parent asserts on it
             results.put(f"{type(e).__name__}: {e}")
 
 
 def _lease_process(keys, start, results, owner):
-    for path, key in keys:
+    for target, key in keys:
         start.wait()
-        results.put((key, owner, Store.open(path).acquire_lease(key, owner, 60)))
+        results.put((key, owner, open_state(target).acquire_lease(key, owner, 60)))
 
 
 def start_processes(target, args_for, count):
@@ -105,52 +103,56 @@ def join(procs):
         assert p.exitcode == 0
 
 
-def test_two_processes_append_at_once_and_the_chain_is_whole(tmp_path):
-    path = str(tmp_path / "s.db")
-    Store.open(path).close()
+def test_two_processes_append_at_once_and_the_chain_is_whole(backing):
+    backing.open()
     start = SPAWN.Barrier(2)
-    join(start_processes(_append_process, lambda i: (path, start, f"p{i}"), 2))
-    assert_whole_chain(path, 2 * 40 * 2)
+    join(start_processes(_append_process, lambda i: (backing.target, start, f"p{i}"), 2))
+    assert_whole_chain(backing.target, 2 * 40 * 2)
 
 
-def test_processes_opening_a_new_store_at_the_same_moment_all_succeed(tmp_path):
+def new_targets(backing, tmp_path, rounds):
+    """Places where no store exists yet: files in new folders, or new empty databases."""
+    if backing.kind == "sqlite":
+        return [str(tmp_path / f"new{n}" / "state.db") for n in range(rounds)]
+    return [backing.server.create_database(f"new_{backing.target.rsplit('/', 1)[1]}_{n}") for n in range(rounds)]
+
+
+def test_processes_opening_a_new_store_at_the_same_moment_all_succeed(backing, tmp_path):
     rounds, count = 6, 3
-    paths = [str(tmp_path / f"new{n}" / "state.db") for n in range(rounds)]
+    targets = new_targets(backing, tmp_path, rounds)
     start, results = SPAWN.Barrier(count), SPAWN.Queue()
-    procs = start_processes(_open_process, lambda i: (paths, start, results), count)
+    procs = start_processes(_open_process, lambda i: (targets, start, results), count)
     outcomes = [results.get(timeout=120) for _ in range(rounds * count)]
     join(procs)
     assert outcomes == ["ok"] * rounds * count
-    for path in paths:
-        assert_whole_chain(path, count)
+    for target in targets:
+        assert_whole_chain(target, count)
 
 
-def test_of_processes_racing_for_one_lease_exactly_one_wins(tmp_path):
+def test_of_processes_racing_for_one_lease_exactly_one_wins(backing):
     rounds, count = 5, 4
-    path = str(tmp_path / "s.db")
-    Store.open(path).close()
-    keys = [(path, f"termination:t/{n}") for n in range(rounds)]
+    backing.open()
+    keys = [(backing.target, f"termination:t/{n}") for n in range(rounds)]
     start, results = SPAWN.Barrier(count), SPAWN.Queue()
     procs = start_processes(_lease_process, lambda i: (keys, start, results, f"p{i}"), count)
     outcomes = [results.get(timeout=120) for _ in range(rounds * count)]
     join(procs)
-    store = Store.open(path)
+    store = backing.open()
     for _, key in keys:
         winners = [owner for k, owner, won in outcomes if k == key and won]
         assert len(winners) == 1 and store.lease(key)["owner"] == winners[0]
 
 
-def test_a_backup_taken_while_another_process_writes_is_consistent(tmp_path):
-    path = str(tmp_path / "s.db")
-    store = Store.open(path, audit_key=KEY)
+def test_a_backup_taken_while_another_process_writes_is_consistent(backing, tmp_path):
+    store = backing.open(audit_key=KEY)
     start = SPAWN.Barrier(2)
-    procs = start_processes(_append_process, lambda i: (path, start, "writer", 400), 1)
+    procs = start_processes(_append_process, lambda i: (backing.target, start, "writer", 400), 1)
     start.wait()
     counts = []
     while procs[0].is_alive() or not counts:
         target = str(tmp_path / f"b{len(counts)}.db")
         store.backup(target)
-        ok, problem, count = Store.open(target, audit_key=KEY).verify_audit()
+        ok, problem, count = open_state(backing.restore(target), audit_key=KEY).verify_audit()
         assert ok, problem
         counts.append(count)
     join(procs)
