@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from ..config import mask_secrets
 from ..errors import ConfigError
@@ -101,32 +101,17 @@ class PostgresStore(StateStore):
         self.url, self.password, self.audit_key = url, password, audit_key
         self._local = threading.local()
         kwargs = {"autocommit": True, "row_factory": dict_row, **({"password": password} if password else {})}
-        self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, kwargs=kwargs, open=False,
-                                   name="offboard-state")
-        try:
-            self.pool.open(wait=True, timeout=30)
-            self._migrate()
-        except (psycopg.Error, PoolTimeout) as e:
-            self.pool.close()
+        try:      # one connection first: a wrong URL or password fails at once, not after the pool's timeout
+            with psycopg.connect(url, connect_timeout=10, **kwargs) as conn:
+                _migrate(conn, url)
+        except psycopg.Error as e:
             raise ConfigError(f"cannot open the state store: {mask_secrets(str(e)).strip()}", _safe(url)) from None
+        self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, kwargs=kwargs, open=True,
+                                   name="offboard-state")
 
     @classmethod
     def open(cls, url: str, password: str | None = None, audit_key: bytes | None = None) -> "PostgresStore":
         return cls(url, password, audit_key)
-
-    def _migrate(self) -> None:
-        with self.transaction() as conn:
-            conn.execute("select pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
-            conn.execute("create table if not exists schema_version (version bigint not null)")
-            row = conn.execute("select max(version) as v from schema_version").fetchone()
-            version = row["v"] or 0
-            if version > len(MIGRATIONS):
-                raise ConfigError(f"the state store has schema {version}; this offboard-connector knows up to "
-                                  f"{len(MIGRATIONS)} (upgrade it)", _safe(self.url))
-            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-                for sql in statements:
-                    conn.execute(sql)
-                conn.execute("insert into schema_version (version) values (%s)", [number])
 
     def close(self) -> None:
         self.pool.close()
@@ -529,6 +514,21 @@ class PostgresStore(StateStore):
     def _run_heads(self) -> Iterator[tuple[str, int, str]]:
         return iter([(r["id"], r["audit_seq"], r["audit_hash"])
                      for r in self._all("select id, audit_seq, audit_hash from runs where audit_seq > 0")])
+
+
+def _migrate(conn: psycopg.Connection, url: str) -> None:
+    """Daemons starting at once: the first takes the lock and migrates, the others wait, re-read and find it done."""
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+        conn.execute("create table if not exists schema_version (version bigint not null)")
+        version = conn.execute("select max(version) as v from schema_version").fetchone()["v"] or 0
+        if version > len(MIGRATIONS):
+            raise ConfigError(f"the state store has schema {version}; this offboard-connector knows up to "
+                              f"{len(MIGRATIONS)} (upgrade it)", _safe(url))
+        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+            for sql in statements:
+                conn.execute(sql)
+            conn.execute("insert into schema_version (version) values (%s)", [number])
 
 
 def _parsed_run(row: dict) -> dict:

@@ -1,0 +1,86 @@
+"""What only the PostgreSQL backend has: its schema versions, how it refuses to open, how the config selects it,
+and the in-memory copy dry runs work on. Everything else is the store contract (test_store*.py, `backing`)."""
+import itertools
+import json
+
+import psycopg
+import pytest
+
+import connector.store.postgres as postgres_backend
+from connector.cli import main
+from connector.errors import ConfigError
+from connector.store import SqliteStore, open_state
+from connector.store.postgres import PostgresStore
+from tests.helpers import write_config, write_csv
+from tests.unit.conftest import leaver
+
+pytestmark = pytest.mark.postgres
+KEY = b"audit-key-for-tests"
+_names = itertools.count(1)
+
+
+@pytest.fixture
+def url(postgres_server):
+    return postgres_server.create_database(f"pg_only_{next(_names)}")
+
+
+def versions(url):
+    with psycopg.connect(url) as conn:
+        return [v for (v,) in conn.execute("select version from schema_version order by version")]
+
+
+def test_migrations_are_recorded_once_whoever_opens(url):
+    for _ in range(3):
+        PostgresStore.open(url).close()
+    assert versions(url) == list(range(1, len(postgres_backend.MIGRATIONS) + 1))
+
+
+def test_a_store_from_a_newer_version_is_refused(url):
+    PostgresStore.open(url).close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("insert into schema_version (version) values (9)")
+    with pytest.raises(ConfigError, match="schema 9"):
+        PostgresStore.open(url)
+
+
+def test_a_server_that_is_not_there_is_one_clear_error_without_the_password(postgres_server):
+    dead = f"postgresql://offboard:hunter2-in-url@127.0.0.1:{postgres_server.port + 1}/offboard"
+    with pytest.raises(ConfigError, match="cannot open the state store") as refused:
+        PostgresStore.open(dead, password="hunter2-given")
+    assert "hunter2" not in str(refused.value) and "hunter2" not in refused.value.where
+
+
+def test_a_scratch_copy_is_the_whole_store_in_memory_and_writes_stay_there(url):
+    real = PostgresStore.open(url, audit_key=KEY)
+    real.upsert_terminations([{"id": "t/1", "tenant": "t", "employee_id": "1", "state": "due", "reason": ""}])
+    real.start_run("r1", "cli", None, False)
+    real.audit("kept", "t/1", "r1")
+    real.finish_run("r1", 0, {}, ["t/1"])
+    real.add_hold("t", "too many", ["t/1"])
+    copy = open_state(url, audit_key=KEY, scratch=True)
+    assert isinstance(copy, SqliteStore)
+    assert copy.verify_audit() == (True, "", 1) and copy.state_of("t/1") == "due"
+    assert copy.run("r1")["terminations"] == ["t/1"] and copy.open_hold("t")["reason"] == "too many"
+    copy.audit("dropped", "t/1", None)
+    copy.set_state("t/1", "done")
+    copy.add_hold("t", "another", [])
+    assert real.verify_audit() == (True, "", 1) and real.state_of("t/1") == "due"
+    assert len(real.open_holds("t")) == 1
+    real.close()
+
+
+def test_a_postgresql_url_in_the_config_selects_the_backend_with_its_password(url, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OFFBOARD_DB_PASSWORD", "db-Secret-77")
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace(f'state = "{tmp_path / "state.db"}"',
+                                                 f'state = "{url}"\nstate_password = "env:OFFBOARD_DB_PASSWORD"'))
+    write_csv(tmp_path / "hr", "feed.csv", [leaver("E1", "ann@contoso.com", date="2026-12-24")])
+    assert main(["--config", str(config), "reconcile", "--once"]) == 0
+    assert main(["--config", str(config), "--json", "audit", "verify"]) == 0
+    verified = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert verified["ok"] and verified["rows"] > 0
+    assert not (tmp_path / "state.db").exists()
+    store = PostgresStore.open(url)
+    assert [r["id"] for r in store.terminations()] == ["contoso/E1"]
+    assert "db-Secret-77" not in store.dump()
+    store.close()
