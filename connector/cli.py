@@ -25,7 +25,8 @@ from .reconcile import reconcile, status_rows
 from .reconcile.engine import Report, unresolvable_secrets
 from .reconcile.tickets import on_demand, run_from_ticket
 from .retention import purge_expired
-from .store import EVERY_TENANT, PERSON_HOLD, StateStore, iso, now as utcnow, open_state
+from .store import EVERY_TENANT, PERSON_HOLD, StateStore, Store, copy_store, iso, now as utcnow, open_state
+from .store.postgres import masked_url
 
 OPEN = ["scheduled", "due", "restricted", "in_progress", "held", "needs_human"]
 ALL = OPEN + ["done", "cancelled", "deleted", "restored"]
@@ -90,8 +91,11 @@ def report_objects(report: Report) -> list[dict]:
 
 # -- commands ---------------------------------------------------------------------
 def open_store(cfg: Config, scratch: bool = False) -> StateStore:
-    password = cfg.connector.state_password.reveal() if cfg.connector.state_password else None
-    return open_state(cfg.connector.state, password, audit_key(cfg), scratch)
+    return open_state(cfg.connector.state, state_password(cfg), audit_key(cfg), scratch)
+
+
+def state_password(cfg: Config) -> str | None:
+    return cfg.connector.state_password.reveal() if cfg.connector.state_password else None
 
 
 def audit_key(cfg: Config) -> bytes | None:
@@ -448,7 +452,7 @@ def cmd_audit(args, cfg: Config) -> int:
     if not keyed:
         print(f"offboard: warning: {UNKEYED}", file=sys.stderr)
     if not ok:
-        print(f"offboard: error: {cfg.connector.state}: audit log: {problem}", file=sys.stderr)
+        print(f"offboard: error: {masked_url(cfg.connector.state)}: audit log: {problem}", file=sys.stderr)
     return 0 if ok else 1
 
 
@@ -476,10 +480,47 @@ def cmd_restore(args, cfg: Config) -> int:
 
 
 def cmd_backup(args, cfg: Config) -> int:
-    """A consistent copy of the state store while the daemon runs (SQLite's online backup)."""
+    """A consistent copy of the state store while the daemon runs (SQLite's online backup; on PostgreSQL,
+    pg_dump's custom format, put back with pg_restore)."""
     store = open_store(cfg)
     store.backup(args.path)
     emit(args, [{"backup": args.path, "audit": store.audit_head()}], f"state store copied to {args.path}")
+    return 0
+
+
+def cmd_migrate_state(args, cfg: Config) -> int:
+    """A SQLite store into an empty PostgreSQL database, in one transaction that commits only when the moved audit
+    chain verifies with every row there. Stop the daemon first: writes to the file after the copy would be lost."""
+    from .store.postgres import PostgresStore, is_url
+
+    if is_url(args.source) or not is_url(args.to):
+        raise ConfigError("migrate-state moves a SQLite file (--from PATH) into PostgreSQL (--to postgresql://...)",
+                          "migrate-state")
+    if not os.path.isfile(args.source):
+        raise ConfigError("no state store there", args.source)
+    key = audit_key(cfg)
+    source = Store.open(args.source, audit_key=key)
+    ok, problem, rows = source.verify_audit()
+    if not ok:
+        raise ConfigError(f"the audit log does not verify, so it is not moved: {problem}", args.source)
+    target = PostgresStore.open(args.to, state_password(cfg), key)
+    where = masked_url(args.to)
+    try:
+        with target.transaction():
+            if target.audit_head()["seq"] or target.terminations() or target.table_rows("runs"):
+                raise ConfigError("the database already holds a state store; migrate-state fills an empty one", where)
+            copied = copy_store(source, target)
+            ok, problem, moved = target.verify_audit()
+            if not ok or moved != rows:
+                raise ConfigError(f"the moved audit log does not verify ({problem or f'{moved} of {rows} rows'}); "
+                                  "nothing was kept", where)
+            head = target.audit_head()
+    finally:
+        target.close()
+        source.close()
+    emit(args, [{"from": args.source, "to": where, "rows": copied, "audit_rows": moved, "audit": head}],
+         f"moved {copied} rows to {where}; audit log OK: {moved} rows, hash chain intact"
+         + (", every row signed with the audit key" if key else ""))
     return 0
 
 
@@ -557,6 +598,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("verb", choices=["verify", "head"])
     c = sub.add_parser("backup", parents=[common], help="a consistent copy of the state store, while it is in use")
     c.add_argument("path")
+    c = sub.add_parser("migrate-state", parents=[common],
+                       help="move a SQLite state store into an empty PostgreSQL database (stop the daemon first)")
+    c.add_argument("--from", dest="source", required=True, metavar="PATH")
+    c.add_argument("--to", required=True, metavar="POSTGRESQL_URL")
     c = sub.add_parser("demo", parents=[common], help="the whole pipeline against a throwaway sandbox")
     c.add_argument("--keep", action="store_true", help="leave the sandbox folder behind")
     c = sub.add_parser("sandbox", parents=[common], help="serve the emulated systems over HTTPS, print a config for them")
@@ -569,7 +614,7 @@ COMMANDS = {"check": cmd_check, "plan": cmd_plan, "reconcile": cmd_reconcile, "r
             "status": cmd_status,
             "history": cmd_history, "approve": cmd_decide, "hold": cmd_decide, "cancel": cmd_decide,
             "retry": cmd_decide, "confirm": cmd_confirm, "audit": cmd_audit, "backup": cmd_backup, "pause": cmd_pause,
-            "resume": cmd_resume, "purge": cmd_purge, "restore": cmd_restore}
+            "resume": cmd_resume, "purge": cmd_purge, "restore": cmd_restore, "migrate-state": cmd_migrate_state}
 
 
 def main(argv: list[str] | None = None) -> int:

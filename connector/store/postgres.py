@@ -105,7 +105,7 @@ class PostgresStore(StateStore):
             with psycopg.connect(url, connect_timeout=10, **kwargs) as conn:
                 _migrate(conn, url)
         except psycopg.Error as e:
-            raise ConfigError(f"cannot open the state store: {mask_secrets(str(e)).strip()}", _safe(url)) from None
+            raise ConfigError(f"cannot open the state store: {mask_secrets(str(e)).strip()}", masked_url(url)) from None
         self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, kwargs=kwargs, open=True,
                                    name="offboard-state")
 
@@ -524,7 +524,7 @@ def _migrate(conn: psycopg.Connection, url: str) -> None:
         version = conn.execute("select max(version) as v from schema_version").fetchone()["v"] or 0
         if version > len(MIGRATIONS):
             raise ConfigError(f"the state store has schema {version}; this offboard-connector knows up to "
-                              f"{len(MIGRATIONS)} (upgrade it)", _safe(url))
+                              f"{len(MIGRATIONS)} (upgrade it)", masked_url(url))
         for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
             for sql in statements:
                 conn.execute(sql)
@@ -537,7 +537,7 @@ def _parsed_run(row: dict) -> dict:
     return row
 
 
-def _safe(url: str) -> str:
+def masked_url(url: str) -> str:
     """The URL with any password written into it masked, for messages."""
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 

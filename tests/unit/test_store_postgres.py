@@ -84,3 +84,50 @@ def test_a_postgresql_url_in_the_config_selects_the_backend_with_its_password(ur
     assert [r["id"] for r in store.terminations()] == ["contoso/E1"]
     assert "db-Secret-77" not in store.dump()
     store.close()
+
+
+def keyed_config(tmp_path, state):
+    (tmp_path / "audit.key").write_text("k" * 32)
+    config = write_config(tmp_path, top=f'audit_key = "file:{tmp_path / "audit.key"}"')
+    config.write_text(config.read_text().replace(f'state = "{tmp_path / "state.db"}"', f'state = "{state}"'))
+    return config
+
+
+def test_migrate_state_moves_a_real_sqlite_store_and_its_keyed_chain_verifies_on_postgresql(url, tmp_path, capsys):
+    sqlite_config = keyed_config(tmp_path, tmp_path / "state.db")
+    write_csv(tmp_path / "hr", "feed.csv", [leaver("E1", "ann@contoso.com", kind="immediate"),
+                                            leaver("E2", "bob@contoso.com", date="2026-12-24")])
+    assert main(["--config", str(sqlite_config), "reconcile", "--once"]) in (0, 2)
+    before = SqliteStore.open(str(tmp_path / "state.db"))
+    rows, states = before.verify_audit()[2], {r["id"]: r["state"] for r in before.terminations()}
+    assert rows > 3 and before.runs(["done", "failed"])
+    capsys.readouterr()
+    argv = ["--config", str(sqlite_config), "--json", "migrate-state", "--from", str(tmp_path / "state.db"), "--to", url]
+    assert main(argv) == 0
+    moved = json.loads(capsys.readouterr().out)
+    assert moved["audit_rows"] == rows and moved["audit"]["mac"]
+    pg_config = keyed_config(tmp_path, url)
+    assert main(["--config", str(pg_config), "--json", "audit", "verify"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "rows": rows, "problem": "", "keyed": True}
+    after = PostgresStore.open(url)
+    assert {r["id"]: r["state"] for r in after.terminations()} == states
+    assert after.actions("contoso/E1") == before.actions("contoso/E1")
+    after.close()
+    assert main(argv) == 1, "a second move into a database that holds a store is refused"
+    assert "already holds a state store" in capsys.readouterr().err
+    assert main(["--config", str(pg_config), "--json", "audit", "verify"]) == 0
+
+
+def test_migrate_state_refuses_a_store_whose_chain_is_broken_and_a_wrong_direction(url, tmp_path, capsys):
+    config = keyed_config(tmp_path, tmp_path / "state.db")
+    store = SqliteStore.open(str(tmp_path / "state.db"))
+    store.audit("signed nowhere", None, None)        # written without the key the config names
+    store.audit("another", None, None)
+    store.close()
+    assert main(["--config", str(config), "migrate-state", "--from", str(tmp_path / "state.db"), "--to", url]) == 1
+    assert "does not verify, so it is not moved" in capsys.readouterr().err
+    untouched = PostgresStore.open(url)
+    assert untouched.audit_head()["seq"] == 0 and untouched.terminations() == []
+    untouched.close()
+    assert main(["--config", str(config), "migrate-state", "--from", url, "--to", str(tmp_path / "x.db")]) == 1
+    assert "moves a SQLite file" in capsys.readouterr().err
