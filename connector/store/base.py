@@ -287,6 +287,15 @@ class StateStore(ABC):
         """Release the tenant's oldest open hold, exactly the terminations it listed (arrivals after it
         form holds of their own): held ones are approved, held cancellations are carried out."""
 
+    def _carry_out(self, hold: dict, at: str) -> list[str]:
+        """A released hold's terminations, still as it found them: held ones approved, held cancellations done."""
+        listed = json.loads(hold["terminations"])
+        if hold["kind"] == "cancel":
+            return [tid for tid in listed if self.set_state(
+                tid, "cancelled", "no longer in the HR feed before it was due (approved by a person)",
+                expect=("scheduled", "held"))]
+        return [tid for tid in listed if self.set_state(tid, "scheduled", "", expect=("held",), approved_at=at)]
+
     # -- a person's pauses: `pause` (every tenant) and `hold --tenant T` ------------------------
     @abstractmethod
     def pause(self, scope: str, reason: str) -> bool:
@@ -301,10 +310,14 @@ class StateStore(ABC):
     def pauses(self) -> list[dict]:
         """Every pause in force, {scope, paused_at, reason}, EVERY_TENANT first."""
 
-    @abstractmethod
     def held_tenants(self) -> dict[str, str]:
         """tenant -> what holds it until a person acts: their `hold --tenant`, or an open safety hold (of new
         arrivals, which stops the tenant's work, or of cancellations, which does not). Not the global pause."""
+        held = {p["scope"]: f"{p['reason']} since {p['paused_at']}" for p in self.pauses() if p["scope"] != EVERY_TENANT}
+        for hold in sorted(self.table_rows("holds"), key=lambda h: h["id"]):
+            if hold["released_at"] is None:
+                held[hold["tenant"]] = "; ".join(filter(None, [held.get(hold["tenant"]), hold["reason"]]))
+        return held
 
     def paused(self, tenant: str | None = None) -> dict | None:
         """The pause that stops `tenant` (the global one first), or with no tenant the global pause, or None."""

@@ -514,15 +514,7 @@ class SqliteStore(StateStore):
                 return None, []
             at = iso(now())
             self.conn.execute("update holds set released_at = ? where id = ?", [at, hold["id"]])
-            listed = json.loads(hold["terminations"])
-            if hold["kind"] == "cancel":
-                done = [tid for tid in listed if self.set_state(
-                    tid, "cancelled", "no longer in the HR feed before it was due (approved by a person)",
-                    expect=("scheduled", "held"))]
-            else:
-                done = [tid for tid in listed if self.set_state(tid, "scheduled", "", expect=("held",),
-                                                                approved_at=at)]
-            return hold, done
+            return hold, self._carry_out(hold, at)
 
     # -- a person's pauses ---------------------------------------------------------------------
     def pause(self, scope: str, reason: str) -> bool:
@@ -538,12 +530,6 @@ class SqliteStore(StateStore):
 
     def pauses(self) -> list[dict]:
         return self._rows("pauses", order_by=f"scope != '{EVERY_TENANT}', scope")
-
-    def held_tenants(self) -> dict[str, str]:
-        held = {p["scope"]: f"{p['reason']} since {p['paused_at']}" for p in self.pauses() if p["scope"] != EVERY_TENANT}
-        for hold in self._rows("holds", "released_at is null", order_by="id"):
-            held[hold["tenant"]] = "; ".join(filter(None, [held.get(hold["tenant"]), hold["reason"]]))
-        return held
 
     # -- retention --------------------------------------------------------------------------
     def purge(self, tenant: str, before: dt.datetime, states: Iterable[str]) -> tuple[list[str], int]:
