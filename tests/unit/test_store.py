@@ -409,6 +409,7 @@ def test_a_backup_is_a_whole_store_that_opens_and_verifies(tmp_path, backing):
     target.write_text("an older backup")
     store.backup(str(target))
     copy = open_state(backing.restore(str(target)), audit_key=KEY)
+    backing.opened.append(copy)
     assert copy.verify_audit() == (True, "", 9) and copy.state_of("t/1") == "due"
     assert sorted(p.name for p in target.parent.iterdir() if not p.name.startswith("b.db")) == []
     with pytest.raises(ConfigError, match="cannot write the backup"):

@@ -13,8 +13,11 @@ KEY = b"audit-key-for-tests"
 
 def assert_whole_chain(target, rows):
     store = open_state(target, audit_key=KEY)
-    assert store.verify_audit() == (True, "", rows)
-    assert [r["seq"] for r in store.audit_trail("t/1")] == list(range(1, rows + 1))
+    try:
+        assert store.verify_audit() == (True, "", rows)
+        assert [r["seq"] for r in store.audit_trail("t/1")] == list(range(1, rows + 1))
+    finally:
+        store.close()
 
 
 def append(store, worker, batches):
@@ -152,7 +155,9 @@ def test_a_backup_taken_while_another_process_writes_is_consistent(backing, tmp_
     while procs[0].is_alive() or not counts:
         target = str(tmp_path / f"b{len(counts)}.db")
         store.backup(target)
-        ok, problem, count = open_state(backing.restore(target), audit_key=KEY).verify_audit()
+        copy = open_state(backing.restore(target), audit_key=KEY)
+        ok, problem, count = copy.verify_audit()
+        copy.close()
         assert ok, problem
         counts.append(count)
     join(procs)
