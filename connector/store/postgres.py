@@ -4,12 +4,14 @@ The tables and columns are SQLite's (text timestamps in the `C` collation, so th
 text the same way), which lets `copy_store` move rows either way: a dry run works on an
 in-memory SQLite copy of this database, and `offboard migrate-state` moves a SQLite store here.
 
-Safety with several writers: a lease or a compare-and-set state change is one conditional
-statement (PostgreSQL re-checks its WHERE on the row it waited for); the audit append takes
-a transaction-scoped advisory lock before it reads the chain head, so appends from every
-daemon form one chain; migrations run under another advisory lock, so daemons starting at
-once migrate once. Each thread's transaction has its own pooled connection; nested ones join it.
-The audit table refuses UPDATE and DELETE by trigger, except the retention purge's blanking.
+Safety with several writers: a lease, a compare-and-set state change or a journal outcome is one
+conditional statement (PostgreSQL re-checks its WHERE on the row it waited for). A group of writes
+(`transaction()`, and the methods that read before they write) first takes one transaction-scoped
+advisory lock, as SQLite's BEGIN IMMEDIATE takes the file's: groups never deadlock on each other's
+rows, and the audit append reads the chain head under it, so appends from every daemon form one
+chain. Migrations run under another advisory lock, so daemons starting at once migrate once. Each
+thread's group has its own pooled connection; nested groups join it. The audit table refuses UPDATE
+and DELETE by trigger, except the retention purge's blanking.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from ..errors import ConfigError
 from .base import EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, dumps, iso, now, parse_iso, stamp
 
 MIGRATION_LOCK = 0x6F6666_01      # pg_advisory_xact_lock keys, one per purpose
-AUDIT_LOCK = 0x6F6666_02
+WRITE_LOCK = 0x6F6666_02
 T = 'text collate "C"'
 
 COLUMNS = {
@@ -134,6 +136,8 @@ class PostgresStore(StateStore):
         with self.pool.connection() as conn, conn.transaction():
             if isolation:
                 conn.execute(f"set transaction isolation level {isolation}")
+            else:
+                conn.execute("select pg_advisory_xact_lock(%s)", [WRITE_LOCK])
             self._local.conn = conn
             try:
                 yield conn
@@ -152,12 +156,13 @@ class PostgresStore(StateStore):
         return rows[0] if rows else None
 
     def _write(self, sql: str, args: Iterable = ()) -> int:
-        with self.transaction() as conn:
+        """One statement: part of the thread's group, or committed alone (no lock needed: it waits for nothing else)."""
+        with self._conn() as conn:
             return conn.execute(sql, list(args)).rowcount
 
     def _select(self, table: str, where: str = "true", args: Iterable = (), order: str = "",
                 lock: bool = False) -> list[dict]:
-        cols = ", ".join(f'"{c}"' for c in COLUMNS[table])
+        cols = _quoted(COLUMNS[table])
         order = order or ("row_order" if table in ORDERED else KEYS.get(table, "id"))
         return self._all(f"select {cols} from {table} where {where} order by {order}{' for update' if lock else ''}",
                          args)
@@ -165,7 +170,7 @@ class PostgresStore(StateStore):
     def _upsert(self, table: str, row: dict) -> None:
         cols = list(row)
         updates = ", ".join(f'"{c}" = excluded."{c}"' for c in cols if c != "id") or '"id" = excluded."id"'
-        self._write(f"insert into {table} ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in cols)}) "
+        self._write(f"insert into {table} ({_quoted(cols)}) "
                     f"values ({', '.join(['%s'] * len(cols))}) on conflict (id) do update set {updates}",
                     list(row.values()))
 
@@ -183,7 +188,7 @@ class PostgresStore(StateStore):
         cols = [c for c in COLUMNS[table] if c in rows[0]]
         with self.transaction() as conn:
             with conn.cursor() as cur:
-                cur.executemany(f"insert into {table} ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in cols)}) "
+                cur.executemany(f"insert into {table} ({_quoted(cols)}) "
                                 f"values ({', '.join(['%s'] * len(cols))})", [[r.get(c) for c in cols] for r in rows])
             if table == "holds":
                 conn.execute("select setval(pg_get_serial_sequence('holds', 'id'), "
@@ -258,7 +263,7 @@ class PostgresStore(StateStore):
         values = {"state": state, "reason": reason, "updated_at": iso(now()), **extra}
         if unknown := values.keys() - set(COLUMNS["terminations"]):
             raise TypeError(f"set_state: no such termination field {', '.join(sorted(unknown))}")
-        sql = f"update terminations set {', '.join(f'{chr(34)}{k}{chr(34)} = %s' for k in values)} where id = %s"
+        sql = f"update terminations set {', '.join(f'{_quoted([k])} = %s' for k in values)} where id = %s"
         args = [*values.values(), termination_id]
         if expect is not None:
             sql += " and state = any(%s)"
@@ -481,8 +486,7 @@ class PostgresStore(StateStore):
         at = iso(now())
         rows = [{"at": at, "run_id": run_id, "termination_id": termination_id, "event": event, "data": dumps(data)}
                 for event, termination_id, run_id, data in entries]
-        with self.transaction() as conn:
-            conn.execute("select pg_advisory_xact_lock(%s)", [AUDIT_LOCK])    # one writer at a time
+        with self.transaction():       # under the write lock: no other append between the head and these rows
             head = self.audit_head()
             self.load_rows("audit", chain(rows, head["seq"], head["hash"], self.audit_key))
 
@@ -500,6 +504,10 @@ class PostgresStore(StateStore):
     def _run_heads(self) -> Iterator[tuple[str, int, str]]:
         return iter([(r["id"], r["audit_seq"], r["audit_hash"])
                      for r in self._all("select id, audit_seq, audit_hash from runs where audit_seq > 0")])
+
+
+def _quoted(columns: Iterable[str]) -> str:
+    return ", ".join(f'"{c}"' for c in columns)
 
 
 def _migrate(conn: psycopg.Connection, url: str) -> None:
