@@ -14,15 +14,8 @@ def open_state(state: str, password: str | None = None, audit_key: bytes | None 
 
     if not is_url(state):
         return SqliteStore.scratch_copy(state, audit_key) if scratch else SqliteStore.open(state, audit_key)
-    real = PostgresStore.open(state, password, audit_key)
-    if not scratch:
-        return real
-    copy = SqliteStore.memory(audit_key)
-    try:
-        copy_store(real, copy)
-    finally:
-        real.close()
-    return copy
+    return PostgresStore.scratch_copy(state, password, audit_key) if scratch else \
+        PostgresStore.open(state, password, audit_key)
 
 
 __all__ = ["EVERY_TENANT", "GENESIS", "MIGRATIONS", "PERSON_HOLD", "PERSONAL_FIELDS", "PURGED", "TABLES", "StateStore",

@@ -33,7 +33,9 @@ from psycopg_pool import ConnectionPool
 
 from ..config import mask_secrets
 from ..errors import ConfigError
-from .base import EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, dumps, iso, now, parse_iso, stamp
+from .base import (EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, copy_store, dumps, iso, now,
+                   parse_iso, stamp)
+from .sqlite import SqliteStore
 
 MIGRATION_LOCK = 0x6F6666_01      # pg_advisory_xact_lock keys, one per purpose
 WRITE_LOCK = 0x6F6666_02
@@ -99,13 +101,15 @@ def is_url(state: str) -> bool:
 
 
 class PostgresStore(StateStore):
-    def __init__(self, url: str, password: str | None = None, audit_key: bytes | None = None, pool_size: int = 8):
+    def __init__(self, url: str, password: str | None = None, audit_key: bytes | None = None, pool_size: int = 8,
+                 upgrade: bool = True):
+        """`upgrade=False` (a dry run's source) writes nothing, not even the schema: `schema` says what is there."""
         self.url, self.password, self.audit_key = url, password, audit_key
         self._local = threading.local()
         kwargs = {"autocommit": True, "row_factory": dict_row, **({"password": password} if password else {})}
         try:      # one connection first: a wrong URL or password fails at once, not after the pool's timeout
             with psycopg.connect(url, connect_timeout=10, **kwargs) as conn:
-                _migrate(conn, url)
+                self.schema = _migrate(conn, url, upgrade)
         except psycopg.Error as e:
             raise ConfigError(f"cannot open the state store: {mask_secrets(str(e)).strip()}", masked_url(url)) from None
         self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, kwargs=kwargs, open=True,
@@ -114,6 +118,23 @@ class PostgresStore(StateStore):
     @classmethod
     def open(cls, url: str, password: str | None = None, audit_key: bytes | None = None) -> "PostgresStore":
         return cls(url, password, audit_key)
+
+    @classmethod
+    def scratch_copy(cls, url: str, password: str | None = None, audit_key: bytes | None = None) -> SqliteStore:
+        """An in-memory SQLite copy of the database (or an empty store), for plans and dry runs: not even the
+        schema is written here."""
+        real = cls(url, password, audit_key, upgrade=False)
+        copy = SqliteStore.memory(audit_key)
+        try:
+            if real.schema and real.schema < len(MIGRATIONS):
+                raise ConfigError(f"the state store has schema {real.schema}, older than this offboard-connector's "
+                                  f"{len(MIGRATIONS)}: a command that writes (or the daemon) upgrades it",
+                                  masked_url(url))
+            if real.schema:
+                copy_store(real, copy)
+        finally:
+            real.close()
+        return copy
 
     def close(self) -> None:
         self.pool.close()
@@ -510,19 +531,26 @@ def _quoted(columns: Iterable[str]) -> str:
     return ", ".join(f'"{c}"' for c in columns)
 
 
-def _migrate(conn: psycopg.Connection, url: str) -> None:
-    """Daemons starting at once: the first takes the lock and migrates, the others wait, re-read and find it done."""
+def _migrate(conn: psycopg.Connection, url: str, upgrade: bool) -> int:
+    """Daemons starting at once: the first takes the lock and migrates, the others wait, re-read and find it done.
+    Returns the schema version in force."""
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
-        conn.execute("create table if not exists schema_version (version bigint not null)")
+        if conn.execute("select to_regclass('schema_version') is null as absent").fetchone()["absent"]:
+            if not upgrade:
+                return 0
+            conn.execute("create table schema_version (version bigint not null)")
         version = conn.execute("select max(version) as v from schema_version").fetchone()["v"] or 0
         if version > len(MIGRATIONS):
             raise ConfigError(f"the state store has schema {version}; this offboard-connector knows up to "
                               f"{len(MIGRATIONS)} (upgrade it)", masked_url(url))
+        if not upgrade:
+            return version
         for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
             for sql in statements:
                 conn.execute(sql)
             conn.execute("insert into schema_version (version) values (%s)", [number])
+        return len(MIGRATIONS)
 
 
 def _parsed_run(row: dict) -> dict:

@@ -69,6 +69,20 @@ def test_a_scratch_copy_is_the_whole_store_in_memory_and_writes_stay_there(url):
     real.close()
 
 
+def test_a_scratch_copy_writes_not_even_the_schema_and_refuses_an_older_one(url, monkeypatch):
+    empty = open_state(url, scratch=True)
+    assert empty.terminations() == [] and empty.verify_audit() == (True, "", 0)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select to_regclass('schema_version')").fetchone() == (None,)
+    PostgresStore.open(url).close()
+    monkeypatch.setattr(postgres_backend, "MIGRATIONS", [*postgres_backend.MIGRATIONS, ["create table later (x int)"]])
+    with pytest.raises(ConfigError, match="a command that writes"):
+        open_state(url, scratch=True)
+    PostgresStore.open(url).close()
+    assert versions(url)[-1] == len(postgres_backend.MIGRATIONS)
+    assert open_state(url, scratch=True).verify_audit() == (True, "", 0)
+
+
 def test_a_postgresql_url_in_the_config_selects_the_backend_with_its_password(url, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OFFBOARD_DB_PASSWORD", "db-Secret-77")
     config = write_config(tmp_path)
