@@ -39,6 +39,7 @@ from .sqlite import SqliteStore
 
 MIGRATION_LOCK = 0x6F6666_01      # pg_advisory_xact_lock keys, one per purpose
 WRITE_LOCK = 0x6F6666_02
+POOL_WAIT = 10
 T = 'text collate "C"'
 
 COLUMNS = {
@@ -112,8 +113,10 @@ class PostgresStore(StateStore):
                 self.schema = _migrate(conn, url, upgrade)
         except psycopg.Error as e:
             raise ConfigError(f"cannot open the state store: {mask_secrets(str(e)).strip()}", masked_url(url)) from None
-        self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, kwargs=kwargs, open=True,
-                                   name="offboard-state")
+        # Each connection is checked as it is handed out: after a server restart or fail-over no statement goes to
+        # a dead one. A database gone away is heard within POOL_WAIT seconds (healthz, a pass), not the pool's 30.
+        self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, kwargs=kwargs, open=True, timeout=POOL_WAIT,
+                                   check=ConnectionPool.check_connection, name="offboard-state")
 
     @classmethod
     def open(cls, url: str, password: str | None = None, audit_key: bytes | None = None) -> "PostgresStore":

@@ -50,6 +50,18 @@ def test_a_server_that_is_not_there_is_one_clear_error_without_the_password(post
     assert "hunter2" not in str(refused.value) and "hunter2" not in refused.value.where
 
 
+def test_connections_the_server_dropped_are_replaced_before_a_statement_uses_them(url):
+    store = PostgresStore.open(url)
+    store.set_cursor("k", "1")
+    with psycopg.connect(url, autocommit=True) as admin:
+        dropped = admin.execute("select count(pg_terminate_backend(pid)) from pg_stat_activity "
+                                "where datname = current_database() and pid != pg_backend_pid()").fetchone()[0]
+    assert dropped >= 1
+    store.set_cursor("k", "2")
+    assert store.cursor("k") == "2"
+    store.close()
+
+
 def test_a_scratch_copy_is_the_whole_store_in_memory_and_writes_stay_there(url):
     real = PostgresStore.open(url, audit_key=KEY)
     real.upsert_terminations([{"id": "t/1", "tenant": "t", "employee_id": "1", "state": "due", "reason": ""}])
