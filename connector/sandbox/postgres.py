@@ -1,9 +1,11 @@
 """A real PostgreSQL server in a folder of its own, on 127.0.0.1 and a free port: what the store tests use.
 
-Debian's `postgresql` package puts initdb and pg_ctl under /usr/lib/postgresql/<version>/bin,
+Debian's `postgresql` package puts initdb and postgres under /usr/lib/postgresql/<version>/bin,
 off the PATH. Both refuse to run as root, so as root the cluster belongs to the `postgres`
 user (the folder is handed to it); as anyone else it belongs to the caller. The server
 listens on TCP only (no socket file in /var/run) and trusts local connections: a sandbox.
+It runs in the foreground under a watchdog that stops it when its stdin, a pipe from this
+process, closes: a killed test run leaves no server behind (pg_ctl's would outlive it).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ SUPERUSER = "postgres"
 
 def missing() -> str:
     """Why no sandbox server can start here, or ''."""
-    absent = [name for name in ("initdb", "pg_ctl") if not binary(name)]
+    absent = [name for name in ("initdb", "postgres") if not binary(name)]
     if absent:
         return f"{' and '.join(absent)} not installed (apt-get install postgresql)"
     if os.geteuid() == 0:
@@ -64,14 +66,17 @@ class PostgresServer:
                 os.chmod(parent, os.stat(parent).st_mode | 0o011)
         self._run(binary("initdb"), "-D", str(self.data), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8",
                   "--locale=C.UTF-8", "--no-sync")
-        options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories='' -c fsync=off "
-                   "-c max_connections=400")
-        self._run(binary("pg_ctl"), "-D", str(self.data), "-l", str(self.directory / "server.log"), "-o", options,
-                  "-w", "-t", str(int(timeout)), "start")
+        server = [binary("postgres"), "-D", str(self.data), "-c", "listen_addresses=127.0.0.1", "-c",
+                  f"port={self.port}", "-c", "unix_socket_directories=", "-c", "fsync=off", "-c", "max_connections=400"]
+        watchdog = ["sh", "-c", '"$@" </dev/null & pid=$!; cat >/dev/null; kill -INT "$pid"; wait "$pid"', "sh", *server]
+        with open(self.directory / "server.log", "ab") as log:
+            self.process = subprocess.Popen(["runuser", "-u", SUPERUSER, "--", *watchdog] if self.as_root else watchdog,
+                                            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, cwd="/")
         deadline = time.monotonic() + timeout
         while not self._accepts():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"PostgreSQL did not accept connections on port {self.port}")
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = (self.directory / "server.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"PostgreSQL did not accept connections on port {self.port}:\n{log}")
             time.sleep(0.1)
         return self
 
@@ -91,8 +96,9 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
-        if self.data.exists():
-            self._run(binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        """A fast shutdown: the watchdog sees its stdin close."""
+        self.process.stdin.close()
+        self.process.wait(60)
 
     def __enter__(self) -> "PostgresServer":
         return self.start()

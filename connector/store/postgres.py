@@ -568,6 +568,6 @@ def masked_url(url: str) -> str:
 
 
 def binary(name: str) -> str | None:
-    """The newest installed PostgreSQL's `name` (initdb, pg_ctl, pg_dump: off the PATH on Debian), or one on the PATH."""
+    """The newest installed PostgreSQL's `name` (initdb, postgres, pg_dump: off the PATH on Debian), or one on the PATH."""
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
     return found[-1] if found else shutil.which(name)

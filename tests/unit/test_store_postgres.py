@@ -157,3 +157,24 @@ def test_migrate_state_refuses_a_store_whose_chain_is_broken_and_a_wrong_directi
     untouched.close()
     assert main(["--config", str(config), "migrate-state", "--from", url, "--to", str(tmp_path / "x.db")]) == 1
     assert "moves a SQLite file" in capsys.readouterr().err
+
+
+def test_a_killed_test_run_leaves_no_server_behind(postgres_server, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    starts_and_dies = ("import os, sys; from connector.sandbox.postgres import PostgresServer; "
+                       "s = PostgresServer(sys.argv[1]).start(); print(s.port, flush=True); os.kill(os.getpid(), 9)")
+    done = subprocess.run([sys.executable, "-c", starts_and_dies, str(tmp_path / "orphan")], capture_output=True,
+                          text=True, timeout=120)
+    port = int(done.stdout)
+    def listening():
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    deadline = time.monotonic() + 30
+    while listening():
+        assert time.monotonic() < deadline, f"the server on port {port} outlived the process that started it"
+        time.sleep(0.2)
