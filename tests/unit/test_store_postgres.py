@@ -169,6 +169,7 @@ def test_a_killed_test_run_leaves_no_server_behind(postgres_server, tmp_path):
                        "s = PostgresServer(sys.argv[1]).start(); print(s.port, flush=True); os.kill(os.getpid(), 9)")
     done = subprocess.run([sys.executable, "-c", starts_and_dies, str(tmp_path / "orphan")], capture_output=True,
                           text=True, timeout=120)
+    assert done.stdout.strip().isdigit(), done.stderr[-3000:]
     port = int(done.stdout)
     def listening():
         with socket.socket() as s:
