@@ -310,6 +310,16 @@ class PostgresStore(StateStore):
                                       "lower(email) = lower(%s))", [tenant, who, who],
                                       order="first_seen_at desc")), None)
 
+    def archive_termination(self, termination_id: str) -> str:
+        with self.transaction() as conn:
+            earlier = conn.execute("select count(*) as n from terminations where left(id, %s) = %s",
+                                   [len(termination_id) + 1, f"{termination_id}#"]).fetchone()["n"]
+            archived = f"{termination_id}#{earlier + 1}"
+            conn.execute("update actions set id = %s || substr(id, %s), termination_id = %s where termination_id = %s",
+                         [archived, len(termination_id) + 1, archived, termination_id])
+            conn.execute("update terminations set id = %s where id = %s", [archived, termination_id])
+            return archived
+
     def reopen(self, termination_id: str, action_ids: Iterable[str] | None = None, **extra: Any) -> int:
         if action_ids is None:
             where, args = "status in ('failed', 'needs_human')", []

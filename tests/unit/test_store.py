@@ -245,6 +245,20 @@ def test_set_state_with_expect_changes_only_from_an_expected_state(backing):
         store.set_state("t/1", "done", no_such_field=1)
 
 
+def test_archiving_moves_a_termination_and_its_journal_to_the_next_free_number(backing):
+    store = backing.open()
+    for round_ in (1, 2):
+        store.upsert_terminations([termination_row("t/1", "done")])
+        store.record_intent("t/1/ad/disable", "t/1", "ad", "disable", "revoke", f"r{round_}")
+        store.record_outcome("t/1/ad/disable", "changed", before={"round": round_})
+        assert store.archive_termination("t/1") == f"t/1#{round_}"
+    assert store.termination("t/1") is None and store.actions("t/1") == []
+    for round_ in (1, 2):
+        moved = store.actions(f"t/1#{round_}")
+        assert [(a["id"], json.loads(a["before"])) for a in moved] == [(f"t/1#{round_}/ad/disable", {"round": round_})]
+        assert store.state_of(f"t/1#{round_}") == "done"
+
+
 # -- the keyed audit chain ------------------------------------------------------------------------
 def people_trails(store):
     for person in ("t/ann", "t/bob", "t/cat"):
