@@ -479,6 +479,19 @@ def cmd_restore(args, cfg: Config) -> int:
     return result.exit_code
 
 
+def cmd_report(args, cfg: Config) -> int:
+    """The month's evidence for one tenant, from a copy of the store (so it writes nothing)."""
+    from . import report
+
+    tenant = cfg.tenant(args.tenant)
+    try:
+        report.month_bounds(args.month, tenant.zone)
+    except ValueError:
+        raise ConfigError("not a month (YYYY-MM)", f"--month {args.month}") from None
+    sys.stdout.write(report.RENDER[args.format](report.build(open_store(cfg, scratch=True), tenant, args.month)))
+    return 0
+
+
 def cmd_backup(args, cfg: Config) -> int:
     """A consistent copy of the state store while the daemon runs (SQLite's online backup; on PostgreSQL,
     pg_dump's custom format, put back with pg_restore)."""
@@ -596,6 +609,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("id"); c.add_argument("--tenant"); c.add_argument("--dry-run", action="store_true")
     c = sub.add_parser("audit", parents=[common], help="audit log tools")
     c.add_argument("verb", choices=["verify", "head"])
+    c = sub.add_parser("report", parents=[common], help="a month's evidence: time to revoke, actions, seats freed")
+    c.add_argument("--tenant", required=True); c.add_argument("--month", required=True, metavar="YYYY-MM")
+    c.add_argument("--format", choices=["html", "csv", "json"], default="html")
     c = sub.add_parser("backup", parents=[common], help="a consistent copy of the state store, while it is in use")
     c.add_argument("path")
     c = sub.add_parser("migrate-state", parents=[common],
@@ -614,7 +630,7 @@ COMMANDS = {"check": cmd_check, "plan": cmd_plan, "reconcile": cmd_reconcile, "r
             "status": cmd_status,
             "history": cmd_history, "approve": cmd_decide, "hold": cmd_decide, "cancel": cmd_decide,
             "retry": cmd_decide, "confirm": cmd_confirm, "audit": cmd_audit, "backup": cmd_backup, "pause": cmd_pause,
-            "resume": cmd_resume, "purge": cmd_purge, "restore": cmd_restore, "migrate-state": cmd_migrate_state}
+            "resume": cmd_resume, "purge": cmd_purge, "restore": cmd_restore, "report": cmd_report, "migrate-state": cmd_migrate_state}
 
 
 def main(argv: list[str] | None = None) -> int:
