@@ -129,7 +129,7 @@ def to_csv(facts: dict) -> str:
 
 def duration(seconds: int | None) -> str:
     if seconds is None:
-        return "not revoked"
+        return "revoke not confirmed"
     hours, rest = divmod(int(seconds), HOUR)
     return f"{hours // 24}d {hours % 24}h {rest // 60}m" if hours >= 24 else f"{hours}h {rest // 60}m"
 

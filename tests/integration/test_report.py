@@ -35,9 +35,11 @@ AUDIT_KEY = "k" * 32
 LEAVERS = [(24, dt.date(2026, 10, 30), None, 3600, 3 * GB),              # October: not in the report
            (21, dt.date(2026, 11, 3), None, 20 * 60, 3 * GB),
            (22, dt.date(2026, 11, 10), dt.time(9, 0), 5 * 3600, 3 * GB),
-           (23, dt.date(2026, 11, 17), None, 3 * 86400, 52 * GB)]       # keeps its licence: needs a person
+           (23, dt.date(2026, 11, 17), None, 3 * 86400, 52 * GB),       # keeps its licence: needs a person
+           (26, dt.date(2026, 11, 24), None, 600, 3 * GB)]               # sessions cannot be revoked: not confirmed
 LATER = (25, dt.date(2026, 11, 28))                                     # still scheduled when the month is run
-MONTH_IDS = ["contoso/E21", "contoso/E22", "contoso/E23"]
+MONTH_IDS = ["contoso/E21", "contoso/E22", "contoso/E23", "contoso/E26"]
+REVOKED = MONTH_IDS[:3]
 
 
 @pytest.fixture
@@ -57,6 +59,8 @@ def built(m365, tmp_path, monkeypatch):
         m365.mailboxes[leaver.email.lower()].conversion_reads = 0
         due = dt.datetime.combine(date, time or dt.time(17, 0), cfg.tenants[0].zone)
         clock[0] = due + dt.timedelta(seconds=delay)
+        if n == 26:
+            m365.graph.denied.append(("POST", r"/users/[^/]+/revokeSignInSessions", "User.RevokeSessions.All"))
         reconcile(cfg, store, on_demand=[leaver], now=clock[0])
     n, date = LATER
     reconcile(cfg, store, on_demand=[dataclasses.replace(add_leaver(m365, n), termination_date=date)], now=clock[0])
@@ -123,6 +127,7 @@ def test_the_figures_match_the_journal_in_every_format(built, tmp_path, capsys):
     path, want = built
     assert want["ids"] == MONTH_IDS
     assert want["times"] == {"contoso/E21": 1200, "contoso/E22": 18000, "contoso/E23": 259200}   # the clocks set
+    assert want["ids"][3] not in want["times"]
     assert want["seats"] >= 2 and want["needs_person"] == 1 and want["verified"][0]
     db = tmp_path / "state.db"
     before = hashlib.sha256(db.read_bytes()).hexdigest(), Store.scratch_copy(str(db)).dump()
@@ -130,12 +135,15 @@ def test_the_figures_match_the_journal_in_every_format(built, tmp_path, capsys):
     facts = json.loads(report(path, "json", capsys))
     s = facts["summary"]
     assert [x["id"] for x in facts["leavers"]] == MONTH_IDS
-    assert {x["id"]: x["revoke_seconds"] for x in facts["leavers"]} == want["times"]
-    assert (s["leavers"], s["revoked"], s["median_seconds"], s["p95_seconds"]) == (3, 3, want["median"], want["p95"])
+    assert {x["id"]: x["revoke_seconds"] for x in facts["leavers"] if x["revoked_at"]} == want["times"]
+    assert (s["leavers"], s["revoked"], s["median_seconds"], s["p95_seconds"]) == (4, 3, want["median"], want["p95"])
+    assert (s["within_1h"], s["within_24h"]) == (0.25, 0.5)
     assert s["within_1h"] == round(want["within_1h"], 4) and s["within_24h"] == round(want["within_24h"], 4)
     assert s["licences_reclaimed"] == want["seats"] and s["needs_person"] == want["needs_person"]
     assert facts["audit_head"] == want["head"] and facts["audit_head"]["mac"]
-    e21, e23 = facts["leavers"][0], facts["leavers"][2]
+    e21, e23, e26 = facts["leavers"][0], facts["leavers"][2], facts["leavers"][3]
+    assert e26["revoked_at"] is None and e26["revoke_seconds"] is None
+    assert any(a["action"] == "revoke_sessions" and a["outcome"] != "changed" for a in e26["actions"])
     assert e21["ticket"] == "7021" and e21["hr_date"] == "2026-11-03" and e21["due_at"] == "2026-11-03T23:00:00+00:00"
     assert e21["seats_freed"] and all(seat["paid_until"] == "" for seat in e21["seats_freed"])
     assert any(a["action"] == "revoke_sessions" and a["outcome"] == "changed" for a in e21["actions"])
@@ -148,8 +156,8 @@ def test_the_figures_match_the_journal_in_every_format(built, tmp_path, capsys):
                                                **s}.items()}
     assert {r["key"]: r["value"] for r in rows if r["record"] == "audit_head"} == {k: str(v) for k, v in facts["audit_head"].items()}
     leavers = [r for r in rows if r["record"] == "leaver"]
-    assert [(r["id"], int(r["revoke_seconds"]), r["revoked_at"], r["ticket"]) for r in leavers] == [
-        (x["id"], x["revoke_seconds"], x["revoked_at"], x["ticket"]) for x in facts["leavers"]]
+    assert [(r["id"], r["revoke_seconds"], r["revoked_at"], r["ticket"]) for r in leavers] == [
+        (x["id"], str(x["revoke_seconds"] or ""), x["revoked_at"] or "", x["ticket"]) for x in facts["leavers"]]
     for x in facts["leavers"]:
         assert [(r["action"], r["outcome"], r["at"]) for r in rows if r["record"] == "action" and r["id"] == x["id"]] == [
             (a["action"], a["outcome"], a["at"]) for a in x["actions"]]
@@ -211,13 +219,13 @@ def test_a_real_browser_draws_one_mark_per_leaver_and_prints(built, tmp_path, ca
 
     printed = tmp_path / "report-print.html"             # the print rules for every medium: a picture of the print layout
     printed.write_text(page.read_text().replace("@media print", "@media all"))
-    for source, colour in ((page, "1f6feb"), (printed, "000000")):
+    for source, colour, drawn in ((page, "1f6feb", REVOKED), (page, "d1242f", MONTH_IDS[3:]), (printed, "000000", REVOKED)):
         shot = tmp_path / f"{source.stem}.png"
         subprocess.run([*browser, f"--screenshot={shot}", source.as_uri()], capture_output=True, timeout=120, check=True)
         rows, step = png_rows(shot.read_bytes())
         lines = {y for y, row in enumerate(rows) for x in range(0, len(row), step) if row[x:x + 3] == bytes.fromhex(colour)}
         bars = sum(1 for y in lines if y - 1 not in lines)
-        assert bars == len(MONTH_IDS), f"{shot.name}: the chart drew {bars} bars, not {len(MONTH_IDS)}"
+        assert bars == len(drawn), f"{shot.name}: the chart drew {bars} bars of #{colour}, not {len(drawn)}"
     pdf = tmp_path / "report.pdf"
     subprocess.run([*browser, "--no-pdf-header-footer", f"--print-to-pdf={pdf}", page.as_uri()], capture_output=True,
                    timeout=120, check=True)
