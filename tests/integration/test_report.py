@@ -182,6 +182,20 @@ def test_a_month_with_no_leavers_and_a_bad_month(built, capsys):
     assert "--month November: not a month (YYYY-MM)" in capsys.readouterr().err
 
 
+def test_after_a_retention_purge_the_times_stay_and_the_personal_data_and_seats_go(built, tmp_path, capsys):
+    path, want = built
+    store = Store.open(str(tmp_path / "state.db"), audit_key=AUDIT_KEY.encode())
+    purged, _ = store.purge("contoso", utc(2027, 1, 1), ["done"])
+    store.close()
+    assert "contoso/E21" in purged
+    facts = json.loads(report(path, "json", capsys))
+    e21 = facts["leavers"][0]
+    assert (e21["email"], e21["name"], e21["seats_freed"]) == ("", "", [])
+    assert e21["revoke_seconds"] == want["times"]["contoso/E21"]
+    assert facts["summary"]["licences_reclaimed"] < want["seats"]
+    assert "leaver21" not in report(path, "html", capsys)
+
+
 def png_rows(data: bytes) -> tuple[list[bytes], int]:
     """(rows of pixel bytes, bytes per pixel) of a non-interlaced 8-bit PNG, as Chromium writes its screenshots."""
     chunks, pos = {}, 8
