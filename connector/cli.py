@@ -488,7 +488,11 @@ def cmd_report(args, cfg: Config) -> int:
         report.month_bounds(args.month, tenant.zone)
     except ValueError:
         raise ConfigError("not a month (YYYY-MM)", f"--month {args.month}") from None
-    sys.stdout.write(report.RENDER[args.format](report.build(open_store(cfg, scratch=True), tenant, args.month)))
+    facts = report.build(open_store(cfg, scratch=True), tenant, args.month)
+    if args.json:          # like every command: one JSON object per line
+        emit(args, [facts], "")
+    else:
+        sys.stdout.write(report.RENDER[args.format](facts))
     return 0
 
 

@@ -178,6 +178,9 @@ def test_a_month_with_no_leavers_and_a_bad_month(built, capsys):
     assert main(["--config", str(path), "report", "--tenant", "contoso", "--month", "2026-12", "--format", "json"]) == 0
     facts = json.loads(capsys.readouterr().out)
     assert facts["leavers"] == [] and facts["summary"]["leavers"] == 0 and facts["summary"]["median_seconds"] is None
+    assert main(["--config", str(path), "--json", "report", "--tenant", "contoso", "--month", "2026-11"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert [x["id"] for x in json.loads(line)["leavers"]] == MONTH_IDS
     assert main(["--config", str(path), "report", "--tenant", "contoso", "--month", "November"]) == 1
     assert "--month November: not a month (YYYY-MM)" in capsys.readouterr().err
 
