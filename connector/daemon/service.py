@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import queue
 import signal
 import threading
@@ -123,6 +124,9 @@ class Daemon:
         finished = self.runner.shutdown(grace)
         self.leases.__exit__(None, None, None)
         log.info("stopped" if finished else "stopped with a pass still running: its journal resumes it next start")
+        if not finished:        # the pass's threads would hold the exit past the bound: the journal is safe to leave
+            logging.shutdown()
+            os._exit(0)
 
     def reload(self) -> None:
         """SIGHUP: a config that validates is swapped in between passes; one that does not keeps the running one."""
