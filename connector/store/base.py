@@ -54,6 +54,13 @@ def stamp(value: dt.datetime) -> str:
     return value.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
 
 
+def parsed_run(row: dict) -> dict:
+    """A runs row with its JSON columns read."""
+    row["terminations"] = json.loads(row["terminations"] or "[]")
+    row["summary"] = json.loads(row["summary"] or "{}")
+    return row
+
+
 def parse_iso(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 

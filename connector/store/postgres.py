@@ -34,7 +34,7 @@ from psycopg_pool import ConnectionPool
 from ..config import mask_secrets
 from ..errors import ConfigError
 from .base import (EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, copy_store, dumps, iso, now,
-                   parse_iso, stamp)
+                   parse_iso, parsed_run, stamp)
 from .sqlite import SqliteStore
 
 MIGRATION_LOCK = 0x6F6666_01      # pg_advisory_xact_lock keys, one per purpose
@@ -389,10 +389,10 @@ class PostgresStore(StateStore):
 
     def run(self, run_id: str) -> dict | None:
         row = next(iter(self._select("runs", "id = %s", [run_id])), None)
-        return row and _parsed_run(row)
+        return row and parsed_run(row)
 
     def runs(self, states: Iterable[str]) -> list[dict]:
-        return [_parsed_run(r) for r in self._select("runs", "state = any(%s)", [list(states)])]
+        return [parsed_run(r) for r in self._select("runs", "state = any(%s)", [list(states)])]
 
     def next_instant(self, after: dt.datetime) -> dt.datetime | None:
         row = self._first(
@@ -564,12 +564,6 @@ def _migrate(conn: psycopg.Connection, url: str, upgrade: bool) -> int:
                 conn.execute(sql)
             conn.execute("insert into schema_version (version) values (%s)", [number])
         return len(MIGRATIONS)
-
-
-def _parsed_run(row: dict) -> dict:
-    row["terminations"] = json.loads(row["terminations"] or "[]")
-    row["summary"] = json.loads(row["summary"] or "{}")
-    return row
 
 
 def masked_url(url: str) -> str:

@@ -32,7 +32,7 @@ import sqlite_utils
 
 from ..config import mask_secrets
 from ..errors import ConfigError
-from .base import EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, dumps, iso, now, parse_iso, stamp
+from .base import EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, dumps, iso, now, parse_iso, parsed_run, stamp
 
 BUSY_SECONDS = 30
 
@@ -423,14 +423,11 @@ class SqliteStore(StateStore):
 
     def run(self, run_id: str) -> dict | None:
         row = self._one("runs", "id = ?", [run_id])
-        if row:
-            row["terminations"] = json.loads(row["terminations"] or "[]")
-            row["summary"] = json.loads(row["summary"] or "{}")
-        return row
+        return row and parsed_run(row)
 
     def runs(self, states: Iterable[str]) -> list[dict]:
         states = list(states)
-        return [self.run(r["id"]) for r in
+        return [parsed_run(r) for r in
                 self._rows("runs", f"state in ({','.join('?' * len(states))})", states, order_by="rowid")]
 
     def next_instant(self, after: dt.datetime) -> dt.datetime | None:
