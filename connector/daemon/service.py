@@ -50,6 +50,7 @@ ADOPT_SECONDS = 15.0         # how often runs left by a dead daemon are looked f
 ALERT_SECONDS = 30.0         # how often the conditions a person is told about are checked
 STALE_TICK = 30.0            # a scheduler that has not ticked for this long is unhealthy
 PURGE_SECONDS = 86400.0      # the retention purge, daily
+SIGNAL_POLL_SECONDS = 0.5     # the longest a signal delivered to another thread waits for the main one
 
 
 class Daemon:
@@ -64,7 +65,7 @@ class Daemon:
         self.metrics = metrics.registry(store, extra=self._daemon_metrics)
         self.server: wsgi.Server | None = None
         self.address = ""
-        self.signals: queue.Queue[int] = queue.Queue()
+        self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()     # its put() is safe in a signal handler
         self.leases = Leases(store, self.owner, config.connector.lease_seconds)
         self.watchdog = systemd.Watchdog(lambda: "; ".join(self.health()[0]))
         self.alerter = Alerter(lambda: self.config, store,
@@ -101,7 +102,10 @@ class Daemon:
         try:
             self.start()
             while True:
-                sig = self.signals.get()
+                try:    # Linux may hand the signal to any thread: a bounded wait lets the main one run its handler
+                    sig = self.signals.get(timeout=SIGNAL_POLL_SECONDS)
+                except queue.Empty:
+                    continue
                 if sig == signal.SIGHUP:
                     self.reload()
                 else:
