@@ -130,10 +130,10 @@ def cloud_only_stayers(world: worldmod.World) -> list[Employee]:
 
 @contextlib.contextmanager
 def sandbox_daemon_setup(folder: Path, size: int = 60, tenants: int = 1, poll_interval: str = "1h",
-                         connector: str = "", psa: bool = False):
+                         connector: str = "", psa: bool = False, state: str = ""):
     """The sandbox over HTTPS and a config for `tenants` tenants (all in the one generated Microsoft 365
     tenant, each with its own webhook secret; with `psa`, the first is a ConnectWise company whose
-    callbacks carry CALLBACK_TOKEN); yields (world, config path, env for the daemon)."""
+    callbacks carry CALLBACK_TOKEN); `state` is a PostgreSQL URL (else a SQLite file in `folder`); yields (world, config path, env for the daemon)."""
     world = worldmod.build(size)
     with HttpsServer(world.sandbox, folder / "tls") as server:
         cloud = world.cloud
@@ -142,7 +142,7 @@ def sandbox_daemon_setup(folder: Path, size: int = 60, tenants: int = 1, poll_in
         hook = secret_file(folder, "webhook-secret", HOOK_SECRET)
         text = textwrap.dedent(f"""\
             [connector]
-            state = "{folder / 'state.db'}"
+            state = "{state or folder / 'state.db'}"
             poll_interval = "{poll_interval}"
             lease_seconds = 3
             {connector}

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..reconcile.leases import daemon_of, kind_of
 from ..store import Store, now
 
 #: seconds from due to revoke complete: a minute is the goal, a day is a failure
@@ -71,6 +72,12 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily("offboard_oldest_open_termination_seconds",
                                 "Age (since it became due) of the oldest termination not yet done",
                                 value=(now() - oldest).total_seconds() if oldest else 0)
+        held = Counter((daemon_of(lease["owner"]), kind_of(lease["key"])) for lease in self.store.live_leases())
+        leases = GaugeMetricFamily("offboard_leases_held", "Leases not yet expired, by the daemon (host:pid) holding "
+                                   "them and what they guard", labels=["daemon", "kind"])
+        for labels, count in sorted(held.items()):
+            leases.add_metric(list(labels), count)
+        yield leases
         yield from self.extra()
 
 

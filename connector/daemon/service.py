@@ -17,6 +17,7 @@ import queue
 import signal
 import threading
 import time
+from collections import Counter
 from typing import Iterable
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -26,7 +27,7 @@ from cheroot import wsgi
 from prometheus_client.core import GaugeMetricFamily
 
 from .. import config as configmod, net, retention
-from ..config import Config
+from ..config import Config, mask_secrets
 from ..errors import ConfigError, OffboardError
 from ..model import Termination
 from ..reconcile.engine import PICKED
@@ -34,10 +35,10 @@ from ..reconcile.intake import Intake, record
 from ..providers.connectwise.api import ConnectWise
 from ..reconcile import tickets
 from ..reconcile.announce import TicketNotes
-from ..reconcile.leases import Leases, owner_id
+from ..reconcile.leases import Leases, daemon_of, kind_of, owner_id
 from ..reconcile.schedule import next_wakeup, workable_phases
 from ..sources.webhook import MAX_BODY
-from ..store import Store, iso, now, parse_iso
+from ..store import Store, iso, now
 from . import metrics, systemd
 from .alerts import Alerter
 from .runner import Runner
@@ -218,24 +219,26 @@ class Daemon:
             TicketNotes(self.config, self.store).retry_pending()
 
     def adopt_orphans(self) -> None:
-        """Runs a dead daemon queued are run here under their own ids; the ones it was running are failed
-        (their work resumes from the journal in the next pass that reaches those terminations)."""
+        """Work a dead daemon left: its queued runs run here under their own ids; the ones it was running are
+        failed and their terminations (a full pass: the tenant) are worked here in a new pass, resuming from
+        the journal. A daemon is dead once every lease it held expired, its passes' as well as its own, so
+        the new pass can take each termination it left."""
+        me = daemon_of(self.owner)
+        live = {daemon_of(lease["owner"]) for lease in self.store.live_leases()}
         for run in self.store.runs(["queued", "running"]):
             owner = run.get("owner")
-            if not owner or owner == self.owner or self._alive(owner):
+            if not owner or daemon_of(owner) in (me, *live):
                 continue
             if run["state"] == "running":
-                self.store.fail_run(run["id"], "the daemon running it stopped; the journal resumes its work")
+                self.store.fail_run(run["id"], "the daemon running it stopped; its work resumed in another pass")
+                if run["tenant"]:
+                    self._submit(run["tenant"], run["trigger"], run["terminations"] or None)
                 continue
             self.store.claim_run(run["id"], self.owner)
             try:
-                self.runner.submit(run["tenant"], run["trigger"], run["terminations"], run_id=run["id"])
+                self.runner.submit(run["tenant"], run["trigger"], run["terminations"] or None, run_id=run["id"])
             except Exception as e:
                 log.warning("could not adopt run %s: %s", run["id"], e)
-
-    def _alive(self, owner: str) -> bool:
-        lease = self.store.lease(f"process:{owner}")
-        return bool(lease and parse_iso(lease["expires_at"]) > now())
 
     # -- what the listener calls --------------------------------------------------------------
     def accept(self, termination: Termination) -> str:
@@ -277,18 +280,29 @@ class Daemon:
                            self.config.webhook.allow_from if self.config.webhook else [])
 
     def health(self) -> tuple[list[str], dict]:
+        """Reasons to answer 503 (none: healthy), and what a person checking wants to see: whether the
+        database answered, and the leases this daemon holds (its own, its passes' terminations and intakes)."""
         reasons = []
-        try:
-            self.store.set_cursor(f"heartbeat:{self.owner}", iso(now()))
-        except Exception as e:
-            reasons.append(f"the state store is not writable: {e}")
         if not self.scheduler.running:
             reasons.append("the scheduler is not running")
         elif time.monotonic() - self._last_tick > STALE_TICK:
             reasons.append(f"the scheduler has not ticked for {time.monotonic() - self._last_tick:.0f} s")
+        try:
+            self.store.set_cursor(f"heartbeat:{self.owner}", iso(now()))
+        except Exception as e:     # nothing else can be read from it either
+            reasons.append(f"the state store is not writable: {mask_secrets(str(e))}")
+            return reasons, {"database": "unreachable", "tenants": len(self.config.tenants)}
+        process = f"process:{self.owner}"
+        if not self.leases.holds(process) and not self.leases.take(process):      # lost while the database was away
+            reasons.append("this daemon lost its own lease: another process took it over")
+        me = daemon_of(self.owner)
+        held = Counter(kind_of(lease["key"]) for lease in self.store.live_leases() if daemon_of(lease["owner"]) == me)
         pause = self.store.paused()
-        return reasons, {"tenants": len(self.config.tenants), "held_tenants": self.store.held_tenants(),
-                         "paused": f"{pause['reason']} since {pause['paused_at']}" if pause else ""}
+        return reasons, {"database": "reachable", "tenants": len(self.config.tenants),
+                         "held_tenants": self.store.held_tenants(),
+                         "paused": f"{pause['reason']} since {pause['paused_at']}" if pause else "",
+                         "leases": {"daemon": me, **{kind: held.get(kind, 0)
+                                                     for kind in ("process", "intake", "termination")}}}
 
     def _daemon_metrics(self) -> Iterable:
         held_now = self.store.held_tenants()

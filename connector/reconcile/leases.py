@@ -19,6 +19,16 @@ def owner_id(run_id: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{run_id}"
 
 
+def daemon_of(owner: str) -> str:
+    """`host:pid`, the process behind an `owner_id`: a daemon's own lease and its passes' leases share it."""
+    return owner.rsplit(":", 1)[0]
+
+
+def kind_of(key: str) -> str:
+    """`termination`, `intake` or `process`: what a lease key guards."""
+    return key.split(":", 1)[0]
+
+
 class Leases:
     def __init__(self, store: Store, owner: str, seconds: float):
         self.store, self.owner, self.seconds = store, owner, seconds

@@ -157,6 +157,10 @@ class StateStore(ABC):
     def lease(self, key: str) -> dict | None:
         """{owner, acquired_at, expires_at}, or None."""
 
+    @abstractmethod
+    def live_leases(self) -> list[dict]:
+        """Every lease not yet expired, {key, owner, expires_at}, by key: who holds what right now."""
+
     # -- terminations ----------------------------------------------------------------
     @abstractmethod
     def termination(self, termination_id: str) -> dict | None: ...

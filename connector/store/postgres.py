@@ -171,11 +171,11 @@ class PostgresStore(StateStore):
     def _snapshot(self):
         return self.transaction("repeatable read")
 
-    def _all(self, sql: str, args: Iterable = ()) -> list[dict]:
-        with self._conn() as conn:
-            return conn.execute(sql, list(args)).fetchall()
+    def _all(self, sql: str, args: Iterable | dict = ()) -> list[dict]:
+        with self._conn() as conn:      # named (%(t)s) placeholders take a dict, the others a sequence
+            return conn.execute(sql, args if isinstance(args, dict) else list(args)).fetchall()
 
-    def _first(self, sql: str, args: Iterable = ()) -> dict | None:
+    def _first(self, sql: str, args: Iterable | dict = ()) -> dict | None:
         rows = self._all(sql, args)
         return rows[0] if rows else None
 
@@ -262,8 +262,11 @@ class PostgresStore(StateStore):
         self._write("delete from leases where key = %s and owner = %s", [key, owner])
 
     def lease(self, key: str) -> dict | None:
-        row = self._first("select owner, acquired_at, expires_at from leases where key = %s", [key])
-        return row
+        return self._first("select owner, acquired_at, expires_at from leases where key = %s", [key])
+
+    def live_leases(self) -> list[dict]:
+        return self._all("select key, owner, expires_at from leases where expires_at > %s order by key",
+                         [stamp(now())])
 
     # -- terminations ------------------------------------------------------------------
     def termination(self, termination_id: str) -> dict | None:

@@ -289,6 +289,10 @@ class SqliteStore(StateStore):
         row = self._one("leases", "key = ?", [key])
         return row and {k: row[k] for k in ("owner", "acquired_at", "expires_at")}
 
+    def live_leases(self) -> list[dict]:
+        return [{k: r[k] for k in ("key", "owner", "expires_at")}
+                for r in self._rows("leases", "expires_at > ?", [stamp(now())], order_by="key")]
+
     # -- terminations ------------------------------------------------------------------
     def termination(self, termination_id: str) -> dict | None:
         return self._one("terminations", "id = ?", [termination_id])

@@ -188,6 +188,16 @@ def test_a_lease_is_refused_to_a_second_owner_until_it_expires_then_taken_over(b
     assert a.acquire_lease("intake:contoso", "a", 30), "keys are independent"
 
 
+def test_live_leases_list_who_holds_what_and_leave_out_the_expired_and_released(backing):
+    a, b = backing.open(), backing.open()
+    assert a.acquire_lease("termination:t/1", "host:1:run", 30) and a.acquire_lease("intake:t", "host:1:run", 30)
+    assert b.acquire_lease("termination:t/2", "host:2:run", 0.3) and b.acquire_lease("process:x", "host:2:serve", 30)
+    a.release_lease("intake:t", "host:1:run")
+    time.sleep(0.4)
+    assert [(l["key"], l["owner"]) for l in b.live_leases()] == [("process:x", "host:2:serve"),
+                                                                   ("termination:t/1", "host:1:run")]
+
+
 def test_renewing_keeps_a_lease_past_its_first_expiry(monkeypatch, backing):
     clock = [dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.timezone.utc)]
     for backend in (sqlite_backend, postgres_backend):
