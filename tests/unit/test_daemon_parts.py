@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import socket
 import threading
 import time
@@ -266,8 +267,17 @@ def test_healthz_is_503_with_the_reason_when_the_scheduler_or_the_store_is_not_w
     assert status == 503 and body["reasons"] == ["the scheduler is not running"]
     daemon.scheduler.start(paused=True)
     try:
-        assert call(app, "GET", "/healthz", **inside) == (200, {"status": "ok", "reasons": [], "tenants": 1,
-                                                                 "held_tenants": {}, "paused": ""})
+        me = f"{socket.gethostname()}:{os.getpid()}"
+        assert call(app, "GET", "/healthz", **inside) == (200, {
+            "status": "ok", "reasons": [], "database": "reachable", "tenants": 1, "held_tenants": {}, "paused": "",
+            "leases": {"daemon": me, "process": 1, "intake": 0, "termination": 0}})
+        daemon.store.release_lease(f"process:{daemon.owner}", daemon.owner)      # lost: taken back, still healthy
+        daemon.store.acquire_lease(f"process:{daemon.owner}", "elsewhere", 60)
+        daemon.leases.lost.add(f"process:{daemon.owner}")
+        status, body = call(app, "GET", "/healthz", **inside)
+        assert status == 503 and body["reasons"] == ["this daemon lost its own lease: another process took it over"]
+        daemon.store.release_lease(f"process:{daemon.owner}", "elsewhere")
+        assert call(app, "GET", "/healthz", **inside)[0] == 200
 
         def refuse(*args):
             raise PermissionError("attempt to write a readonly database")
@@ -275,6 +285,6 @@ def test_healthz_is_503_with_the_reason_when_the_scheduler_or_the_store_is_not_w
         monkeypatch.setattr(daemon.store, "set_cursor", refuse)
         status, body = call(app, "GET", "/healthz", **inside)
         assert status == 503 and body["reasons"] == ["the state store is not writable: attempt to write a readonly "
-                                                     "database"]
+                                                     "database"] and body["database"] == "unreachable"
     finally:
         daemon.scheduler.shutdown(wait=False)
