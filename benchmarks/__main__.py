@@ -179,6 +179,9 @@ def bench_samba(accounts: int = 1_500, probe: int = 300) -> list[tuple]:
 def main() -> int:
     from .soak import bench_soak
 
+    if sys.argv[1:] == ["revoke"]:
+        from .time_to_revoke import main as revoke
+        return revoke()
     only_soak = sys.argv[1:] == ["soak"]
     rows = [] if only_soak else bench_samba() + bench_memory() + bench_intake()
     lines = ["| measurement | ours | naive alternative | speed-up |", "|---|---|---|---|"]

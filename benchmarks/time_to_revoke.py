@@ -1,0 +1,144 @@
+"""Time to revoke, one leaver, every sandbox call 100 ms away: `python -m benchmarks revoke`.
+
+Two cases in the daemon (`offboard serve`, a real subprocess, against the sandbox over HTTPS):
+a *scheduled* leaver, timed from the due instant to the last revoke-phase outcome the daemon
+logged (each is logged right after its call answered), and an *unannounced* one, timed from
+the signed webhook's 202 to the same point. Each is divided by one write round trip, measured
+in the same run. Side by side, the baseline does what CIPP's offboarding job does: the same
+kind of revoke calls for another person, one after another, each waiting for the last.
+
+The tenant is cloud-only (Entra and Exchange Online): the Samba DC has no latency knob, so a
+hybrid tenant's AD calls would run at LAN speed and flatter the ratio; BENCHMARKS.md says so.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from connector import config as configmod
+from connector.providers.microsoft365.auth import Tokens
+from connector.providers.microsoft365.graph import GraphCall, GraphClient
+from tests.serving import Daemon, cloud_only_stayers, sandbox_daemon_setup, signed, wait_until, webhook_body
+
+LATENCY = 0.1                     # seconds before each sandbox request is handled
+SCHEDULED_LEAD = 20               # at least this many seconds between the webhook announcing a leaver and its due instant
+
+
+class LogWatch:
+    """When each line of the daemon's JSON log first appeared (polled every 5 ms): the log's own stamps are whole seconds."""
+
+    def __init__(self, path: Path):
+        self.path, self.seen, self._stop = path, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        offset, partial = 0, b""
+        while not self._stop.is_set():
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            if chunk:
+                offset += len(chunk)
+                now = time.time()
+                *lines, partial = (partial + chunk).split(b"\n")
+                self.seen += [(now, json.loads(line)) for line in lines if line.startswith(b"{")]
+            time.sleep(0.005)
+
+    def stop(self) -> list[tuple[float, dict]]:
+        self._stop.set()
+        self._thread.join()
+        return self.seen
+
+
+def revoke_done_at(seen: list[tuple[float, dict]], termination: str) -> tuple[float, int]:
+    """When the last revoke outcome of `termination` was logged, and how many there were; all must have succeeded."""
+    revokes = [(at, r) for at, r in seen if r.get("termination") == termination and r.get("phase") == "revoke"]
+    bad = [r["message"] for _, r in revokes if r.get("outcome") not in ("changed", "unchanged", "skipped")]
+    if not revokes or bad:
+        raise RuntimeError(f"revoke phase of {termination} not confirmed: {bad or 'no outcome logged'}")
+    return max(at for at, _ in revokes), len(revokes)
+
+
+def termination_of(daemon: Daemon, person) -> str:
+    return next(r["termination"] for r in daemon.records()
+                if r.get("employee") == person.number and r.get("termination"))
+
+
+def sequential_baseline(config_path: Path, person) -> tuple[float, list[float], int]:
+    """CIPP's way: token, find the user, then each revoke write alone, each waiting for the one before."""
+    tenant = configmod.load(config_path).tenants[0]
+    options = next(p for p in tenant.providers if p.type == "entra").options
+    client = GraphClient(options.graph_url, options.tenant_id, Tokens(options, options.graph_url, "baseline"),
+                         "baseline")
+    start = time.perf_counter()
+    user = client.request(GraphCall("GET", f"/users/{person.email}?$select=id,accountEnabled"))
+    uid = user["id"]
+    writes = [GraphCall("PATCH", f"/users/{uid}", {"accountEnabled": False}),
+              GraphCall("PATCH", f"/users/{uid}", {"passwordProfile": {
+                  "password": "Bench-" + os.urandom(12).hex(), "forceChangePasswordNextSignIn": True}}),
+              GraphCall("POST", f"/users/{uid}/revokeSignInSessions")]
+    grants = client.request(GraphCall("GET", f"/users/{uid}/oauth2PermissionGrants")).get("value", [])
+    writes += [GraphCall("DELETE", f"/oauth2PermissionGrants/{g['id']}") for g in grants]
+    each = []
+    for call in writes:
+        t0 = time.perf_counter()
+        client.request(call)
+        each.append(time.perf_counter() - t0)
+    return time.perf_counter() - start, each, len(writes) + 2 + 1     # + the two reads and the token request
+
+
+def bench_revoke() -> list[tuple]:
+    folder = Path(tempfile.mkdtemp(prefix="bench-revoke-"))
+    with sandbox_daemon_setup(folder, size=40) as (world, config_path, env):
+        os.environ["REQUESTS_CA_BUNDLE"] = env["REQUESTS_CA_BUNDLE"]
+        scheduled, unannounced, baseline_person = cloud_only_stayers(world)[:3]
+        daemon = Daemon(folder, config_path, env).start()
+        try:
+            for system in ("login", "graph", "exchange"):
+                world.sandbox.systems[system].knobs.latency = (LATENCY, 0.0)
+            watch = LogWatch(daemon.log)
+            # scheduled: announced SCHEDULED_LEAD s ahead; the daemon may observe and plan before the instant
+            soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=SCHEDULED_LEAD + 60)
+            due = soon.replace(second=0, microsecond=0)             # a webhook's time is HH:MM
+            body = webhook_body(scheduled, on=due.date(), at=f"{due:%H:%M}")
+            answer = daemon.post("/webhook/generic", body, signed(body))
+            assert answer.status_code == 202, answer.text
+            # unannounced: due at once, timed from the 202
+            body = webhook_body(unannounced)
+            answer = daemon.post("/webhook/generic", body, signed(body))
+            accepted = time.time()
+            assert answer.status_code == 202, answer.text
+            wait_until(lambda: sum(r.get("phase") == "revoke" for _, r in watch.seen) >= 2
+                       and time.time() > due.timestamp() + 1, SCHEDULED_LEAD + 120, every=0.2)
+            time.sleep(5)                                             # the rest of each pass (later phases)
+            seen = watch.stop()
+            sched_done, sched_n = revoke_done_at(seen, termination_of(daemon, scheduled))
+            unann_done, unann_n = revoke_done_at(seen, termination_of(daemon, unannounced))
+            total, each, calls = sequential_baseline(config_path, baseline_person)
+        finally:
+            assert daemon.stop() == 0
+    trip = statistics.median(each)
+    sched, unann = sched_done - due.timestamp(), unann_done - accepted
+    return [
+        ("one write round trip (sandbox latency 100 ms)", f"{trip * 1000:.0f} ms", "", None),
+        (f"scheduled leaver: due instant -> {sched_n} revoke outcomes confirmed", f"{sched:.2f} s",
+         f"{sched / trip:.2f} round trips (goal <= 1.3)", sched / trip),
+        (f"unannounced leaver: webhook 202 -> {unann_n} revoke outcomes confirmed", f"{unann:.2f} s",
+         f"{unann / trip:.2f} round trips (goal <= 2.5)", unann / trip),
+        (f"baseline, CIPP-style: {calls} calls one after another", f"{total:.2f} s",
+         f"{total / trip:.2f} round trips", total / trip),
+    ]
+
+
+def main() -> int:
+    rows = bench_revoke()
+    for name, figure, ratio_text, _ in rows:
+        print(f"{name}: {figure} {ratio_text}".rstrip())
+    return 0
