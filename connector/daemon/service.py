@@ -1,5 +1,8 @@
 """The daemon: one process that keeps every tenant's leavers moving for months, unattended.
 
+Each tenant's schedule is kept by one daemon, the holder of the tenant's lease: with several
+daemons on one database the tenants are shared out evenly among those alive, and a dead one's
+are taken over once its leases expire. Any daemon works the webhooks and tickets it accepts.
 Its schedule is rebuilt from the store on every start and whenever the store changes (the
 audit head moves): a poll per tenant, and one wake-up at the earliest instant work appears
 by itself (a termination becoming due, a journaled wait ending), so a leaver due at 17:00 is
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import queue
 import signal
@@ -51,6 +55,7 @@ ADOPT_SECONDS = 15.0         # how often runs left by a dead daemon are looked f
 ALERT_SECONDS = 30.0         # how often the conditions a person is told about are checked
 STALE_TICK = 30.0            # a scheduler that has not ticked for this long is unhealthy
 PURGE_SECONDS = 86400.0      # the retention purge, daily
+SHARE_SECONDS = 5.0          # how often the tenants are shared out again among the daemons alive
 SIGNAL_POLL_SECONDS = 0.5     # the longest a signal delivered to another thread waits for the main one
 
 
@@ -82,7 +87,9 @@ class Daemon:
         self.leases.take(f"process:{self.owner}")
         self._start_listener()
         self.scheduler.start()
+        self.share_tenants()
         self._schedule_polls()
+        self.scheduler.add_job(self.share_tenants, IntervalTrigger(seconds=SHARE_SECONDS), id="share")
         self.scheduler.add_job(self._watch, IntervalTrigger(seconds=WATCH_SECONDS), id="watch")
         self.scheduler.add_job(self.adopt_orphans, IntervalTrigger(seconds=ADOPT_SECONDS), id="adopt",
                                next_run_time=dt.datetime.now(dt.timezone.utc))
@@ -144,6 +151,7 @@ class Daemon:
                 (fresh.webhook and fresh.webhook.listen) != (self.config.webhook and self.config.webhook.listen):
             log.warning("reload: a new state store or listen address takes effect only after a restart")
         self.config = fresh
+        self.share_tenants()
         self._schedule_polls()
         log.info("reloaded %s: %d tenant(s)", fresh.path, len(fresh.tenants))
 
@@ -159,7 +167,40 @@ class Daemon:
                                    next_run_time=dt.datetime.now(dt.timezone.utc))
 
     def _poll(self, tenant: str) -> None:
-        self._submit(tenant, "schedule")
+        if tenant in self.kept():
+            self._submit(tenant, "schedule")
+
+    def kept(self) -> set[str]:
+        """The tenants whose schedule this daemon keeps: those whose lease it holds."""
+        return {t.id for t in self.config.tenants if self.leases.holds(f"tenant:{t.id}")}
+
+    def share_tenants(self) -> None:
+        """Keep an even share of the tenants (all of them when alone): give back what is beyond it, for a
+        daemon that just started, and take free ones (never held, given back, or a dead daemon's expired)
+        up to it. A tenant taken is polled at once; either way the wake-up is computed again."""
+        live = self.store.live_leases()
+        daemons = {daemon_of(lease["owner"]) for lease in live if kind_of(lease["key"]) == "process"}
+        share = math.ceil(len(self.config.tenants) / len(daemons | {daemon_of(self.owner)}))
+        wanted = [f"tenant:{t}" for t in sorted(t.id for t in self.config.tenants)]
+        held = [key for key in wanted if self.leases.holds(key)][:share]
+        given_back = [key for key in self.leases.keys("tenant") if key not in held]      # lost, gone, too many
+        for key in given_back:
+            self.leases.release(key)
+        taken_elsewhere = {lease["key"] for lease in live if daemon_of(lease["owner"]) != daemon_of(self.owner)}
+        taken = []
+        for key in wanted:
+            if len(held) + len(taken) >= share:
+                break
+            if key not in held and key not in taken_elsewhere and self.leases.take(key):
+                taken.append(key)
+        for key in taken:
+            job = self.scheduler.get_job(f"poll:{key.split(':', 1)[1]}")
+            if job is not None:
+                job.modify(next_run_time=dt.datetime.now(dt.timezone.utc))
+        if taken or given_back:
+            log.info("tenants kept here: %d of %d (%d taken, %d given back)", len(self.kept()),
+                     len(self.config.tenants), len(taken), len(given_back))
+            self.reschedule_wakeup()
 
     def _submit(self, tenant: str, trigger: str, only: list[str] | None = None) -> str | None:
         try:
@@ -172,8 +213,9 @@ class Daemon:
         with self._wake_lock:
             if not self.scheduler.running:
                 return
-            at = min(filter(None, [self.store.next_instant(self._horizon),       # restrict starts, retention ends
-                                   next_wakeup(self.config, self.store, self._horizon)]), default=None)
+            at = min(filter(None, [self.store.next_instant(self._horizon),   # due instants, journaled waits: one query
+                                   next_wakeup(self.config, self.store, self._horizon, self.kept())]),
+                     default=None)
             if at is None:
                 if self.scheduler.get_job("wakeup"):
                     self.scheduler.remove_job("wakeup")
@@ -191,13 +233,13 @@ class Daemon:
 
     def _work_on_due(self, states: tuple[str, ...], at: dt.datetime, trigger: str) -> None:
         by_tenant: dict[str, list[str]] = {}
-        tenants = {t.id: t for t in self.config.tenants}
+        tenants = {t.id: t for t in self.config.tenants if t.id in self.kept()}
         for row in self.store.terminations(None, states):
             if row["tenant"] in tenants and workable_phases(row, tenants[row["tenant"]], at):
                 by_tenant.setdefault(row["tenant"], []).append(row["id"])
         for tenant, ids in by_tenant.items():
             stopped = self.store.open_hold(tenant) or self.store.paused(tenant)     # its polls still record
-            if not stopped and any(t.id == tenant for t in self.config.tenants):
+            if not stopped:
                 self._submit(tenant, trigger, ids)
 
     def _watch(self) -> None:
@@ -302,7 +344,7 @@ class Daemon:
                          "held_tenants": self.store.held_tenants(),
                          "paused": f"{pause['reason']} since {pause['paused_at']}" if pause else "",
                          "leases": {"daemon": me, **{kind: held.get(kind, 0)
-                                                     for kind in ("process", "intake", "termination")}}}
+                                                     for kind in ("process", "tenant", "intake", "termination")}}}
 
     def _daemon_metrics(self) -> Iterable:
         held_now = self.store.held_tenants()

@@ -25,7 +25,7 @@ def daemon_of(owner: str) -> str:
 
 
 def kind_of(key: str) -> str:
-    """`termination`, `intake` or `process`: what a lease key guards."""
+    """`termination`, `intake`, `tenant` or `process`: what a lease key guards."""
     return key.split(":", 1)[0]
 
 
@@ -49,6 +49,11 @@ class Leases:
     def holds(self, key: str) -> bool:
         with self._lock:
             return key in self.held and key not in self.lost
+
+    def keys(self, kind: str) -> list[str]:
+        """The keys of that kind taken here and not released, lost ones included."""
+        with self._lock:
+            return sorted(key for key in self.held if kind_of(key) == kind)
 
     def release(self, key: str) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ instead of at the next poll.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Collection
 
 from ..config import Config, Tenant
 from ..model import PHASES, Termination
@@ -78,11 +79,15 @@ def workable_phases(row: dict, tenant: Tenant, now: dt.datetime) -> tuple[str, .
     return ()
 
 
-def next_wakeup(config: Config, store: StateStore, now: dt.datetime) -> dt.datetime | None:
+def next_wakeup(config: Config, store: StateStore, now: dt.datetime,
+                tenants: Collection[str] | None = None) -> dt.datetime | None:
     """The earliest instant after `now` at which something becomes workable: a due instant, the start of a
-    restriction, an action's `next_attempt_at`, the end of a retention; None when nothing waits."""
+    restriction, an action's `next_attempt_at`, the end of a retention; None when nothing waits. `tenants`
+    narrows it to those (a daemon's own share)."""
     instants: list[dt.datetime] = []
     for tenant in config.tenants:
+        if tenants is not None and tenant.id not in tenants:
+            continue
         for row in store.terminations(tenant.id, ("scheduled", "due", "restricted", "in_progress", "done")):
             due = parse_iso(row["due_at"])
             if row["state"] == "done":

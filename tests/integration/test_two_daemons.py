@@ -9,6 +9,7 @@ appended to verifies with `offboard audit verify`.
 """
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import os
@@ -24,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connector.reconcile.leases import daemon_of
 from connector.sandbox.demo import TENANT
+from connector.store.base import stamp
 from tests.serving import Daemon, cloud_only_stayers, sandbox_daemon_setup, signed, wait_until, webhook_body
 
 pytestmark = pytest.mark.postgres
@@ -90,6 +92,13 @@ def leavers(world, count: int) -> list:
 def post(daemon: Daemon, person, tenant: str) -> int:
     body = webhook_body(person, tenant)
     return daemon.post("/webhook/generic", body, signed(body)).status_code
+
+
+def keepers(url: str) -> dict[str, str]:
+    """tenant -> the daemon (host:pid) holding its lease, which keeps its polls and wake-ups."""
+    return {key.split(":", 1)[1]: daemon_of(owner) for key, owner in sql(
+        url, "select key, owner from leases where key like 'tenant:%%' and expires_at > %s",
+        [stamp(dt.datetime.now(dt.timezone.utc))])}
 
 
 def audit_verifies(daemon: Daemon) -> None:
@@ -160,10 +169,44 @@ def test_a_daemon_killed_mid_pass_has_its_work_finished_by_the_other_within_a_mi
                                                          " order by a.finished_at desc limit 1", [tid])}
             assert finishers == {survivor}, (tid, finishers)
         assert taken_over <= LEASE_SECONDS + 60
+        wait_until(lambda: keepers(url) == {tenant_id(i): survivor for i in range(TENANTS)}, 30,
+                   what=f"the survivor to keep every tenant: {keepers(url)}")
         assert second.get("/healthz").status_code == 200
         audit_verifies(second)
     finally:
         assert second.stop() == 0
+    assert all(offboarded(world, p) for p in people)
+    assert not doubled(world)
+
+
+def test_scheduled_leavers_are_revoked_at_their_instant_once_each_by_the_daemon_keeping_their_tenant(setup, tmp_path):
+    world, config, env, url = setup
+    people = leavers(world, TENANTS)
+    first, second = started(tmp_path, config, env)
+    try:
+        daemons = {f"{socket.gethostname()}:{d.proc.pid}" for d in (first, second)}
+        wait_until(lambda: len(keepers(url)) == TENANTS and Counter(keepers(url).values()) ==
+                   {d: TENANTS // 2 for d in daemons}, 30, what=f"the tenants shared out evenly: {keepers(url)}")
+        kept = keepers(url)
+        soon = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+        if (soon - dt.datetime.now(dt.timezone.utc)).total_seconds() < 10:
+            soon += dt.timedelta(minutes=1)
+        for i, person in enumerate(people):              # each told to the daemon NOT keeping its tenant half the time
+            body = webhook_body(person, tenant_id(i), on=soon.date(), at=soon.strftime("%H:%M"))
+            assert (first, second)[i % 2].post("/webhook/generic", body, signed(body)).status_code == 202
+        wait_until(lambda: states(url) == {"scheduled": TENANTS}, 30, what=f"all scheduled: {states(url)}")
+        assert not any(offboarded(world, p) for p in people)
+        wait_until(lambda: states(url) == {"done": TENANTS}, 150, every=0.5, what=f"revoked at the instant: {states(url)}")
+        blocks = [w for w in world.sandbox.writes.entries(ok=True) if w.op == "PATCH users/{id} accountEnabled"]
+        assert len(blocks) == TENANTS
+        assert all(soon.timestamp() <= b.at <= soon.timestamp() + 20 for b in blocks), \
+            [round(b.at - soon.timestamp(), 1) for b in blocks]
+        due_runs = sql(url, "select tenant, owner from runs where trigger = 'due'")
+        assert {tenant for tenant, _ in due_runs} == set(kept)
+        assert all(daemon_of(owner) == kept[tenant] for tenant, owner in due_runs), (due_runs, kept)
+        audit_verifies(first)
+    finally:
+        assert first.stop() == 0 and second.stop() == 0
     assert all(offboarded(world, p) for p in people)
     assert not doubled(world)
 

@@ -110,6 +110,51 @@ def test_the_next_instant_is_the_earliest_due_date_or_journaled_wait_after_the_h
     assert store.next_instant(t0 + dt.timedelta(hours=4)) is None
 
 
+def test_daemons_share_the_tenants_evenly_keep_their_own_wakeups_and_take_a_dead_ones_once_its_leases_expire(
+        tmp_path, monkeypatch):
+    from connector.daemon import service
+    from connector.reconcile.engine import PICKED
+    from connector.reconcile.schedule import next_wakeup
+
+    one = load(write_config(tmp_path))
+    config = one.model_copy(update={"tenants": [one.tenants[0].model_copy(update={"id": f"t{i}"}) for i in range(5)]})
+    store = Store.memory()
+
+    def started(host: str) -> service.Daemon:
+        monkeypatch.setattr(service, "owner_id", lambda run: f"{host}:1:{run}")
+        daemon = service.Daemon(config, store)
+        daemon.leases.take(f"process:{daemon.owner}")
+        daemon.submitted = []
+        monkeypatch.setattr(daemon.runner, "submit", lambda tenant, trigger, only=None: daemon.submitted.append(tenant))
+        return daemon
+
+    a = started("a")
+    a.share_tenants()
+    assert a.kept() == {f"t{i}" for i in range(5)}                        # alone: every tenant
+    b = started("b")
+    b.share_tenants()
+    assert b.kept() == set()                                              # all held: it waits for a to give back
+    a.share_tenants(), b.share_tenants()
+    assert (a.kept(), b.kept()) == ({"t0", "t1", "t2"}, {"t3", "t4"})   # ceil(5 / 2) and the rest, none twice
+    a.share_tenants(), b.share_tenants()
+    assert (a.kept(), b.kept()) == ({"t0", "t1", "t2"}, {"t3", "t4"})   # stable: nothing moves back and forth
+
+    at = now()
+    termination(store, "t0/E1", "due", at - dt.timedelta(minutes=1))
+    termination(store, "t4/E2", "due", at - dt.timedelta(minutes=1))
+    termination(store, "t4/E3", "scheduled", at + dt.timedelta(hours=2))
+    a._work_on_due(PICKED, at, "due"), b._work_on_due(PICKED, at, "due")
+    assert (a.submitted, b.submitted) == (["t0"], ["t4"])                 # each due leaver worked by one daemon
+    assert next_wakeup(config, store, at, a.kept()) is None
+    assert next_wakeup(config, store, at, b.kept()) == dt.datetime.fromisoformat(iso(at + dt.timedelta(hours=2)))
+
+    for key in b.leases.keys("tenant") + [f"process:{b.owner}"]:          # b dies: its leases run out
+        assert store.renew_lease(key, b.owner, -1)
+    a.share_tenants()
+    assert a.kept() == {f"t{i}" for i in range(5)}
+    assert next_wakeup(config, store, at, a.kept()) == dt.datetime.fromisoformat(iso(at + dt.timedelta(hours=2)))
+
+
 # -- alerts ------------------------------------------------------------------------------------
 def alert_config(config, monkeypatch, failing_after=0.0, psa_ticket=False):
     monkeypatch.setenv("ALERT_URL", "https://hooks.example.test/services/T000/B000/XXXX")
@@ -270,7 +315,7 @@ def test_healthz_is_503_with_the_reason_when_the_scheduler_or_the_store_is_not_w
         me = f"{socket.gethostname()}:{os.getpid()}"
         assert call(app, "GET", "/healthz", **inside) == (200, {
             "status": "ok", "reasons": [], "database": "reachable", "tenants": 1, "held_tenants": {}, "paused": "",
-            "leases": {"daemon": me, "process": 1, "intake": 0, "termination": 0}})
+            "leases": {"daemon": me, "process": 1, "tenant": 0, "intake": 0, "termination": 0}})
         daemon.store.release_lease(f"process:{daemon.owner}", daemon.owner)      # lost: taken back, still healthy
         daemon.store.acquire_lease(f"process:{daemon.owner}", "elsewhere", 60)
         daemon.leases.lost.add(f"process:{daemon.owner}")
