@@ -1,5 +1,6 @@
-"""The daemon's long life, measured: `offboard serve` with 50 tenants over hundreds of passes against the
-sandbox over HTTPS, its resident memory sampled from /proc, then the same daemon idle.
+"""The daemon's long life and footprint: `python -m benchmarks soak`. `offboard serve` with 50 tenants over
+hundreds of passes against the sandbox over HTTPS, its resident memory sampled from /proc, then the
+same daemon idle for a minute.
 
 Memory that grows with the number of passes (a cache without a bound, a leaked thread) shows as a
 slope between the first and the last third of the samples; a flat daemon's slope is noise.
@@ -13,7 +14,10 @@ from pathlib import Path
 
 from tests.serving import Daemon, sandbox_daemon_setup
 
+from .sections import Section, table
+
 TENANTS = 50
+TITLE = "The daemon's long life and footprint"
 
 
 def rss_kib(pid: int) -> int:
@@ -53,18 +57,24 @@ def measure(folder: Path, poll: str, seconds: float, warmup: float = 0) -> dict:
             "cpu": cpu, "elapsed": elapsed}
 
 
-def bench_soak(busy_seconds: float = 120, idle_seconds: float = 30) -> list[tuple]:
+def section(busy_seconds: float = 120, idle_seconds: float = 60) -> Section:
     busy = measure(Path(tempfile.mkdtemp(prefix="soak-busy-")), "2s", busy_seconds)
     idle = measure(Path(tempfile.mkdtemp(prefix="soak-idle-")), "1h", idle_seconds, warmup=15)
     growth = busy["rss_late"] - busy["rss_early"]
     per_100 = growth / max(1, busy["passes"]) * 100
-    return [
-        (f"serve, {TENANTS} tenants polled every 2 s for {busy['elapsed']:.0f} s", f"{busy['passes']} passes",
-         f"{busy['cpu'] / max(1, busy['passes']) * 1000:.0f} ms CPU per pass", None),
-        ("resident memory over those passes (first third -> last third of samples)",
+    idle_cpu = idle["cpu"] / idle["elapsed"] * 100
+    rows = [
+        [f"serve, {TENANTS} tenants polled every 2 s for {busy['elapsed']:.0f} s", f"{busy['passes']} passes",
+         f"{busy['cpu'] / max(1, busy['passes']) * 1000:.0f} ms CPU per pass"],
+        ["resident memory over those passes (first third -> last third of samples)",
          f"{busy['rss_early'] / 1024:.1f} MiB -> {busy['rss_late'] / 1024:.1f} MiB",
-         f"{per_100:+.0f} KiB per 100 passes (max {busy['rss_max'] / 1024:.1f} MiB)", None),
-        (f"serve idle ({TENANTS} tenants, one-hour poll) for {idle['elapsed']:.0f} s",
-         f"{idle['rss_late'] / 1024:.1f} MiB resident",
-         f"{idle['cpu'] / idle['elapsed'] * 100:.2f} % of one core (after its first full pass)", None),
+         f"{per_100:+.0f} KiB per 100 passes (max {busy['rss_max'] / 1024:.1f} MiB)"],
+        [f"serve idle ({TENANTS} tenants, one-hour poll) for {idle['elapsed']:.0f} s",
+         f"{idle['rss_late'] / 1024:.1f} MiB resident", f"{idle_cpu:.2f} % of one core (after its first full pass)"],
     ]
+    return Section(TITLE, table(["the daemon", "figure", "per unit"], rows) +
+                   "\n\nThe memory slope compares the mean of the first and the last third of one-second samples: a\n"
+                   "daemon that leaks grows with every pass; a flat one moves by allocator noise. The idle figures are\n"
+                   "taken after the first full pass, with a one-hour poll.",
+                   f"idle: {idle['rss_late'] / 1024:.0f} MiB and {idle_cpu:.2f} % of a core for {TENANTS} tenants; "
+                   f"{per_100:+.0f} KiB per 100 busy passes")
