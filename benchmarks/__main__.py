@@ -18,6 +18,7 @@ BENCHMARKS = {
     "revoke": "benchmarks.time_to_revoke",
     "matching": "benchmarks.matching",
     "soak": "benchmarks.soak",
+    "two_daemons": "benchmarks.two_daemons",
 }
 
 

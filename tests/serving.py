@@ -128,12 +128,21 @@ def cloud_only_stayers(world: worldmod.World) -> list[Employee]:
             if not p.leaver and not p.synced and not p.litigation_hold and p.mailbox_gb < 50]
 
 
+def independent_leavers(world: worldmod.World, count: int) -> list[Employee]:
+    """People whose whole offboarding the cloud can do, none the manager of another: each hand-over has
+    a successor who stays."""
+    stayers = cloud_only_stayers(world)
+    managers = {p.manager.lower() for p in stayers if p.manager}
+    return [p for p in stayers if p.email.lower() not in managers][:count]
+
+
 @contextlib.contextmanager
 def sandbox_daemon_setup(folder: Path, size: int = 60, tenants: int = 1, poll_interval: str = "1h",
-                         connector: str = "", psa: bool = False, state: str = ""):
+                         connector: str = "", psa: bool = False, state: str = "", tenant_extra: str = ""):
     """The sandbox over HTTPS and a config for `tenants` tenants (all in the one generated Microsoft 365
     tenant, each with its own webhook secret; with `psa`, the first is a ConnectWise company whose
-    callbacks carry CALLBACK_TOKEN); `state` is a PostgreSQL URL (else a SQLite file in `folder`); yields (world, config path, env for the daemon)."""
+    callbacks carry CALLBACK_TOKEN); `state` is a PostgreSQL URL (else a SQLite file in `folder`); `tenant_extra`
+    is added to every tenant's block; yields (world, config path, env for the daemon)."""
     world = worldmod.build(size)
     with HttpsServer(world.sandbox, folder / "tls") as server:
         cloud = world.cloud
@@ -156,6 +165,7 @@ def sandbox_daemon_setup(folder: Path, size: int = 60, tenants: int = 1, poll_in
                 name = "Example Ltd"
                 timezone = "UTC"
                 webhook_secret = "{hook}"
+                {tenant_extra}
                 {f"psa_company_id = {worldmod.PSA_COMPANY}" if psa and i == 0 else ""}
                 [[tenant.source]]
                 type = "webhook"

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from connector.reconcile.leases import daemon_of
 from connector.sandbox.demo import TENANT
 from connector.store.base import stamp
-from tests.serving import Daemon, cloud_only_stayers, sandbox_daemon_setup, signed, wait_until, webhook_body
+from tests.serving import Daemon, independent_leavers, sandbox_daemon_setup, signed, wait_until, webhook_body
 
 pytestmark = pytest.mark.postgres
 
@@ -81,14 +81,6 @@ def workers_of_changes(url: str) -> Counter:
         url, "select r.owner from actions a join runs r on r.id = a.run_id where a.status = 'changed'"))
 
 
-def leavers(world, count: int) -> list:
-    """People whose whole offboarding the cloud can do, none the manager of another: each hand-over has
-    a successor who stays."""
-    stayers = cloud_only_stayers(world)
-    managers = {p.manager.lower() for p in stayers if p.manager}
-    return [p for p in stayers if p.email.lower() not in managers][:count]
-
-
 def post(daemon: Daemon, person, tenant: str) -> int:
     body = webhook_body(person, tenant)
     return daemon.post("/webhook/generic", body, signed(body)).status_code
@@ -108,7 +100,7 @@ def audit_verifies(daemon: Daemon) -> None:
 
 def test_two_daemons_offboard_two_hundred_leavers_of_twenty_tenants_exactly_once_and_share_the_work(setup, tmp_path):
     world, config, env, url = setup
-    people = leavers(world, 200)
+    people = independent_leavers(world, 200)
     assert len(people) == 200
     world.cloud.graph.knobs.latency = (0.01, 0.01)        # the two daemons' passes overlap
     first, second = started(tmp_path, config, env)
@@ -141,7 +133,7 @@ def test_two_daemons_offboard_two_hundred_leavers_of_twenty_tenants_exactly_once
 def test_a_daemon_killed_mid_pass_has_its_work_finished_by_the_other_within_a_minute_of_its_leases_expiring(
         setup, tmp_path):
     world, config, env, url = setup
-    people = leavers(world, 24)
+    people = independent_leavers(world, 24)
     world.cloud.graph.knobs.latency = (0.0, 0.4)          # each Graph write lands, then its answer is slow
     first, second = started(tmp_path, config, env)
     try:
@@ -181,7 +173,7 @@ def test_a_daemon_killed_mid_pass_has_its_work_finished_by_the_other_within_a_mi
 
 def test_scheduled_leavers_are_revoked_at_their_instant_once_each_by_the_daemon_keeping_their_tenant(setup, tmp_path):
     world, config, env, url = setup
-    people = leavers(world, TENANTS)
+    people = independent_leavers(world, TENANTS)
     first, second = started(tmp_path, config, env)
     try:
         daemons = {f"{socket.gethostname()}:{d.proc.pid}" for d in (first, second)}
@@ -214,7 +206,7 @@ def test_scheduled_leavers_are_revoked_at_their_instant_once_each_by_the_daemon_
 def test_the_same_webhook_posted_to_both_daemons_at_once_makes_one_run(setup, tmp_path):
     world, config, env, url = setup
     first, second = started(tmp_path, config, env)
-    people = leavers(world, 5)
+    people = independent_leavers(world, 5)
     try:
         for person in people:
             body = webhook_body(person)
