@@ -1,5 +1,7 @@
 """Time to revoke, one leaver, every sandbox call 100 ms away: `python -m benchmarks revoke`.
 
+Each span is broken down by what the sandbox was asked in it, so a missed goal shows what holds it back.
+
 Two cases in the daemon (`offboard serve`, a real subprocess, against the sandbox over HTTPS):
 a *scheduled* leaver, timed from the due instant to the last revoke-phase outcome the daemon
 logged (each is logged right after its call answered), and an *unannounced* one, timed from
@@ -31,7 +33,25 @@ from .sections import Section, table
 
 TITLE = "Time to revoke"
 LATENCY = 0.1                     # seconds before each sandbox request is handled
-WHAT_HOLDS_IT_BACK = "(to be written from the breakdown)"
+WHAT_HOLDS_IT_BACK = """\
+Scheduled: the daemon starts a leaver's pass 10 s before the due instant (`PLAN_AHEAD` in
+connector/daemon/service.py), so the credential checks, the reads of every system, matching and the
+plan are done by then, and at the instant only Entra's revoke chain is sent: one `$batch` that reads
+the account again (read before write, so a change made in the last seconds is compared, not
+overwritten), then block sign-in, reset the password and revoke the sessions, each in its own `$batch`
+round because each waits for the one before (sessions are revoked only once sign-in is blocked, so
+none can be opened in between). That is the 4 round trips above. What holds the 1.3 goal back: the
+three writes in one `$batch`, ordered inside it with Graph's `dependsOn`, and the re-read moved before
+the instant. Neither is built yet.
+
+Unannounced: nothing can be read ahead. Before its first write the pass checks each system's
+credential and reads every system the person has an account in, because decisions about a person
+(admin, protected, ambiguous) are made across all systems before anything is revoked. The systems are
+read side by side, but each one's reads are chained: a Graph search, then the account's state;
+Exchange's cmdlets one at a time, including the reads that only the later phases' plans need. What
+holds the 2.5 goal back: one read round per system (Exchange's planning reads after revoke instead of
+before), and the revoke writes in one `$batch` as above. The first pass after a start also fetches a
+token per service; later passes reuse them (msal's cache, shared per app registration)."""
 BREAKDOWN: dict[str, Counter] = {}     # filled by bench_revoke: what the sandbox was asked in each span
 FIRST_WRITE: list[float] = []          # seconds from the due instant to the scheduled leaver's first write answered
 SCHEDULED_LEAD = 20               # at least this many seconds between the webhook announcing a leaver and its due instant

@@ -9,6 +9,7 @@ restarted daemon both see it; the work itself resumes from the journal whoever d
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import uuid
@@ -34,10 +35,11 @@ class Job:
     trigger: str
     only: set[str] | None = None          # None: a full pass (feeds, then whatever is due)
     named: set[str] = field(default_factory=set)
+    not_before: dt.datetime | None = None  # read and plan now, write from this instant (reconcile's not_before)
 
     @property
-    def kind(self) -> str:
-        return "full" if self.only is None else "only"
+    def kind(self) -> tuple[str, dt.datetime | None]:
+        return ("full" if self.only is None else "only"), self.not_before
 
 
 class Runner:
@@ -53,21 +55,21 @@ class Runner:
         self._idle = threading.Condition(self._lock)
 
     def submit(self, tenant: str, trigger: str, only: list[str] | None = None, run_id: str | None = None,
-               prepare: Callable[[str], None] = lambda run_id: None) -> str:
+               prepare: Callable[[str], None] = lambda run_id: None, not_before: dt.datetime | None = None) -> str:
         """Queue a pass for `tenant` (on `only` those terminations) and return its run id.
 
-        It joins the tenant's waiting pass of the same kind, if any; `run_id` (a run adopted
-        from a daemon that died) keeps its own id and waits on its own. `prepare(run_id)` runs
-        before the pass can start (a webhook records its termination there)."""
+        It joins the tenant's waiting pass of the same kind (and the same `not_before`), if any;
+        `run_id` (a run adopted from a daemon that died) keeps its own id and waits on its own.
+        `prepare(run_id)` runs before the pass can start (a webhook records its termination there)."""
         with self._lock:
             if self.stop.is_set():
                 raise ShuttingDown("the daemon is stopping")
-            kind = "full" if only is None else "only"
+            kind = ("full" if only is None else "only"), not_before
             waiting = self._waiting.setdefault(tenant, [])
             job = next((j for j in waiting if j.kind == kind), None) if run_id is None else None
             prepare(job.run_id if job else (run_id := run_id or uuid.uuid4().hex[:12]))
             if job is None:
-                job = Job(run_id, tenant, trigger, None if only is None else set())
+                job = Job(run_id, tenant, trigger, None if only is None else set(), not_before=not_before)
                 waiting.append(job)
             if only is not None:
                 job.only |= set(only)
@@ -112,7 +114,7 @@ class Runner:
     def _work(self, job: Job) -> None:
         try:
             report = reconcile(self.config(), self.store, tenant=job.tenant, trigger=job.trigger, run_id=job.run_id,
-                               only=job.only, stop=self.stop)
+                               only=job.only, stop=self.stop, not_before=job.not_before)
             log.info("run %s (%s, %s): exit %s", job.run_id, job.trigger, job.tenant, report.exit_code,
                      extra={"tenant": job.tenant, "run_id": job.run_id})
         except Exception as e:   # a config that lost the tenant, a store that failed: this run failed, the daemon goes on

@@ -6,7 +6,8 @@ are taken over once its leases expire. Any daemon works the webhooks and tickets
 Its schedule is rebuilt from the store on every start and whenever the store changes (the
 audit head moves): a poll per tenant, and one wake-up at the earliest instant work appears
 by itself (a termination becoming due, a journaled wait ending), so a leaver due at 17:00 is
-revoked at 17:00 whatever the poll interval. APScheduler keeps only that in-memory plan; every
+revoked at 17:00 whatever the poll interval. A leaver's pass starts `PLAN_AHEAD` seconds before
+their due instant: it checks, reads, matches and plans then, and its first write waits for 17:00. APScheduler keeps only that in-memory plan; every
 fact it is made from lives in the store. Signals are handled on the main thread: SIGHUP
 reloads the config between passes (a bad one keeps the running one), SIGTERM stops taking
 work, lets the passes in flight finish their actions within `shutdown_grace`, and exits 0.
@@ -40,7 +41,7 @@ from ..providers.connectwise.api import ConnectWise
 from ..reconcile import tickets
 from ..reconcile.announce import TicketNotes
 from ..reconcile.leases import Leases, daemon_of, kind_of, owner_id
-from ..reconcile.schedule import next_wakeup, workable_phases
+from ..reconcile.schedule import next_due, next_wakeup, workable_phases
 from ..sources.webhook import MAX_BODY
 from ..store import Store, iso, now
 from . import metrics, systemd
@@ -55,6 +56,7 @@ ADOPT_SECONDS = 15.0         # how often runs left by a dead daemon are looked f
 ALERT_SECONDS = 30.0         # how often the conditions a person is told about are checked
 STALE_TICK = 30.0            # a scheduler that has not ticked for this long is unhealthy
 PURGE_SECONDS = 86400.0      # the retention purge, daily
+PLAN_AHEAD = dt.timedelta(seconds=10)   # a due leaver's pass reads and plans this long before the instant
 SHARE_SECONDS = 5.0          # how often the tenants are shared out again among the daemons alive
 SIGNAL_POLL_SECONDS = 0.5     # the longest a signal delivered to another thread waits for the main one
 
@@ -202,9 +204,10 @@ class Daemon:
                      len(self.config.tenants), len(taken), len(given_back))
             self.reschedule_wakeup()
 
-    def _submit(self, tenant: str, trigger: str, only: list[str] | None = None) -> str | None:
+    def _submit(self, tenant: str, trigger: str, only: list[str] | None = None,
+                not_before: dt.datetime | None = None) -> str | None:
         try:
-            return self.runner.submit(tenant, trigger, only)
+            return self.runner.submit(tenant, trigger, only, not_before=not_before)
         except Exception as e:     # stopping, or the store refused the run row: logged, the next trigger retries
             log.warning("could not queue a %s pass for %s: %s", trigger, tenant, e, extra={"tenant": tenant})
             return None
@@ -213,9 +216,11 @@ class Daemon:
         with self._wake_lock:
             if not self.scheduler.running:
                 return
+            kept = self.kept()
+            ahead = next_due(self.config, self.store, self._horizon + PLAN_AHEAD, kept)
             at = min(filter(None, [self.store.next_instant(self._horizon),   # due instants, journaled waits: one query
-                                   next_wakeup(self.config, self.store, self._horizon, self.kept())]),
-                     default=None)
+                                   next_wakeup(self.config, self.store, self._horizon, kept),
+                                   ahead and ahead[0] - PLAN_AHEAD]), default=None)
             if at is None:
                 if self.scheduler.get_job("wakeup"):
                     self.scheduler.remove_job("wakeup")
@@ -229,7 +234,20 @@ class Daemon:
             at = now()
             self._horizon = at
         self._work_on_due(PICKED, at, "due")
+        self._plan_ahead(at)
         self.reschedule_wakeup()
+
+    def _plan_ahead(self, at: dt.datetime) -> None:
+        """Start the passes of the leavers due within PLAN_AHEAD, each to write at its instant."""
+        while (ahead := next_due(self.config, self.store, at, self.kept())) and ahead[0] <= at + PLAN_AHEAD:
+            due, rows = ahead
+            by_tenant: dict[str, list[str]] = {}
+            for row in rows:
+                by_tenant.setdefault(row["tenant"], []).append(row["id"])
+            for tenant, ids in by_tenant.items():
+                if not (self.store.open_hold(tenant) or self.store.paused(tenant)):
+                    self._submit(tenant, "due", ids, not_before=due)
+            at = due
 
     def _work_on_due(self, states: tuple[str, ...], at: dt.datetime, trigger: str) -> None:
         by_tenant: dict[str, list[str]] = {}

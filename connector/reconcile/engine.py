@@ -11,13 +11,13 @@ from typing import Callable, Collection
 
 from .. import plugins
 from ..config import Config, PsaSettings, Tenant
-from ..errors import ConfigError, InputRejected, OffboardError, PermanentError
+from ..errors import ConfigError, InputRejected, OffboardError
 from ..model import Termination
 from ..providers.base import Provider
 from ..providers.facts import TenantFacts
 from ..store import Store, iso, now as utcnow
 from .announce import Announcer, Listener, StateChange, TicketNotes, TicketOpener
-from .execute import Executor, Leaver, termination_from_row
+from .execute import Executor, Leaver, each_provider, termination_from_row
 from .intake import Intake, cancel_missing, pull_sources, record
 from .leases import Leases, owner_id
 from .schedule import RESTRICT_ONLY, workable_phases
@@ -77,10 +77,13 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
               on_demand: list[Termination] | None = None,
               providers: Callable[[Tenant], list[Provider]] | None = None,
               run_id: str | None = None, listeners: tuple[Listener, ...] = (),
-              only: Collection[str] | None = None, stop: threading.Event | None = None) -> Report:
+              only: Collection[str] | None = None, stop: threading.Event | None = None,
+              not_before: dt.datetime | None = None) -> Report:
     """Run one pass. `on_demand` skips the feeds and works on just those terminations; `only` skips
     the feeds and works on the stored terminations with those ids (a webhook recorded them already).
     Once `stop` is set no further action starts: those in flight finish and are journaled.
+    `not_before` is a pass started ahead of a due instant: it works as at that instant, checks,
+    reads, matches and plans at once, and makes its first write no earlier than the instant.
 
     Every state change of the pass is announced to the ticket notes and to `listeners`
     (not in a dry run: nothing really changed).
@@ -88,7 +91,7 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
     Tenants run side by side in a bounded pool, so one tenant's slow or throttled system
     never delays another tenant's revoke, and one tenant's failure is reported, not spread.
     """
-    now = now or utcnow()
+    now = not_before or now or utcnow()
     report = Report(run_id=run_id or uuid.uuid4().hex[:12], dry_run=dry_run)
     report.terminations.extend(only or ())
     tenants = [config.tenant(tenant)] if tenant else config.tenants
@@ -102,7 +105,8 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
     def one(t: Tenant, part: Report) -> None:
         try:
             _reconcile_tenant(t, store, part, leases, employee=employee, dry_run=dry_run, full=full, now=now,
-                              on_demand=on_demand, providers=providers, announce=announce, only=only, stop=stop)
+                              on_demand=on_demand, providers=providers, announce=announce, only=only, stop=stop,
+                              not_before=not_before)
         except Exception as e:  # a bug or a hostile input in one tenant must not stop the others
             log.exception("tenant %s: the pass failed", t.id)
             part.source_errors.append(OffboardError(f"internal error, this tenant's pass stopped: "
@@ -124,7 +128,7 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
 
 
 def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, leases: Leases, *, employee, dry_run, full, now,
-                      on_demand, providers, announce: Announcer, only, stop) -> None:
+                      on_demand, providers, announce: Announcer, only, stop, not_before) -> None:
     missing = unresolvable_secrets(tenant)
     if missing:
         report.config_errors.extend(missing)
@@ -142,7 +146,7 @@ def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, leases: Leas
             announce.differences(tenant.id, states, store, report.run_id)
         wanted = {t.id for t in on_demand} if on_demand is not None else only
         _execute(tenant, store, report, leases, built, down, employee=employee, dry_run=dry_run, now=now,
-                 wanted=wanted, stop=stop, announce=announce)
+                 wanted=wanted, stop=stop, announce=announce, not_before=not_before)
     finally:
         for p in built:
             p.close()
@@ -151,17 +155,9 @@ def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, leases: Leas
 def _online(built: list[Provider], report: Report) -> dict[str, OffboardError]:
     """Prove each provider's credential with one read. One that fails is not dropped: it is `down`,
     and its due leavers' actions are journaled failed, so none of them ends `done` without it."""
-    down = {}
-    for p in built:
-        try:
-            p.check_online()
-        except OffboardError as e:
-            down[p.name] = e.at(p.where)
-            (report.config_errors if isinstance(e, ConfigError) else report.source_errors).append(e)
-        except Exception as e:  # a provider bug: that system is down for this pass
-            log.exception("%s: check_online crashed", p.where)
-            down[p.name] = PermanentError(f"internal error: {type(e).__name__}: {e}", p.where)
-            report.source_errors.append(down[p.name])
+    down = each_provider(built, lambda p: p.check_online(), "check online")
+    for e in down.values():
+        (report.config_errors if isinstance(e, ConfigError) else report.source_errors).append(e)
     return down
 
 
@@ -192,7 +188,8 @@ def _intake(tenant: Tenant, store: Store, report: Report, leases: Leases, *, ful
 
 
 def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, providers: list[Provider],
-             down: dict[str, OffboardError], *, employee, dry_run, now, wanted, stop, announce: Announcer) -> None:
+             down: dict[str, OffboardError], *, employee, dry_run, now, wanted, stop, announce: Announcer,
+             not_before: dt.datetime | None = None) -> None:
     if pause := store.paused(tenant.id):       # a person's pause: intake still records, nothing new starts
         report.holds[tenant.id] = f"{pause['reason']} since {pause['paused_at']} (`offboard resume" + \
             ("`)" if pause["scope"] != tenant.id else f" --tenant {tenant.id}`)")
@@ -215,6 +212,8 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
     executor = Executor(tenant, store, providers, report.run_id, dry_run, now,
                         owns=lambda tid: leases.holds(f"termination:{tid}"), stopping=stop.is_set if stop else lambda: False)
     executor.prepare(leavers, down)
+    if not_before is not None and not dry_run:
+        _wait_for(not_before, stop)
     executor.execute(leavers)
     report.config_errors.extend(e for e in executor.config_errors if e not in report.config_errors)
     names = [p.name for p in providers]
@@ -222,6 +221,14 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
         if leases.holds(f"termination:{lv.id}"):
             settle(store, lv.id, report.run_id, names, announce, lv.phases)
         leases.release(f"termination:{lv.id}")
+
+
+def _wait_for(instant: dt.datetime, stop: threading.Event | None) -> None:
+    """Read and planned ahead: the writes wait for their instant. A stop ends the wait early, and then
+    no action starts (the executor checks it before each)."""
+    delay = (instant - utcnow()).total_seconds()
+    if delay > 0:
+        (stop or threading.Event()).wait(delay)
 
 
 def _claim(store: Store, leases: Leases, row: dict, announce: Announcer, run_id: str) -> bool:

@@ -62,6 +62,24 @@ def _loads(text: str | None):
     return json.loads(text) if text else None
 
 
+def each_provider(providers: list[Provider], work: Callable[[Provider], object], doing: str) -> dict[str, OffboardError]:
+    """`work` on every provider at once (each has its own connection), so one system's reads never wait
+    for another's; -> the error of each that failed, by name. A provider bug fails that provider only."""
+    def one(provider: Provider) -> OffboardError | None:
+        try:
+            work(provider)
+        except OffboardError as e:
+            return e.at(provider.where)
+        except Exception as e:
+            log.exception("%s: %s crashed", provider.where, doing)
+            return PermanentError(f"internal error: {type(e).__name__}: {e}", provider.where)
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, len(providers)), thread_name_prefix=doing.replace(" ", "-")) as pool:
+        errors = list(pool.map(one, providers))
+    return {p.name: e for p, e in zip(providers, errors) if e is not None}
+
+
 def approved(approvals: list[dict], provider: str, action: str, reason: str) -> bool:
     """Did a person approve exactly this reason, for every provider or for this action?"""
     return any(a["reason"] == reason and a["scope"] in ("*", f"{provider}/{action}") for a in approvals)
@@ -92,16 +110,8 @@ class Executor:
         """
         down = dict(down or {})
         terminations = [lv.termination for lv in leavers]
-        for name, provider in self.providers.items():
-            if name in down:
-                continue
-            try:
-                provider.prepare(terminations)
-            except OffboardError as e:
-                down[name] = e
-            except Exception as e:  # a provider bug fails its leavers there, not the pass
-                log.exception("%s: reading crashed", provider.where)
-                down[name] = PermanentError(f"internal error: {type(e).__name__}: {e}")
+        up = [p for name, p in self.providers.items() if name not in down]
+        down |= each_provider(up, lambda provider: provider.prepare(terminations), "reading")
         for name, error in down.items():
             self._stop(name, error.at(self.providers[name].where))
         for lv in leavers:

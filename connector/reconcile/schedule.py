@@ -98,3 +98,16 @@ def next_wakeup(config: Config, store: StateStore, now: dt.datetime,
                          if a["status"] in ("failed", "pending") and a["next_attempt_at"]]
     future = [i for i in instants if i is not None and i > now]
     return min(future, default=None)
+
+
+def next_due(config: Config, store: StateStore, after: dt.datetime,
+             tenants: Collection[str] | None = None) -> tuple[dt.datetime, list[dict]] | None:
+    """The earliest due instant after `after` of a termination not yet worked on (scheduled, or in its
+    notice period), and those due then: what a pass can read and plan for ahead of the instant."""
+    rows = [row for tenant in config.tenants if tenants is None or tenant.id in tenants
+            for row in store.terminations(tenant.id, ("scheduled", "restricted"))
+            if parse_iso(row["due_at"]) > after]
+    if not rows:
+        return None
+    first = min(parse_iso(row["due_at"]) for row in rows)
+    return first, [row for row in rows if parse_iso(row["due_at"]) == first]

@@ -81,9 +81,18 @@ class PostgresServer:
         return self
 
     def _accepts(self) -> bool:
+        """A session opens: the port alone answers while the server still says "starting up"."""
+        import psycopg
+
         with socket.socket() as s:
             s.settimeout(0.5)
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
+            if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                return False
+        try:
+            psycopg.connect(self.url(), connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return False
+        return True
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.sandbox.demo import TENANT
+from connector.store import parse_iso
 from tests.serving import (CALLBACK_TOKEN, HOOK_SECRET, Daemon, cloud_only_stayers, sandbox_daemon_setup, signed, wait_until,
                            webhook_body)
 
@@ -200,6 +201,11 @@ def test_a_termination_that_becomes_due_while_serving_is_revoked_at_its_instant(
         wait_until(lambda: offboarded(world, person), 140, every=0.1, what="the revoke at the due instant")
         block = next(w for w in world.sandbox.writes.entries(ok=True) if w.op == "PATCH users/{id} accountEnabled")
         assert soon.timestamp() <= block.at <= soon.timestamp() + 10, block.at - soon.timestamp()
+        with sqlite3.connect(tmp_path / "state.db") as db:          # read and matched ahead of the instant
+            matched = [parse_iso(at) for at, in db.execute(
+                "select finished_at from actions where action = 'match_account' and termination_id = ?",
+                [f"{TENANT}/{person.number}"])]
+        assert matched and all(at < soon for at in matched), (matched, soon)
     finally:
         assert daemon.stop() == 0
 

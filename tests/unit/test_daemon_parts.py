@@ -125,7 +125,7 @@ def test_daemons_share_the_tenants_evenly_keep_their_own_wakeups_and_take_a_dead
         daemon = service.Daemon(config, store)
         daemon.leases.take(f"process:{daemon.owner}")
         daemon.submitted = []
-        monkeypatch.setattr(daemon.runner, "submit", lambda tenant, trigger, only=None: daemon.submitted.append(tenant))
+        monkeypatch.setattr(daemon.runner, "submit", lambda tenant, trigger, only=None, **kw: daemon.submitted.append(tenant))
         return daemon
 
     a = started("a")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import textwrap
 import threading
+import time
 
 from connector import config as configmod
 from connector.cli import main
@@ -112,6 +113,37 @@ def test_hold_in_the_middle_of_a_pass_wins(env):
     assert states(env) == {"contoso/E1": "held"}
     reconcile(env.config, env.store, now=LATER, providers=lambda t: [slow])
     assert states(env) == {"contoso/E1": "held"} and [a for _, _, a in env.order] == ["disable_account"]
+
+
+# -- a pass started ahead of its instant ----------------------------------------------------
+def test_a_pass_started_ahead_reads_and_plans_at_once_and_writes_from_its_instant(env, monkeypatch):
+    from connector.reconcile import engine
+
+    env.csv(leaver("E1", "ann@contoso.com"))
+    seen = []
+    match, disable = env.directory.match, env.directory.disable_account
+    monkeypatch.setattr(env.directory, "match", lambda t: seen.append(("match", time.monotonic())) or match(t))
+    monkeypatch.setattr(env.directory, "disable_account",
+                        lambda a, ctx: seen.append(("write", time.monotonic())) or disable(a, ctx))
+    monkeypatch.setattr(engine, "utcnow", lambda: NOW - dt.timedelta(seconds=1))     # the instant is 1 s away
+    report = reconcile(env.config, env.store, not_before=NOW, providers=lambda t: [env.directory])
+    assert report.exit_code == 0 and states(env) == {"contoso/E1": "done"}
+    (first, matched), (second, wrote) = seen
+    assert (first, second) == ("match", "write") and wrote - matched >= 0.9
+
+
+def test_a_stop_while_a_pass_waits_for_its_instant_starts_no_action(env, monkeypatch):
+    from connector.reconcile import engine
+
+    env.csv(leaver("E1", "ann@contoso.com"))
+    monkeypatch.setattr(engine, "utcnow", lambda: NOW - dt.timedelta(seconds=60))
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    reconcile(env.config, env.store, not_before=NOW, stop=stop, providers=lambda t: [env.directory])
+    assert time.monotonic() - started < 30                        # the stop ended the wait
+    assert env.directory.writes == [] and states(env) == {"contoso/E1": "in_progress"}
+    assert set(actions(env, "contoso/E1").values()) == {"unchanged", "pending"}     # matched; nothing started
 
 
 # -- one decision per person, across every system -----------------------------------------
