@@ -15,7 +15,6 @@ from __future__ import annotations
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from itertools import cycle
 from pathlib import Path
 
 import psycopg
@@ -54,13 +53,16 @@ def layoff(folder: Path, server: PostgresServer, daemons: int) -> dict:
         try:
             wait_until(lambda: count(url, "select count(*) from leases where key like 'tenant:%%'") == TENANTS, 60)
             writes_before = lease_writes(url)
-            to = cycle(running)
-            bodies = [(next(to), webhook_body(p, f"{TENANT}{i % TENANTS or ''}")) for i, p in enumerate(people)]
+
+            def post(i: int) -> str:       # signed as it is sent: a body older than the replay window is refused
+                body = webhook_body(people[i], f"{TENANT}{i % TENANTS or ''}")
+                answer = running[i % daemons].post("/webhook/generic", body, signed(body))
+                return "" if answer.status_code == 202 else f"{answer.status_code} {answer.text}"
+
             start = time.monotonic()
             with ThreadPoolExecutor(POSTERS) as pool:
-                answers = list(pool.map(lambda db: db[0].post("/webhook/generic", db[1], signed(db[1])).status_code,
-                                        bodies))
-            assert answers == [202] * LEAVERS, set(answers)
+                refused = [a for a in pool.map(post, range(LEAVERS)) if a]
+            assert not refused, f"{len(refused)} webhooks refused, the first: {refused[0]}"
             wait_until(lambda: count(url, "select count(*) from terminations where state = 'done'") == LEAVERS,
                        3600, every=0.5, what="every leaver done")
             elapsed = time.monotonic() - start

@@ -94,6 +94,8 @@ def record(tenant: Tenant, store: Store, terminations: list[Termination], now: d
             _active_again(store, old, run_id)
             continue
         row = termination_row(t, tenant, stamp)
+        if old and old.get("ticket") and not row["ticket"]:
+            row["ticket"] = old["ticket"]        # the ticket the connector opened: a feed without one keeps it
         if old is None and t.termination_date < horizon:
             row.update(state="cancelled", first_seen_at=stamp, approved_at=stamp, reason=BEFORE_LOOKBACK)
             writes.append(row)

@@ -26,6 +26,19 @@ def test_re_dating_a_trickle_of_future_leavers_to_the_past_is_held(env):
     assert set(states(env).values()) == {"held"} and env.directory.writes == []
 
 
+def test_a_feed_re_dating_a_leaver_keeps_the_ticket_the_connector_opened_for_them(env):
+    env.csv(*people(1, "2027-06-01"))
+    env.run()
+    assert env.store.set_state("contoso/E1", "scheduled", "", expect=("scheduled",), ticket="4711")
+    env.csv(*people(1, "2027-07-01"))                      # the feed has no ticket column value
+    env.run(now=NOW + dt.timedelta(hours=1))
+    row = env.store.termination("contoso/E1")
+    assert (row["termination_date"], row["ticket"]) == ("2027-07-01", "4711")
+    env.csv(*people(1, "2001-01-01"))                      # moved into the past: counted as new, still its ticket
+    env.run(now=NOW + dt.timedelta(hours=2))
+    assert env.store.termination("contoso/E1")["ticket"] == "4711"
+
+
 def test_a_changed_email_counts_as_first_seen(env):
     env.config.tenants[0].max_terminations_per_run = 2
     env.csv(*people(3, "2027-06-01")[:2])
