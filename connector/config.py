@@ -331,6 +331,36 @@ class Policy(Section):
         return ""
 
 
+class LicenceTerm(Section):
+    """`[tenant.licences] SKU = { term = "annual", renews = "2027-03-01", price = 12.50 }`: a licence's terms declared
+    by hand, for a distributor the connector does not speak to (and a price, for any): what `paid until` and the
+    cost avoided are computed from when no distributor says."""
+
+    term: Literal["monthly", "annual", "triennial"]
+    renews: dt.date | None = None           # the commitment's end (annual, triennial); none for monthly
+    price: Annotated[float, Field(ge=0)] | None = None   # per seat and month, in the invoice's currency
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dates(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("renews"), str):
+            try:
+                raw = {**raw, "renews": dt.date.fromisoformat(raw["renews"])}
+            except ValueError:
+                raise invalid("renews", f"not a date YYYY-MM-DD: {raw['renews']!r}") from None
+        if isinstance(raw, dict) and isinstance(raw.get("price"), int) and not isinstance(raw.get("price"), bool):
+            raw = {**raw, "price": float(raw["price"])}
+        return raw
+
+    @model_validator(mode="after")
+    def _renewal(self) -> LicenceTerm:
+        if self.term != "monthly" and self.renews is None:
+            raise invalid("renews", f"the {self.term} term needs the date it renews (renews = \"YYYY-MM-DD\")")
+        if self.term == "monthly" and self.renews is not None:
+            raise invalid("renews", "a monthly term renews every month: give no date")
+        return self
+
+
 class Tenant(Section):
     model_config = ConfigDict(frozen=False)
     id: Annotated[str, AfterValidator(_tenant_id)]
@@ -344,6 +374,9 @@ class Tenant(Section):
     psa_agreement_id: int | None = None
     billing: dict[str, int] = {}
     billing_basis: Literal["assigned", "subscribed"] = "assigned"
+    pax8_company_id: str | None = None           # the client's company at the distributor (a UUID)
+    pax8_subscriptions: dict[str, str] = {}      # licence SKU part number -> the Pax8 subscription id that sells it
+    licences: dict[str, LicenceTerm] = {}        # terms and prices declared by hand (see LicenceTerm)
     webhook_secret: SecretRef | None = None
     policy: Policy = Field(default_factory=Policy)
     sources: list[Annotated[PluginConfig, _plugin_block("sources")]] = Field([], alias="source")
@@ -362,6 +395,14 @@ class Tenant(Section):
             raise invalid("provider", "a tenant needs at least one [[tenant.provider]]")
         if self.billing and self.psa_agreement_id is None:
             raise invalid("psa_agreement_id", "[tenant.billing] needs psa_agreement_id")
+        if self.pax8_subscriptions and self.pax8_company_id is None:
+            raise invalid("pax8_company_id", "[tenant.pax8_subscriptions] needs pax8_company_id")
+        if self.billing_basis == "subscribed" and not self.pax8_subscriptions:
+            raise invalid("billing_basis", "subscribed bills the distributor's quantity: it needs "
+                                           "[tenant.pax8_subscriptions] (else use assigned)")
+        for sku, sub in self.pax8_subscriptions.items():
+            if not re.fullmatch(r"[0-9a-fA-F-]{8,64}", sub):
+                raise invalid(("pax8_subscriptions", sku), f"not a Pax8 subscription id (a UUID): {sub!r}")
         return self
 
     @property
@@ -442,6 +483,16 @@ class PsaSettings(Section):
     allow_increase: bool = False
 
 
+class DistributorSettings(Section):
+    """`[distributor]`: the MSP's one distributor account (Pax8 partner API, OAuth client credentials)."""
+
+    type: Literal["pax8"]
+    base_url: HttpsUrl = "https://api.pax8.com/v1"
+    client_id: str = Field(min_length=1)
+    client_secret: SecretRef
+    audience: str = "https://api.pax8.com"
+
+
 class Config(Section):
     model_config = ConfigDict(frozen=False)
     path: str = Field("", exclude=True)
@@ -449,6 +500,7 @@ class Config(Section):
     webhook: WebhookSettings | None = None
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     psa: PsaSettings | None = None
+    distributor: DistributorSettings | None = None
     tenants: list[Tenant] = Field([], alias="tenant")
 
     @model_validator(mode="after")
@@ -467,6 +519,8 @@ class Config(Section):
                               "needs a [psa] section (the PSA that holds this tenant's company and agreement)")
             if t.billing and t.psa_company_id is None:
                 raise invalid(("tenant", i, "psa_company_id"), "[tenant.billing] needs psa_company_id")
+            if t.pax8_company_id is not None and self.distributor is None:
+                raise invalid(("tenant", i, "pax8_company_id"), "needs a [distributor] section (type = \"pax8\")")
         _locate(self, "")
         return self
 

@@ -81,6 +81,8 @@ class Result:
     before: Any = None
     after: Any = None
     reason: str = ""
+    #: a later job: done for now, but come back then (a seat reduction queued for a licence's renewal window)
+    next_attempt_at: dt.datetime | None = None
 
 
 @dataclass
@@ -93,6 +95,7 @@ class ActionContext:
     since: dt.datetime | None = None      # first intent for this action: a resumed run checks for its own earlier write
     ticket: str = ""
     local_date: dt.date | None = None     # the tenant-local date to stamp in descriptions
+    now: dt.datetime | None = None        # the pass's instant (what licence terms are judged at)
     approved: frozenset[str] = frozenset()   # needs_human reasons a person approved for this action
     proceed: Callable[[], bool] = lambda: True   # False once a person cancelled or held the termination mid-pass
     show_once: Callable[[str], None] = lambda text: None   # a new password or pass for the operator: never logged or stored

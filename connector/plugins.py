@@ -9,7 +9,7 @@ from .config import PluginOptions, Tenant
 from .errors import ConfigError
 
 GROUPS = {"providers": "offboard_connector.providers", "sources": "offboard_connector.sources",
-          "psa": "offboard_connector.psa"}
+          "psa": "offboard_connector.psa", "distributor": "offboard_connector.distributor"}
 
 
 @cache

@@ -10,7 +10,7 @@ import threading
 from typing import Callable, Collection
 
 from .. import plugins
-from ..config import Config, PsaSettings, Tenant
+from ..config import Config, DistributorSettings, PsaSettings, Tenant
 from ..errors import ConfigError, InputRejected, OffboardError
 from ..model import Termination
 from ..providers.base import Provider
@@ -20,7 +20,7 @@ from .announce import Announcer, Listener, StateChange, TicketNotes, TicketOpene
 from .execute import Executor, Leaver, each_provider, termination_from_row
 from .intake import Intake, cancel_missing, pull_sources, record
 from .leases import Leases, owner_id
-from .schedule import RESTRICT_ONLY, workable_phases
+from .schedule import QUEUED, RESTRICT_ONLY, queued_at, workable_phases
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,16 @@ class Report:
         return 0
 
 
-def build_providers(tenant: Tenant, psa: PsaSettings | None = None) -> list[Provider]:
-    """The tenant's providers, and the MSP's PSA for a tenant with a `psa_company_id`, which reads the
-    others' licence counts through read-only facts."""
+def build_providers(tenant: Tenant, psa: PsaSettings | None = None,
+                    distributor: DistributorSettings | None = None) -> list[Provider]:
+    """The tenant's providers; the MSP's distributor for a tenant with a `pax8_company_id`, and its PSA for one
+    with a `psa_company_id`: each reads the others' licence counts (the PSA also the distributor's seats)
+    through read-only facts."""
     built = [plugins.load("providers", pc.type, pc.where)(pc.name, pc.options, tenant, pc.where)
              for pc in tenant.providers]
+    if distributor is not None and tenant.pax8_company_id is not None:
+        built.append(plugins.load("distributor", distributor.type, "distributor")(
+            distributor.type, distributor, tenant, "distributor", facts=TenantFacts(list(built), "distributor")))
     if psa is not None and tenant.psa_company_id is not None:
         built.append(plugins.load("psa", psa.type, "psa")(psa.type, psa, tenant, "psa",
                                                         facts=TenantFacts(list(built), "psa")))
@@ -97,7 +102,7 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
     tenants = [config.tenant(tenant)] if tenant else config.tenants
     store.start_run(report.run_id, trigger, tenant, dry_run)
     parts = [Report(run_id=report.run_id, dry_run=dry_run) for _ in tenants]
-    providers = providers or (lambda t: build_providers(t, config.psa))
+    providers = providers or (lambda t: build_providers(t, config.psa, config.distributor))
     own = ((TicketOpener(config, store),) if config.psa.ticket_board else ()) + (TicketNotes(config, store),) \
         if config.psa else ()
     announce = Announcer(() if dry_run else (*own, *listeners))
@@ -200,7 +205,8 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
     if store.open_hold(tenant.id):
         return
     rows = [(r, phases) for r in store.terminations(tenant.id, PICKED)
-            if (phases := workable_phases(r, tenant, now)) and (wanted is None or r["id"] in wanted)
+            if (phases := workable_phases(r, tenant, now, queued_at(store.actions(r["id"])) if r["state"] == "done"
+                                          else ())) and (wanted is None or r["id"] in wanted)
             and (employee is None or employee in (r["employee_id"], r["email"], r["id"]))]
     leavers = [Leaver(row=r, termination=termination_from_row(r), phases=phases) for r, phases in rows
                if _claim(store, leases, r, announce, report.run_id)]
@@ -284,7 +290,8 @@ def settle(store: Store, termination_id: str, run_id: str, providers: list[str],
                                if a["status"] in ("needs_human", "failed") and a["reason"]}))
     if silent:
         reason = "; ".join(filter(None, [reason, "no word yet from " + ", ".join(silent)]))
-    finished = {} if state == "deleted" else {"finished_at": iso(utcnow()) if state == "done" else None}
+    keep = state == "deleted" or (state == "done" and phases == QUEUED)   # a later job leaves the finish as it was
+    finished = {} if keep else {"finished_at": iso(utcnow()) if state == "done" else None}
     if store.set_state(termination_id, state, reason, expect=("in_progress",), **finished) and state != "in_progress":
         store.audit(f"termination_{state}", termination_id, run_id, reason=reason)
         announce(StateChange(termination_id, termination_id.split("/", 1)[0], "in_progress", state, reason, run_id))

@@ -22,11 +22,10 @@ from ..model import PHASES, ActionContext, Match, PlannedAction, Result, Subject
 from ..providers.base import Provider
 from ..store import Store, parse_iso
 from .person import Observation, choose_successor, person_hold
-from .schedule import OFFBOARD, local_date
+from .schedule import FINISHED, OFFBOARD, local_date
 
 log = logging.getLogger(__name__)
 
-FINISHED = ("changed", "unchanged", "skipped")
 MAX_DELAY = 86400.0          # seconds: a Retry-After of 1e12 still comes back tomorrow
 SUCCESS = FINISHED + ("planned",)
 
@@ -205,7 +204,7 @@ class Executor:
             aid = lv.action_id(action)
             wanted.add(aid)
             previous = journal.get(aid)
-            if previous and previous["status"] in FINISHED:
+            if previous and previous["status"] in FINISHED and not self._come_back(previous):
                 continue
             if hold and not approved(approvals, name, action.action, hold):
                 self._journal_decision(lv, name, action.action, action.phase, "needs_human", hold)
@@ -228,6 +227,10 @@ class Executor:
             if previous["provider"] == name and aid not in wanted and previous["action"] != "match_account" \
                     and previous["phase"] in lv.phases and previous["status"] in ("failed", "in_flight", "pending"):
                 self.store.record_outcome(aid, "unchanged", reason="already in the wanted state on re-read")
+
+    def _come_back(self, previous: dict) -> bool:
+        """A finished action that asked to come back (a queued seat reduction) and whose time has come."""
+        return bool(previous["next_attempt_at"]) and parse_iso(previous["next_attempt_at"]) <= self.now
 
     def _journal_decision(self, lv: Leaver, provider: str, action: str, phase: str, status: str, reason: str) -> None:
         """Record a decision that involved no call to the provider."""
@@ -327,7 +330,7 @@ class Executor:
             since = since or parse_iso(row["first_intent_at"])
             ctx = ActionContext(termination=lv.termination, subject=lv.subjects[name], dry_run=self.dry_run,
                                 since=since, ticket=lv.termination.ticket,
-                                local_date=local_date(self.now, self.tenant),
+                                local_date=local_date(self.now, self.tenant), now=self.now,
                                 approved=lv.approved.get(aid, frozenset()),
                                 proceed=lambda lv=lv: self.still_ours(lv))
             batch.append((action, ctx))
@@ -351,7 +354,7 @@ class Executor:
             next_at = self.retry_at(result)
             before = after = None
         else:
-            status, reason, cls, next_at = result.outcome, result.reason, "", None
+            status, reason, cls, next_at = result.outcome, result.reason, "", result.next_attempt_at
             before, after = result.before, result.after
         lv.outcomes[aid] = (action.provider, action.phase, status)
         self.store.record_outcome(aid, status, before=before, after=after, reason=reason, error_class=cls,

@@ -19,6 +19,10 @@ from ..store import StateStore, parse_iso
 RESTRICT_ONLY = ("restrict",)
 OFFBOARD = tuple(p for p in PHASES if p not in ("restrict", "retain"))
 RETAIN_ONLY = ("retain",)
+#: a `done` termination's later job: a seat reduction queued for a licence's renewal window (its `bill` action
+#: finished, with a `next_attempt_at`); it does not reopen the termination while it waits
+QUEUED = ("bill",)
+FINISHED = ("changed", "unchanged", "skipped")
 
 
 def due_at(termination: Termination, tenant: Tenant) -> dt.datetime:
@@ -58,19 +62,26 @@ def retain_at(due: dt.datetime, tenant: Tenant) -> dt.datetime | None:
     return shifted(due, days, tenant) if days else None
 
 
-def workable_phases(row: dict, tenant: Tenant, now: dt.datetime) -> tuple[str, ...]:
+def queued_at(actions: list[dict]) -> list[dt.datetime]:
+    """When the later jobs among a termination's journaled actions come back (finished, with a next attempt)."""
+    return [parse_iso(a["next_attempt_at"]) for a in actions if a["status"] in FINISHED and a["next_attempt_at"]]
+
+
+def workable_phases(row: dict, tenant: Tenant, now: dt.datetime,
+                    queued: list[dt.datetime] | tuple = ()) -> tuple[str, ...]:
     """The phases a pass may run now for this termination row; () when it has nothing to do yet.
 
     Before its restriction starts: nothing. In the notice period: restrict only (a restricted
     one waits for its due instant). Due: revoke to bill. Retain runs only for a `done` one once
     retention is over (it is not reopened before): what the account anchors is judged on the
-    state the whole offboarding left, never before a mailbox became shared.
+    state the whole offboarding left, never before a mailbox became shared. A `done` one's `bill`
+    runs again once one of its `queued` later jobs comes due.
     """
     due = parse_iso(row["due_at"])
     retain = retain_at(due, tenant)
     retention_over = retain is not None and retain <= now
     if row["state"] == "done":
-        return RETAIN_ONLY if retention_over else ()
+        return RETAIN_ONLY if retention_over else QUEUED if any(q <= now for q in queued) else ()
     if due <= now:
         return OFFBOARD
     start = restrict_at(due, tenant)
@@ -82,8 +93,8 @@ def workable_phases(row: dict, tenant: Tenant, now: dt.datetime) -> tuple[str, .
 def next_wakeup(config: Config, store: StateStore, now: dt.datetime,
                 tenants: Collection[str] | None = None) -> dt.datetime | None:
     """The earliest instant after `now` at which something becomes workable: a due instant, the start of a
-    restriction, an action's `next_attempt_at`, the end of a retention; None when nothing waits. `tenants`
-    narrows it to those (a daemon's own share)."""
+    restriction, an action's `next_attempt_at` (a retry, or a queued seat reduction's renewal window), the end of a
+    retention; None when nothing waits. `tenants` narrows it to those (a daemon's own share)."""
     instants: list[dt.datetime] = []
     for tenant in config.tenants:
         if tenants is not None and tenant.id not in tenants:
@@ -91,11 +102,11 @@ def next_wakeup(config: Config, store: StateStore, now: dt.datetime,
         for row in store.terminations(tenant.id, ("scheduled", "due", "restricted", "in_progress", "done")):
             due = parse_iso(row["due_at"])
             if row["state"] == "done":
-                instants.append(retain_at(due, tenant))
+                instants += [retain_at(due, tenant), *queued_at(store.actions(row["id"]))]
                 continue
             instants += [due, restrict_at(due, tenant) if row["state"] != "restricted" else None]
             instants += [parse_iso(a["next_attempt_at"]) for a in store.actions(row["id"])
-                         if a["status"] in ("failed", "pending") and a["next_attempt_at"]]
+                         if a["status"] in ("failed", "pending", *FINISHED) and a["next_attempt_at"]]
     future = [i for i in instants if i is not None and i > now]
     return min(future, default=None)
 

@@ -2,7 +2,9 @@
 
 Billing is level-based, never a blind decrement: each agreement addition of `[tenant.billing]`
 is set to the licences the tenant really has assigned now (read through the engine's facts,
-from Microsoft 365), so a second run, or two leavers in one pass, leave the right number.
+from Microsoft 365), so a second run, or two leavers in one pass, leave the right number. With
+`billing_basis = "subscribed"` it is set to the distributor's seats instead, as NCE lets them drop
+now (the facts again, from the distributor), and comes back when queued seats may go at a renewal.
 A count never goes below zero; at zero the addition gets a `cancelledDate`, as ConnectWise
 expects, and is not deleted; a count that would rise is reported, not written, unless
 `[psa] allow_increase`. The leaver's contacts (by email, in the tenant's `psa_company_id`)
@@ -100,7 +102,9 @@ class ConnectWiseProvider(Provider):
 
     # -- billing ------------------------------------------------------------
     def sync_billing(self, action: PlannedAction, ctx: ActionContext) -> Result:
-        counts = self.facts.consumed_units()
+        now = ctx.now or dt.datetime.now(dt.timezone.utc)
+        subscribed = self.tenant.billing_basis == "subscribed"
+        counts = self.facts.subscribed_units(now) if subscribed else self.facts.consumed_units()
         agreement = self.tenant.psa_agreement_id
         before, after, notes, writes = {}, {}, [], []
         for sku, addition_id in sorted(self.tenant.billing.items()):
@@ -130,6 +134,8 @@ class ConnectWiseProvider(Provider):
         if ctx.dry_run:
             notes.append("counted now: licences this run would still reclaim are in the count")
         result = self.outcome(before, after, ctx.dry_run, "; ".join(notes))
+        if subscribed:     # seats paid until a renewal: the invoice follows when the distributor's quantity drops
+            result.next_attempt_at = self.facts.next_seat_change(now)
         if result.outcome == "changed":
             for path, ops in writes:
                 self.api.patch(path, ops)
