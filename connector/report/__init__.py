@@ -7,9 +7,13 @@ and `offboard history`, and making it changes nothing.
 Time to revoke runs from the due instant to the last revoke write confirmed (the latest `finished_at`
 of the revoke phase, once every revoke action is changed, unchanged or skipped). A leaver whose revoke
 phase is not confirmed counts as neither within 1 h nor within 24 h. Percentiles are nearest-rank
-over the confirmed leavers. Seats freed are the licences `remove_licenses` journaled as removed; what
-each seat costs and until when it is paid needs distributor data or prices, which this report does not
-have yet, and it says so instead of guessing.
+over the confirmed leavers. Seats freed are the licences `remove_licenses` journaled as removed. Until
+when each is paid, and what it cost a month, come from the distributor's first journaled decision for the
+leaver (`reduce_seats`: the renewal date of a seat that had to wait for it, else the day its seat went,
+and Pax8's partner cost), else from the terms declared in `[tenant.licences]` (annual and triennial: the
+`renews` date; monthly: the end of the month the seat was freed, the anniversary being unknown), with a
+declared `price` first. Where neither says, the seat shows none, and the report says so instead of
+guessing. The cost avoided is the monthly price of every priced seat freed.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ NO_DISTRIBUTOR = "no distributor data: paid-until dates need the distributor's l
 NO_PRICES = "no prices in config: cost avoided is not shown"
 CSV_FIELDS = ("record", "id", "employee_id", "email", "name", "state", "ticket", "hr_date", "first_seen_at",
               "due_at", "revoked_at", "revoke_seconds", "phase", "provider", "action", "outcome", "at", "reason",
-              "licence", "via", "paid_until", "key", "value")
+              "licence", "via", "paid_until", "monthly_cost", "key", "value")
 
 
 def month_bounds(month: str, zone) -> tuple[dt.datetime, dt.datetime]:
@@ -46,15 +50,18 @@ def month_bounds(month: str, zone) -> tuple[dt.datetime, dt.datetime]:
 def build(store: Store, tenant: Tenant, month: str) -> dict:
     """The report's facts: every output format renders exactly these."""
     start, end = month_bounds(month, tenant.zone)
-    leavers = [leaver(store, row) for row in store.terminations(tenant.id)
+    leavers = [leaver(store, row, tenant) for row in store.terminations(tenant.id)
                if row["state"] not in NOT_LEAVERS and row["due_at"] and start <= parse_iso(row["due_at"]) < end]
     leavers.sort(key=lambda x: (x["due_at"], x["id"]))
+    freed = [seat for x in leavers for seat in x["seats_freed"]]
+    notes = [note for note, missing in ((NO_DISTRIBUTOR, [s for s in freed if not s["paid_until"]]),
+                                        (NO_PRICES, [s for s in freed if s["monthly_cost"] is None]))
+             if missing or not freed]
     return {"tenant": tenant.id, "company": tenant.name, "timezone": tenant.timezone, "month": month,
-            "summary": summary(leavers), "leavers": leavers, "audit_head": store.audit_head(),
-            "notes": [NO_DISTRIBUTOR, NO_PRICES]}
+            "summary": summary(leavers), "leavers": leavers, "audit_head": store.audit_head(), "notes": notes}
 
 
-def leaver(store: Store, row: dict) -> dict:
+def leaver(store: Store, row: dict, tenant: Tenant) -> dict:
     actions = store.actions(row["id"])
     revoke = [a for a in actions if a["phase"] == "revoke"]
     confirmed = bool(revoke) and all(a["status"] in CONFIRMED for a in revoke)
@@ -71,18 +78,48 @@ def leaver(store: Store, row: dict) -> dict:
         "needs_person": [f"{a['provider']}/{a['action']}: {a['reason'] or 'needs a person'}"
                          for a in actions if a["status"] == "needs_human"],
         "seats_freed": [seat for a in actions if a["action"] == "remove_licenses" and a["status"] == "changed"
-                        for seat in seats(a)],
+                        for seat in seats(a, seat_terms(store, row["id"]), tenant)],
     }
 
 
-def seats(action: dict) -> list[dict]:
-    """What one journaled licence removal freed: direct SKUs, and licence groups left (their seats go with them)."""
+def seats(action: dict, terms: dict[str, dict], tenant: Tenant) -> list[dict]:
+    """What one journaled licence removal freed: direct SKUs, and licence groups left (their seats go with them),
+    each with the date it is paid until and its monthly cost where the distributor or the config says."""
     before, after = (json.loads(action[k]) if action[k] else None for k in ("before", "after"))
     if not isinstance(before, dict) or not isinstance(after, dict):      # purged by retention, or not a removal
         return []
-    return [{"licence": name, "via": via, "paid_until": ""}
-            for key, via in (("skus", "direct"), ("groups", "group"))
-            for name in before.get(key, []) if name not in after.get(key, [])]
+    freed_on = parse_iso(action["finished_at"]).astimezone(tenant.zone).date() if action["finished_at"] else None
+    out = []
+    for key, via in (("skus", "direct"), ("groups", "group")):
+        for name in before.get(key, []):
+            if name in after.get(key, []):
+                continue
+            known, declared = terms.get(name, {}), tenant.licences.get(name)
+            paid_until = known.get("paid_until") or (declared_until(declared, freed_on) if declared else "")
+            price = declared.price if declared and declared.price is not None else known.get("price")
+            out.append({"licence": name, "via": via, "paid_until": paid_until, "monthly_cost": price})
+    return out
+
+
+def seat_terms(store: Store, termination_id: str) -> dict[str, dict]:
+    """SKU -> {paid_until, price} from the distributor's first decision for this leaver (its audit entry, which the
+    journal's later runs do not overwrite): a seat that waited is paid until the renewal, one cut then (by this
+    leaver's action or another's in the same pass) until that day."""
+    for entry in store.audit_trail(termination_id):
+        data = json.loads(entry["data"]) if entry["data"] else {}
+        if entry["event"] in ("action_changed", "action_unchanged") and data.get("action") == "reduce_seats":
+            return {sku: {"paid_until": a.get("paid_until") or "", "price": a.get("price")}
+                    for sku, a in (data.get("after") or {}).items() if isinstance(a, dict) and "term" in a}
+    return {}
+
+
+def declared_until(term, freed_on: dt.date | None) -> str:
+    """`[tenant.licences]`: the renewal date declared; monthly, the end of the month the seat was freed."""
+    if term.renews is not None:
+        return term.renews.isoformat()
+    if freed_on is None:
+        return ""
+    return ((freed_on.replace(day=1) + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)).isoformat()
 
 
 def nearest_rank(values: list[int], share: float) -> int | None:
@@ -97,6 +134,7 @@ def summary(leavers: list[dict]) -> dict:
             "median_seconds": statistics.median(times) if times else None, "p95_seconds": nearest_rank(times, 0.95),
             "within_1h": within(HOUR), "within_24h": within(DAY),
             "licences_reclaimed": sum(len(x["seats_freed"]) for x in leavers),
+            "cost_avoided_monthly": round(sum(seat["monthly_cost"] or 0 for x in leavers for seat in x["seats_freed"]), 2),
             "needs_person": sum(bool(x["needs_person"]) for x in leavers)}
 
 

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from connector import config
+from connector import config, report
 from connector.errors import ConfigError, RetryableError
 from connector.model import ActionContext
 from connector.providers.facts import TenantFacts
@@ -90,16 +90,18 @@ def systems(monkeypatch, reach) -> Systems:
     return Systems(cloud, cw, pax8, sandbox)
 
 
-def make_config(s: Systems, *, basis: str = "assigned", secret: str = "env:PAX8_SECRET", **tenant) -> config.Config:
+def make_config(s: Systems, *, basis: str = "assigned", secret: str = "env:PAX8_SECRET", pax8: bool = True,
+                **tenant) -> config.Config:
     block = s.cloud.provider_block(f"env:{SECRET_ENV}")
+    if pax8:
+        tenant = {"pax8_company_id": COMPANY_ID, "pax8_subscriptions": s.subs, **tenant}
     return config.parse({
         "psa": {"type": "connectwise", "url": s.cw.url, "company": "msp", "public_key": "env:CW_PUBLIC",
                 "private_key": "env:CW_PRIVATE", "client_id": "env:CW_CLIENT_ID"},
         "distributor": {"type": "pax8", "base_url": s.pax8.url, "client_id": s.pax8.client_id,
                         "client_secret": secret},
         "tenant": [{"id": "contoso", "name": "Contoso Ltd", "psa_company_id": CW_COMPANY,
-                    "psa_agreement_id": AGREEMENT, "billing": BILLING, "billing_basis": basis,
-                    "pax8_company_id": COMPANY_ID, "pax8_subscriptions": s.subs, **tenant,
+                    "psa_agreement_id": AGREEMENT, "billing": BILLING, "billing_basis": basis, **tenant,
                     "provider": [{"type": "entra", **block}, {"type": "exchange_online", **block}],
                     "policy": {"mailbox": "shared", "mailbox_delegate": "manager", "forward_to": "none"}}]})
 
@@ -138,7 +140,7 @@ def test_a_seat_freed_inside_its_168_hours_is_cut_now(systems):
     row = reduce_row(store, one)
     assert row["status"] == "changed"
     after = json.loads(row["after"])
-    assert after["SPE_E3"]["quantity"] == seats["SPE_E3"] and after["SPE_E3"]["paid_until"] is None
+    assert after["SPE_E3"]["quantity"] == seats["SPE_E3"] and after["SPE_E3"]["paid_until"] == NOW.date().isoformat()
     assert after["EMS"]["paid_until"] == RENEWAL.date().isoformat() and after["EMS"]["waiting"] == 1
     assert f"1 seat paid until {RENEWAL.date()}" in row["reason"]
     assert store.termination(one.id)["state"] == "done"
@@ -321,3 +323,36 @@ def test_the_rule_on_its_own():
     assert (d.new_quantity, d.waiting, d.paid_until) == (3, 1, dt.date(2026, 3, 31))   # the 31st: the month's end
     d = decide(sub, history, 2, dt.datetime(2026, 3, 31, 13, 0, tzinfo=UTC))          # renewed: all may go
     assert (d.new_quantity, d.waiting) == (2, 0)
+
+
+# -- the evidence report -------------------------------------------------------------------------
+def test_the_report_shows_paid_until_and_the_cost_avoided(systems):
+    one = add_leaver(systems.cloud, 1)
+    systems.buy()
+    cfg, store = make_config(systems), Store.memory()
+    offboard(cfg, store, systems, one)
+    later(cfg, store, systems, RENEWAL)
+    facts = report.build(store, cfg.tenants[0], "2026-09")
+    [x] = facts["leavers"]
+    seats = {seat["licence"]: seat for seat in x["seats_freed"]}
+    assert seats["EMS"] == {"licence": "EMS", "via": "direct", "paid_until": RENEWAL.date().isoformat(),
+                            "monthly_cost": systems.pax8.subscriptions[systems.subs["EMS"]]["partnerCost"]}
+    assert seats["E3 Licence"]["paid_until"] == "" and seats["E3 Licence"]["monthly_cost"] is None   # a group's seat
+    assert facts["summary"]["cost_avoided_monthly"] == 30.0
+    page = report.to_html(facts)
+    assert f"EMS (direct; paid until: {RENEWAL.date()}; 30.00 a month)" in page
+    rows = [r for r in report.to_csv(facts).splitlines() if r.startswith("seat,")]
+    assert any(f"EMS,direct,{RENEWAL.date()},30.0" in r for r in rows)
+
+
+def test_declared_terms_give_paid_until_without_a_distributor(systems):
+    one = add_leaver(systems.cloud, 1)
+    systems.buy()
+    cfg, store = make_config(systems, pax8=False, licences={"EMS": {"term": "annual", "renews": "2027-03-01",
+                                                                    "price": 12.5}}), Store.memory()
+    offboard(cfg, store, systems, one)
+    facts = report.build(store, cfg.tenants[0], "2026-09")
+    [ems] = [seat for seat in facts["leavers"][0]["seats_freed"] if seat["licence"] == "EMS"]
+    assert (ems["paid_until"], ems["monthly_cost"]) == ("2027-03-01", 12.5)
+    assert facts["summary"]["cost_avoided_monthly"] == 12.5
+    assert systems.pax8.calls == [], "no distributor configured, none asked"

@@ -7,7 +7,7 @@ from openapi_spec_validator import validate
 from connector.sandbox.contract import openapi_dict
 
 SPECS = ("bamboohr-openapi.yaml", "ringcentral-openapi.yaml", "ringcentral-v2-phone-numbers.yaml",
-         "ringcentral-comm-handling.yaml")
+         "ringcentral-comm-handling.yaml", "pax8-partner-excerpt.yaml")
 
 
 @pytest.mark.parametrize("name", SPECS)

@@ -8,7 +8,7 @@ the quantity with `PUT /subscriptions/{id}` to the seats still assigned (level-b
 decrement; a quantity that would rise is never written); outside it nothing is cut, the seats show as
 `paid until YYYY-MM-DD`, and the result names the renewal as its `next_attempt_at`, so the engine
 brings the action back when that window opens and it counts again. Before and after, with each SKU's
-paid-until date and price per seat (config `[tenant.licences]` first, else the partner cost Pax8
+paid-until date (the renewal for seats that wait, else the pass's day: a seat freed now goes now) and price per seat (config `[tenant.licences]` first, else the partner cost Pax8
 answers), go to the journal: the report reads them from there.
 
 The distributor is one for the whole MSP (`[distributor]`): the engine builds this provider for every
@@ -98,7 +98,7 @@ class Pax8Provider(Provider):
                 after[sku] = have
                 continue
             after[sku] = {**have, "quantity": d.new_quantity, "term": d.term, "freed": d.quantity - d.assigned,
-                          "waiting": d.waiting, "paid_until": d.paid_until.isoformat() if d.paid_until else None,
+                          "waiting": d.waiting, "paid_until": (d.paid_until or now.date()).isoformat(),
                           "price": self.price(sku, subscription)}
             text = f"{sku} ({d.term}, subscription {sid}): {d.quantity}"
             if d.new_quantity < d.quantity:
