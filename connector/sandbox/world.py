@@ -5,7 +5,8 @@ treats differently, licences direct and through a group, MFA methods, mailboxes,
 hold or too big to unlicense), in RingCentral (an extension with a direct number each, and
 voicemail older and younger than a day for every leaver), in BambooHR (with the employment-status history that puts
 each leaver in its state), in Workday's termination report and in ConnectWise Manage (a
-contact each, the agreement billing today's licences, an "Offboard:" ticket per leaver). `offboard sandbox` serves
+contact each, the agreement billing today's licences, an "Offboard:" ticket per leaver) and at Pax8 (the seats of
+today's licences, E3 on an annual commitment, Business Premium monthly). `offboard sandbox` serves
 them over HTTPS on 127.0.0.1 and writes a config that points the connector at them, so
 every command can be tried without a real tenant; `make demo` is the AD side.
 """
@@ -25,6 +26,7 @@ from ..errors import ConfigError
 from .bamboohr import BambooHR
 from .company import E3_GROUP, Company, generate
 from .connectwise import ConnectWise
+from .pax8 import Pax8
 from .demo import TENANT, config_head, secret_file, toml_table
 from .microsoft365 import Microsoft365
 from .ringcentral import LIMITS, RingCentral
@@ -39,6 +41,7 @@ SANDBOX_LIMITS = {group: limit * 20 for group, limit in LIMITS.items()}
 VOICEMAIL_HOURS = (3.0, 50.0)             # one message inside message-store's default 24 hours, one outside
 PSA_COMPANY, PSA_AGREEMENT = 250, 4123
 BILLING = {"SPE_E3": 9101, "O365_BUSINESS_PREMIUM": 9102}      # SKU -> agreement addition
+PAX8_COMPANY = "2aa4862a-9474-4138-9863-4f0a8e4cec74"
 
 
 @dataclass
@@ -49,6 +52,7 @@ class World:
     workday: Workday
     ringcentral: RingCentral
     connectwise: ConnectWise
+    pax8: Pax8
     sandbox: Sandbox
 
 
@@ -67,10 +71,12 @@ def build(size: int, today: dt.date | None = None, *, client_secret: str = "",
     populate_ringcentral(rc, company)
     psa = ConnectWise(public_key=secrets.token_hex(8), private_key=secrets.token_hex(8))
     populate_psa(psa, company, cloud)
+    distributor = Pax8(client_secret=secrets.token_urlsafe(18))
+    populate_pax8(distributor, company, cloud)
     sandbox = cloud.mount(Sandbox())
-    for system in (hr, wd, rc, psa):
+    for system in (hr, wd, rc, psa, distributor):
         sandbox.add(system)
-    return World(company, cloud, hr, wd, rc, psa, sandbox)
+    return World(company, cloud, hr, wd, rc, psa, distributor, sandbox)
 
 
 def populate_cloud(cloud: Microsoft365, company: Company) -> None:
@@ -103,6 +109,17 @@ def populate_psa(psa: ConnectWise, company: Company, cloud: Microsoft365) -> Non
             psa.add_ticket(PSA_COMPANY, f"Offboard: {p.email}")
 
 
+def populate_pax8(pax8: Pax8, company: Company, cloud: Microsoft365) -> None:
+    """The seats assigned today, bought through Pax8: E3 on an annual commitment half-way through its term
+    (nothing freed is cut before it renews), Business Premium monthly, renewing every month."""
+    consumed = {cloud.skus[sku]["skuPartNumber"]: n for sku, n in cloud.consumed().items()}
+    midnight = dt.datetime.combine(company.today, dt.time(0), dt.timezone.utc)
+    pax8.add_subscription(PAX8_COMPANY, "SPE_E3", consumed.get("SPE_E3", 0), term="Annual",
+                          start=midnight - dt.timedelta(days=180), ends=midnight + dt.timedelta(days=185))
+    pax8.add_subscription(PAX8_COMPANY, "O365_BUSINESS_PREMIUM", consumed.get("O365_BUSINESS_PREMIUM", 0),
+                          start=midnight - dt.timedelta(days=40))
+
+
 def populate_bamboohr(hr: BambooHR, company: Company) -> None:
     steps = {"terminate": hr.terminate, "move": hr.change_termination_date, "rehire": hr.rehire}
     for p in company.people:
@@ -130,9 +147,12 @@ def populate_ringcentral(rc: RingCentral, company: Company) -> None:
 
 
 def write_config(world: World, url: str, folder: Path) -> Path:
-    """A config whose tenant reads BambooHR, offboards in Entra, Exchange and RingCentral and bills in ConnectWise,
-    all in the sandbox."""
+    """A config whose tenant reads BambooHR, offboards in Entra, Exchange and RingCentral, bills in ConnectWise and
+    cuts seats at Pax8, all in the sandbox."""
     cloud, hr, wd, rc, psa = world.cloud, world.bamboohr, world.workday, world.ringcentral, world.connectwise
+    subscriptions = {sub["productName"]: sub["id"] for sub in world.pax8.subscriptions.values()}
+    distributor = {"type": "pax8", "base_url": f"{url}/pax8", "client_id": world.pax8.client_id,
+                   "client_secret": secret_file(folder, "pax8-client-secret", world.pax8.client_secret)}
     cloud.urls = {name: f"{url}/{name}" for name in cloud.urls}
     psa_block = {"type": "connectwise", "url": f"{url}/connectwise", "company": psa.company,
                  "public_key": secret_file(folder, "cw-public-key", psa.public_key),
@@ -145,7 +165,8 @@ def write_config(world: World, url: str, folder: Path) -> Path:
     config.write_text(
         config_head(folder, f"written by `offboard sandbox`: Example Ltd ({len(world.company.people)} people) at "
                             f"{url}; the connector trusts it through REQUESTS_CA_BUNDLE={folder / 'tls' / 'ca.pem'}",
-                    f"psa_company_id = {PSA_COMPANY}\npsa_agreement_id = {PSA_AGREEMENT}\n")
+                    f"psa_company_id = {PSA_COMPANY}\npsa_agreement_id = {PSA_AGREEMENT}\n"
+                    f'pax8_company_id = "{PAX8_COMPANY}"\n')
         + toml_table("tenant.source", {"type": "bamboohr", "base_url": f"{url}/bamboohr",
                                        "api_key": secret_file(folder, "bamboohr-api-key", hr.api_key)})
         + "\n# the same leavers from Workday instead (the report lists no withdrawn or rehired person):\n"
@@ -157,7 +178,9 @@ def write_config(world: World, url: str, folder: Path) -> Path:
             "client_secret": secret_file(folder, "ringcentral-client-secret", rc.client_secret),
             "jwt": secret_file(folder, "ringcentral-jwt", rc.jwt), "voicemail_archive": folder / "voicemail"})
         + "\n[tenant.billing]\n" + "".join(f"{sku} = {addition}\n" for sku, addition in BILLING.items())
-        + "\n" + toml_table("psa", psa_block).replace("[[psa]]", "[psa]"))
+        + "\n[tenant.pax8_subscriptions]\n" + "".join(f'{sku} = "{sid}"\n' for sku, sid in subscriptions.items())
+        + "\n" + toml_table("psa", psa_block).replace("[[psa]]", "[psa]")
+        + "\n" + toml_table("distributor", distributor).replace("[[distributor]]", "[distributor]"))
     return config
 
 
@@ -174,7 +197,7 @@ def main(args) -> int:
             leavers = world.company.leavers()
             print(textwrap.dedent(f"""\
                 Example Ltd: {len(world.company.people)} people, {len(leavers)} leavers in HR, served at {server.url}
-                  login, graph, exchange, bamboohr, workday, ringcentral, connectwise below it; the write log at {server.url}/_sandbox/writes
+                  login, graph, exchange, bamboohr, workday, ringcentral, connectwise, pax8 below it; the write log at {server.url}/_sandbox/writes
                 config: {config}
                 Try it:
                   export REQUESTS_CA_BUNDLE={server.ca_file}

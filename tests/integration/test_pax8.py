@@ -21,6 +21,7 @@ from connector.providers.pax8 import api as pax8_api
 from connector.providers.pax8.nce import decide
 from connector.providers.pax8.provider import Pax8Provider
 from connector.reconcile import reconcile
+from connector.reconcile.engine import status_rows
 from connector.reconcile.schedule import next_wakeup
 from connector.sandbox.connectwise import VENDOR_URL as CW_URL, ConnectWise
 from connector.sandbox.microsoft365 import VENDOR_URLS, Microsoft365
@@ -150,6 +151,7 @@ def test_a_seat_freed_inside_its_168_hours_is_cut_now(systems):
 
 def test_a_seat_freed_outside_is_queued_then_cut_when_the_window_opens(systems):
     one = add_leaver(systems.cloud, 1)
+    one = dataclasses.replace(one, ticket=str(systems.cw.add_ticket(CW_COMPANY, f"Offboard: {one.email}")))
     systems.buy()
     cfg, store = make_config(systems), Store.memory()
     bought = systems.seats()
@@ -157,6 +159,12 @@ def test_a_seat_freed_outside_is_queued_then_cut_when_the_window_opens(systems):
     assert systems.seats() == bought, "nothing may be cut outside the window"
     row = reduce_row(store, one)
     assert row["status"] == "unchanged" and parse_iso(row["next_attempt_at"]) == RENEWAL
+    assert f"1 seat paid until {RENEWAL.date()}" in row["reason"]
+    [status] = [a for r in status_rows(store, [one.id]) for a in r["actions"] if a["action"] == "reduce_seats"]
+    assert f"EMS (Monthly, subscription {systems.subs['EMS']}): {bought['EMS']}; 1 seat paid until " \
+        f"{RENEWAL.date()}" in status["reason"]
+    [note] = systems.cw.internal_notes(int(one.ticket))
+    assert f"1 seat paid until {RENEWAL.date()}" in note
     assert store.termination(one.id)["state"] == "done", "a queued reduction reopened the termination"
     assert next_wakeup(cfg, store, NOW + dt.timedelta(hours=1)) == RENEWAL
     writes = systems.writes()
