@@ -32,6 +32,7 @@ from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/offboard-connector/config.toml"
 SECRET_RE = re.compile(r"^(env|file|credential):(.+)$")
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 
 
 class Secret:
@@ -400,8 +401,10 @@ class Tenant(Section):
         if self.billing_basis == "subscribed" and not self.pax8_subscriptions:
             raise invalid("billing_basis", "subscribed bills the distributor's quantity: it needs "
                                            "[tenant.pax8_subscriptions] (else use assigned)")
+        if self.pax8_company_id is not None and not UUID_RE.fullmatch(self.pax8_company_id):
+            raise invalid("pax8_company_id", f"not a Pax8 company id (a UUID): {self.pax8_company_id!r}")
         for sku, sub in self.pax8_subscriptions.items():
-            if not re.fullmatch(r"[0-9a-fA-F-]{8,64}", sub):
+            if not UUID_RE.fullmatch(sub):
                 raise invalid(("pax8_subscriptions", sku), f"not a Pax8 subscription id (a UUID): {sub!r}")
         return self
 

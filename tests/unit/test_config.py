@@ -342,3 +342,48 @@ def test_a_rotated_file_secret_is_read_afresh(tmp_path):
     path.write_text("second-value\n")
     assert secret.reveal() == "second-value"
     assert mask_secrets("first-value second-value") == "*** ***"
+
+
+PAX8 = """[distributor]
+type = "pax8"
+client_id = "pax8-client"
+client_secret = "env:PAX8_SECRET"
+"""
+SUB = "05c587df-9e7d-4ef9-8218-0262198e36c9"
+
+
+def test_the_distributor_and_licence_terms_are_typed(tmp_path):
+    cfg = load_text(tmp_path, PAX8 + base(f'pax8_company_id = "c0ffee00-0000-4000-8000-000000000001"\n'
+                                          f'billing_basis = "subscribed"\n'
+                                          f'pax8_subscriptions = {{ SPE_E3 = "{SUB}" }}\n'
+                                          '[tenant.licences]\nEMS = { term = "annual", renews = 2027-03-01, price = 12 }\n'
+                                          'SPE_E3 = { term = "monthly" }\n'))
+    assert (cfg.distributor.base_url, cfg.distributor.audience) == ("https://api.pax8.com/v1", "https://api.pax8.com")
+    tenant = cfg.tenants[0]
+    assert tenant.pax8_subscriptions == {"SPE_E3": SUB} and tenant.billing_basis == "subscribed"
+    assert (tenant.licences["EMS"].renews, tenant.licences["EMS"].price) == (dt.date(2027, 3, 1), 12.0)
+    assert tenant.licences["SPE_E3"].renews is None and tenant.licences["SPE_E3"].price is None
+
+
+@pytest.mark.parametrize("head, tenant, where, what", [
+    ("", f'pax8_company_id = "{SUB}"\n', "tenant[0].pax8_company_id", "needs a [distributor] section"),
+    (PAX8, 'pax8_company_id = "contoso"\n', "tenant[0].pax8_company_id", "not a Pax8 company id"),
+    (PAX8, f'pax8_subscriptions = {{ SPE_E3 = "{SUB}" }}\n', "tenant[0].pax8_company_id", "needs pax8_company_id"),
+    (PAX8, f'pax8_company_id = "{SUB}"\npax8_subscriptions = {{ SPE_E3 = "9101" }}\n',
+     "tenant[0].pax8_subscriptions.SPE_E3", "not a Pax8 subscription id"),
+    ("", 'billing_basis = "subscribed"\n', "tenant[0].billing_basis", "needs [tenant.pax8_subscriptions]"),
+    ("", 'licences = { EMS = { term = "annual" } }\n', "tenant[0].licences.EMS.renews", "needs the date it renews"),
+    ("", 'licences = { EMS = { term = "monthly", renews = "2027-03-01" } }\n', "tenant[0].licences.EMS.renews",
+     "give no date"),
+    ("", 'licences = { EMS = { term = "annual", renews = "1 March" } }\n', "tenant[0].licences.EMS.renews",
+     "not a date"),
+    ("", 'licences = { EMS = { term = "weekly" } }\n', "tenant[0].licences.EMS.term", "must be"),
+    ("", 'licences = { EMS = { term = "monthly", price = -1 } }\n', "tenant[0].licences.EMS.price", "0.0 or more"),
+    (PAX8.replace('client_secret = "env:PAX8_SECRET"', 'client_secret = "hunter2-plain"'), "",
+     "distributor.client_secret", "expected a secret reference"),
+    (PAX8.replace('type = "pax8"', 'type = "ingram"'), "", "distributor.type", "must be 'pax8'"),
+])
+def test_bad_distributor_keys_name_their_path(tmp_path, head, tenant, where, what):
+    message = error_of(tmp_path, head + base(tenant))
+    assert message.startswith(f"{tmp_path / 'c.toml'}: {where}:") and what in message, message
+    assert "hunter2" not in message
