@@ -41,7 +41,7 @@ from ..providers.connectwise.api import ConnectWise
 from ..reconcile import tickets
 from ..reconcile.announce import TicketNotes
 from ..reconcile.leases import Leases, daemon_of, kind_of, owner_id
-from ..reconcile.schedule import next_due, next_wakeup, workable_phases
+from ..reconcile.schedule import next_due, next_wakeup, workable_now
 from ..sources.webhook import MAX_BODY
 from ..store import Store, iso, now
 from . import metrics, systemd
@@ -253,7 +253,7 @@ class Daemon:
         by_tenant: dict[str, list[str]] = {}
         tenants = {t.id: t for t in self.config.tenants if t.id in self.kept()}
         for row in self.store.terminations(None, states):
-            if row["tenant"] in tenants and workable_phases(row, tenants[row["tenant"]], at):
+            if row["tenant"] in tenants and workable_now(self.store, row, tenants[row["tenant"]], at):
                 by_tenant.setdefault(row["tenant"], []).append(row["id"])
         for tenant, ids in by_tenant.items():
             stopped = self.store.open_hold(tenant) or self.store.paused(tenant)     # its polls still record

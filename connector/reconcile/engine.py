@@ -20,7 +20,7 @@ from .announce import Announcer, Listener, StateChange, TicketNotes, TicketOpene
 from .execute import Executor, Leaver, each_provider, termination_from_row
 from .intake import Intake, cancel_missing, pull_sources, record
 from .leases import Leases, owner_id
-from .schedule import QUEUED, RESTRICT_ONLY, queued_at, workable_phases
+from .schedule import QUEUED, RESTRICT_ONLY, workable_now
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +205,7 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
     if store.open_hold(tenant.id):
         return
     rows = [(r, phases) for r in store.terminations(tenant.id, PICKED)
-            if (phases := workable_phases(r, tenant, now, queued_at(store.actions(r["id"])) if r["state"] == "done"
-                                          else ())) and (wanted is None or r["id"] in wanted)
+            if (phases := workable_now(store, r, tenant, now)) and (wanted is None or r["id"] in wanted)
             and (employee is None or employee in (r["employee_id"], r["email"], r["id"]))]
     leavers = [Leaver(row=r, termination=termination_from_row(r), phases=phases) for r, phases in rows
                if _claim(store, leases, r, announce, report.run_id)]

@@ -90,6 +90,12 @@ def workable_phases(row: dict, tenant: Tenant, now: dt.datetime,
     return ()
 
 
+def workable_now(store: StateStore, row: dict, tenant: Tenant, now: dt.datetime) -> tuple[str, ...]:
+    """`workable_phases` with the later jobs a `done` row waits on read from its journal: what a pass and the
+    daemon's wake-up both ask."""
+    return workable_phases(row, tenant, now, queued_at(store.actions(row["id"])) if row["state"] == "done" else ())
+
+
 def next_wakeup(config: Config, store: StateStore, now: dt.datetime,
                 tenants: Collection[str] | None = None) -> dt.datetime | None:
     """The earliest instant after `now` at which something becomes workable: a due instant, the start of a

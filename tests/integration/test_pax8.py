@@ -22,12 +22,13 @@ from connector.providers.pax8.nce import decide
 from connector.providers.pax8.provider import Pax8Provider
 from connector.reconcile import reconcile
 from connector.reconcile.engine import status_rows
-from connector.reconcile.schedule import next_wakeup
+from connector.reconcile.schedule import next_wakeup, workable_now
 from connector.sandbox.connectwise import VENDOR_URL as CW_URL, ConnectWise
 from connector.sandbox.microsoft365 import VENDOR_URLS, Microsoft365
 from connector.sandbox.pax8 import VENDOR_URL, Pax8
 from connector.sandbox.web import Sandbox
 from connector.store import Store, parse_iso
+from tests.contract.provider_contract import ProviderContract
 from tests.sandboxes import MODES, SECRET, SECRET_ENV, add_leaver, build, seed
 
 SANDBOX_MODES = MODES
@@ -125,6 +126,34 @@ def reduce_row(store, t) -> dict:
     return next(a for a in store.actions(t.id) if a["action"] == "reduce_seats")
 
 
+# -- the provider on its own: three passes ------------------------------------------------------------
+class TestPax8Contract(ProviderContract):
+    action_names = ["reduce_seats"]
+    journal_only_actions = ("reduce_seats",)    # level-based: always planned, the journal says it is done
+
+    @pytest.fixture
+    def provider(self, systems, leaver):
+        bought = dt.datetime.now(UTC) - dt.timedelta(days=1)      # the contract runs at the machine's clock
+        systems.buy(e3=("Monthly", bought, None), ems=("Monthly", bought, None))
+        for sid in systems.subs.values():                       # a licence already reclaimed: one seat too many
+            systems.pax8.subscriptions[sid]["quantity"] += 1
+        provider = distributor(make_config(systems), systems)
+        provider.api.token()                                    # issued now: `secrets` lists it
+        return provider
+
+    @pytest.fixture
+    def leaver(self, systems):
+        return add_leaver(systems.cloud, 1)
+
+    @pytest.fixture
+    def snapshot(self, systems):
+        return lambda termination: systems.seats()
+
+    @pytest.fixture
+    def secrets(self, systems):
+        return [systems.pax8.client_secret, *systems.pax8.tokens, SECRET]
+
+
 # -- inside and outside the window ---------------------------------------------------------------
 def test_a_seat_freed_inside_its_168_hours_is_cut_now(systems):
     one = add_leaver(systems.cloud, 1)                     # the leaver holds EMS direct and SPE_E3 via a group
@@ -167,6 +196,9 @@ def test_a_seat_freed_outside_is_queued_then_cut_when_the_window_opens(systems):
     assert f"1 seat paid until {RENEWAL.date()}" in note
     assert store.termination(one.id)["state"] == "done", "a queued reduction reopened the termination"
     assert next_wakeup(cfg, store, NOW + dt.timedelta(hours=1)) == RENEWAL
+    row, tenant = store.termination(one.id), cfg.tenants[0]      # what the daemon's wake-up asks of each row
+    assert workable_now(store, row, tenant, RENEWAL - dt.timedelta(seconds=1)) == ()
+    assert workable_now(store, row, tenant, RENEWAL) == ("bill",)
     writes = systems.writes()
     later(cfg, store, systems, RENEWAL - dt.timedelta(minutes=1))            # not yet
     assert systems.writes() == writes and systems.seats() == bought
