@@ -18,11 +18,9 @@ class Facts(Protocol):
     def consumed_units(self) -> dict[str, int]:
         """Licences assigned now, per SKU part number (Graph `subscribedSkus[].consumedUnits`)."""
 
-    def subscribed_units(self, now: dt.datetime) -> dict[str, int]:
-        """Seats the distributor charges once this pass's reductions are made, per SKU part number."""
-
-    def next_seat_change(self, now: dt.datetime) -> dt.datetime | None:
-        """When a freed seat that is paid until its renewal may go: billing on subscribed seats follows then."""
+    def subscribed_units(self, now: dt.datetime) -> tuple[dict[str, int], dt.datetime | None]:
+        """Seats the distributor charges once the reductions allowed `now` are made, per SKU part number, and
+        when the next freed seat that is paid until its renewal may go (billing on subscribed seats follows then)."""
 
 
 class TenantFacts:
@@ -36,14 +34,8 @@ class TenantFacts:
             raise ConfigError("billing needs the tenant's licence counts: add an entra provider", self.where)
         return self._counters[0].consumed_units()
 
-    def subscribed_units(self, now: dt.datetime) -> dict[str, int]:
-        return self._distributor().subscribed_units(now)
-
-    def next_seat_change(self, now: dt.datetime) -> dt.datetime | None:
-        return self._distributor().next_seat_change(now)
-
-    def _distributor(self):
+    def subscribed_units(self, now: dt.datetime) -> tuple[dict[str, int], dt.datetime | None]:
         if not self._distributors:
             raise ConfigError('billing_basis = "subscribed" needs the distributor: set pax8_company_id and '
                               "[distributor]", self.where)
-        return self._distributors[0]
+        return self._distributors[0].subscribed_units(now)

@@ -102,9 +102,10 @@ class ConnectWiseProvider(Provider):
 
     # -- billing ------------------------------------------------------------
     def sync_billing(self, action: PlannedAction, ctx: ActionContext) -> Result:
-        now = ctx.now or dt.datetime.now(dt.timezone.utc)
-        subscribed = self.tenant.billing_basis == "subscribed"
-        counts = self.facts.subscribed_units(now) if subscribed else self.facts.consumed_units()
+        if self.tenant.billing_basis == "subscribed":
+            counts, follow_at = self.facts.subscribed_units(ctx.now or dt.datetime.now(dt.timezone.utc))
+        else:
+            counts, follow_at = self.facts.consumed_units(), None
         agreement = self.tenant.psa_agreement_id
         before, after, notes, writes = {}, {}, [], []
         for sku, addition_id in sorted(self.tenant.billing.items()):
@@ -134,8 +135,7 @@ class ConnectWiseProvider(Provider):
         if ctx.dry_run:
             notes.append("counted now: licences this run would still reclaim are in the count")
         result = self.outcome(before, after, ctx.dry_run, "; ".join(notes))
-        if subscribed:     # seats paid until a renewal: the invoice follows when the distributor's quantity drops
-            result.next_attempt_at = self.facts.next_seat_change(now)
+        result.next_attempt_at = follow_at     # seats paid until a renewal: the invoice follows when they go
         if result.outcome == "changed":
             for path, ops in writes:
                 self.api.patch(path, ops)

@@ -68,12 +68,12 @@ class Pax8Provider(Provider):
                         if sku in counts else None)
         return out
 
-    def subscribed_units(self, now: dt.datetime) -> dict[str, int]:
-        """The facts seam: what the distributor charges once the reductions NCE allows now are made."""
-        return {sku: d.new_quantity for sku, (_, d) in self.decisions(now).items() if d is not None}
-
-    def next_seat_change(self, now: dt.datetime) -> dt.datetime | None:
-        return min((d.next_window for _, d in self.decisions(now).values() if d and d.next_window), default=None)
+    def subscribed_units(self, now: dt.datetime) -> tuple[dict[str, int], dt.datetime | None]:
+        """The facts seam: what the distributor charges once the reductions NCE allows now are made, and the
+        next renewal at which a freed seat may go."""
+        decided = [(sku, d) for sku, (_, d) in self.decisions(now).items() if d is not None]
+        return ({sku: d.new_quantity for sku, d in decided},
+                min((d.next_window for _, d in decided if d.next_window), default=None))
 
     def price(self, sku: str, subscription: dict) -> float | None:
         """Per seat and month: `[tenant.licences]` first, else Pax8's partner cost (what the MSP pays), else price."""
