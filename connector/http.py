@@ -103,6 +103,51 @@ def session(user_agent: str = "") -> requests.Session:
     return s
 
 
+class JsonClient:
+    """What the REST clients of the PSA and the distributor share: a base URL, one lazy session with their own
+    headers, JSON answers (a body that is not JSON is a PermanentError), the `message` of an error body."""
+
+    def __init__(self, base_url: str, where: str):
+        self.base = base_url.rstrip("/")
+        self.where = where
+        self.session: requests.Session | None = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.session:
+            self.session.close()
+            self.session = None
+
+    def headers(self) -> dict[str, str]:
+        return {"Accept": "application/json"}
+
+    def _session(self) -> requests.Session:
+        if self.session is None:
+            self.session = session()
+            self.session.headers.update(self.headers())
+        return self.session
+
+    @staticmethod
+    def message(resp: requests.Response) -> str:
+        try:
+            body = resp.json()
+        except ValueError:
+            return ""
+        return str(body.get("message", ""))[:300] if isinstance(body, dict) else ""
+
+    def _json(self, resp: requests.Response, what: str) -> Any:
+        try:
+            return resp.json()
+        except ValueError:
+            raise PermanentError(f"{what}: the answer is not JSON ({resp.headers.get('Content-Type', 'no type')})",
+                                 self.where) from None
+
+
 def _short(exc: BaseException) -> bool:
     return isinstance(exc, RetryableError) and not isinstance(exc, Conflict) and exc.delay <= INLINE_WAIT_LIMIT
 

@@ -1,11 +1,14 @@
-"""Small builders shared by the tests: a config on disk, a CSV feed, a frozen clock."""
+"""Small builders and checks shared by the tests: a config on disk, a CSV feed, a frozen clock, throttling."""
 from __future__ import annotations
 
 import datetime as dt
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from connector import config as configmod
+from connector.errors import RetryableError
 
 CSV_HEADER = "employee_id,email,first_name,last_name,manager_email,termination_date,termination_time,kind\n"
 
@@ -48,3 +51,14 @@ def load(path: Path):
 
 def utc(*args) -> dt.datetime:
     return dt.datetime(*args, tzinfo=dt.timezone.utc)
+
+
+def check_retry_after(knobs, call) -> None:
+    """A 429 with a short Retry-After is waited for in place; a long one is raised with its delay (the engine parks
+    the action in the journal until then)."""
+    knobs.throttle_next, knobs.retry_after = 1, 1
+    call()
+    knobs.throttle_next, knobs.retry_after = 1, 120
+    with pytest.raises(RetryableError) as caught:
+        call()
+    assert caught.value.delay == 120

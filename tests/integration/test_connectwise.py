@@ -13,7 +13,7 @@ import json
 import pytest
 
 from connector import config
-from connector.errors import ConfigError, OffboardError, PermanentError, RetryableError
+from connector.errors import ConfigError, OffboardError, PermanentError
 from connector.model import ActionContext, PlannedAction
 from connector.providers.connectwise.provider import ConnectWiseProvider
 from connector.providers.facts import TenantFacts
@@ -26,7 +26,7 @@ from connector.sandbox.microsoft365 import VENDOR_URLS, Microsoft365
 from connector.sandbox.web import Sandbox
 from connector.store import Store
 from tests.contract.provider_contract import ProviderContract
-from tests.helpers import write_csv
+from tests.helpers import check_retry_after, write_csv
 from tests.sandboxes import MODES, SECRET, SECRET_ENV, add_leaver, build, seed
 
 SANDBOX_MODES = MODES
@@ -264,13 +264,7 @@ def test_plan_shows_the_quantities_and_writes_nothing(systems):
 
 # -- HTTP behaviour ----------------------------------------------------------------------------
 def test_429_with_retry_after_is_waited_for_or_parked(systems):
-    provider = psa_provider(make_config(systems))
-    systems.cw.knobs.throttle_next, systems.cw.knobs.retry_after = 1, 1
-    provider.check_online()                                  # a short wait is taken in place
-    systems.cw.knobs.throttle_next, systems.cw.knobs.retry_after = 1, 120
-    with pytest.raises(RetryableError) as caught:
-        provider.check_online()
-    assert caught.value.delay == 120
+    check_retry_after(systems.cw.knobs, psa_provider(make_config(systems)).check_online)
 
 
 def test_401_names_the_credential_and_stops_only_the_psa(systems, monkeypatch):

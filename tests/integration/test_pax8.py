@@ -13,7 +13,7 @@ import json
 import pytest
 
 from connector import config, report
-from connector.errors import ConfigError, RetryableError
+from connector.errors import ConfigError
 from connector.model import ActionContext
 from connector.providers.facts import TenantFacts
 from connector.providers.microsoft365 import auth
@@ -29,6 +29,7 @@ from connector.sandbox.pax8 import VENDOR_URL, Pax8
 from connector.sandbox.web import Sandbox
 from connector.store import Store, parse_iso
 from tests.contract.provider_contract import ProviderContract
+from tests.helpers import check_retry_after
 from tests.sandboxes import MODES, SECRET, SECRET_ENV, add_leaver, build, seed
 
 SANDBOX_MODES = MODES
@@ -329,13 +330,7 @@ def test_one_token_serves_many_calls_and_passes(systems):
 
 def test_429_with_retry_after_is_waited_for_or_parked(systems):
     systems.buy()
-    provider = distributor(make_config(systems), systems)
-    systems.pax8.knobs.throttle_next, systems.pax8.knobs.retry_after = 1, 1
-    provider.check_online()                                   # a short wait is taken in place
-    systems.pax8.knobs.throttle_next, systems.pax8.knobs.retry_after = 1, 120
-    with pytest.raises(RetryableError) as caught:
-        provider.check_online()
-    assert caught.value.delay == 120
+    check_retry_after(systems.pax8.knobs, distributor(make_config(systems), systems).check_online)
 
 
 def test_401_names_the_distributor_and_stops_only_it(systems, monkeypatch):

@@ -24,32 +24,16 @@ PAGE_SIZE = 1000
 NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?', re.IGNORECASE)
 
 
-class ConnectWise:
+class ConnectWise(http.JsonClient):
     def __init__(self, settings: PsaSettings, where: str = ""):
+        super().__init__(settings.url, where or f"psa ({urlsplit(settings.url).hostname})")
         self.settings = settings
-        self.base = settings.url.rstrip("/")
-        self.where = where or f"psa ({urlsplit(self.base).hostname})"
-        self.session: requests.Session | None = None
 
-    def __enter__(self) -> ConnectWise:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.session:
-            self.session.close()
-            self.session = None
-
-    def _session(self) -> requests.Session:
-        if self.session is None:
-            s = self.settings
-            user = f"{s.company}+{s.public_key.reveal()}:{s.private_key.reveal()}"
-            self.session = http.session()
-            self.session.headers.update({"Authorization": "Basic " + base64.b64encode(user.encode()).decode(),
-                                         "clientId": s.client_id.reveal(), "Accept": "application/json"})
-        return self.session
+    def headers(self) -> dict[str, str]:
+        s = self.settings
+        user = f"{s.company}+{s.public_key.reveal()}:{s.private_key.reveal()}"
+        return {"Authorization": "Basic " + base64.b64encode(user.encode()).decode(),
+                "clientId": s.client_id.reveal(), "Accept": "application/json"}
 
     def _describe(self, resp: requests.Response) -> str:
         if resp.status_code in http.CONFIG:
@@ -57,11 +41,7 @@ class ConnectWise:
             return (f"ConnectWise refused the API member keys (check [psa] company {s.company!r}, public_key "
                     f"{s.public_key.ref}, private_key {s.private_key.ref}, client_id {s.client_id.ref}, and the "
                     f"member's security role)")
-        try:
-            body = resp.json()
-        except ValueError:
-            return ""
-        return str(body.get("message", ""))[:300] if isinstance(body, dict) else ""
+        return self.message(resp)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         url = path if path.startswith(self.base + "/") else self.base + path
@@ -87,13 +67,6 @@ class ConnectWise:
                 raise PermanentError(f"GET {path}: expected a list, got {type(items).__name__}", self.where)
             yield from items
             url, query = self._next(resp.headers.get("Link", "")), None
-
-    def _json(self, resp: requests.Response, what: str) -> Any:
-        try:
-            return resp.json()
-        except ValueError:
-            raise PermanentError(f"{what}: the answer is not JSON ({resp.headers.get('Content-Type', 'no type')})",
-                                 self.where) from None
 
     def _next(self, link: str) -> str | None:
         found = NEXT.search(link)

@@ -28,23 +28,10 @@ tokens: dict[tuple[str, str, str, str], tuple[str, float]] = {}
 _lock = threading.Lock()
 
 
-class Pax8:
+class Pax8(http.JsonClient):
     def __init__(self, settings: DistributorSettings, where: str = ""):
+        super().__init__(settings.base_url, where or f"distributor ({urlsplit(settings.base_url).hostname})")
         self.settings = settings
-        self.base = settings.base_url.rstrip("/")
-        self.where = where or f"distributor ({urlsplit(self.base).hostname})"
-        self.session: requests.Session | None = None
-
-    def close(self) -> None:
-        if self.session:
-            self.session.close()
-            self.session = None
-
-    def _session(self) -> requests.Session:
-        if self.session is None:
-            self.session = http.session()
-            self.session.headers["Accept"] = "application/json"
-        return self.session
 
     def _describe(self, resp: requests.Response) -> str:
         if resp.status_code in http.CONFIG:
@@ -52,11 +39,7 @@ class Pax8:
             return (f"Pax8 refused the distributor's credentials (check [distributor] client_id {s.client_id!r}, "
                     f"client_secret {s.client_secret.ref}, audience {s.audience!r}, and that the API key may "
                     "read and update this company's subscriptions)")
-        try:
-            body = resp.json()
-        except ValueError:
-            return ""
-        return str(body.get("message", ""))[:300] if isinstance(body, dict) else ""
+        return self.message(resp)
 
     # -- the token -----------------------------------------------------------------------------
     def _key(self, secret: str) -> tuple[str, str, str, str]:
@@ -99,13 +82,6 @@ class Pax8:
                 self.forget_token()     # revoked or expired early: one fresh token, then it is the credential
                 continue
             return self._json(resp, f"{method} {path}") if resp.content else None
-
-    def _json(self, resp: requests.Response, what: str) -> Any:
-        try:
-            return resp.json()
-        except ValueError:
-            raise PermanentError(f"{what}: the answer is not JSON ({resp.headers.get('Content-Type', 'no type')})",
-                                 self.where) from None
 
     # -- the objects the connector uses ----------------------------------------------------------
     def subscription(self, subscription_id: str) -> dict:
