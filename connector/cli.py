@@ -20,6 +20,7 @@ from .config import Config, mask_secrets
 from .errors import ConfigError, OffboardError
 from .logs import setup_logging
 from .providers.connectwise.api import ConnectWise
+from .providers.pax8.api import Pax8
 from .providers.manual import OPEN_STEP
 from .reconcile import reconcile, status_rows
 from .reconcile.engine import Report, unresolvable_secrets
@@ -131,6 +132,14 @@ def cmd_check(args, cfg: Config) -> int:
                 psa.check()
         except OffboardError as e:
             problems.append(e.at("psa"))
+    if cfg.distributor is not None and args.online:
+        with Pax8(cfg.distributor) as distributor:
+            for i, tenant in enumerate(cfg.tenants):
+                if tenant.pax8_company_id is not None:
+                    try:
+                        distributor.check(tenant.pax8_company_id)      # the credential, and the company's id
+                    except OffboardError as e:
+                        problems.append(e.at(f"tenant[{i}].pax8_company_id"))
     summary = {"config": cfg.path, "tenants": [t.id for t in cfg.tenants], "online": args.online,
                "ok": not problems, "problems": [str(p) for p in problems]}
     human = f"{cfg.path}: OK ({len(cfg.tenants)} tenant(s): {', '.join(t.id for t in cfg.tenants)})"

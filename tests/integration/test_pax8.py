@@ -391,3 +391,29 @@ def test_declared_terms_give_paid_until_without_a_distributor(systems):
     assert (ems["paid_until"], ems["monthly_cost"]) == ("2027-03-01", 12.5)
     assert facts["summary"]["cost_avoided_monthly"] == 12.5
     assert systems.pax8.calls == [], "no distributor configured, none asked"
+
+
+def test_check_online_proves_the_distributor_credential(systems, monkeypatch, tmp_path, capsys):
+    from connector.cli import main
+
+    systems.buy()
+    path = tmp_path / "config.toml"
+    path.write_text(f"""[distributor]
+type = "pax8"
+base_url = "{systems.pax8.url}"
+client_id = "{systems.pax8.client_id}"
+client_secret = "env:PAX8_WRONG"
+
+[[tenant]]
+id = "contoso"
+pax8_company_id = "{COMPANY_ID}"
+
+[[tenant.provider]]
+type = "entra"
+{"".join(f'{k} = "{v}"{chr(10)}' for k, v in systems.cloud.provider_block(f"env:{SECRET_ENV}").items())}""")
+    monkeypatch.setenv("PAX8_WRONG", "not-the-secret")
+    assert main(["--config", str(path), "check", "--online"]) == 1
+    err = capsys.readouterr().err
+    assert "Pax8 refused" in err and "client_secret env:PAX8_WRONG" in err and "not-the-secret" not in err
+    monkeypatch.setenv("PAX8_WRONG", systems.pax8.client_secret)
+    assert main(["--config", str(path), "check", "--online"]) == 0
