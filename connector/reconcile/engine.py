@@ -25,8 +25,9 @@ from .schedule import QUEUED, RESTRICT_ONLY, workable_now
 log = logging.getLogger(__name__)
 
 WORKABLE = ("scheduled", "due", "in_progress")
-# states a pass looks at: a restricted one becomes due at its instant, a done one is retained after delete_after_days
-PICKED = WORKABLE + ("restricted", "done")
+# states a pass looks at: a restricted one becomes due at its instant, a done one is retained after delete_after_days,
+# a done or deleted one's seat reduction queued for a renewal is made then
+PICKED = WORKABLE + ("restricted", "done", "deleted")
 # nothing left for this pass to do (a dry run's `due` is what it would do)
 CONVERGED = ("done", "scheduled", "restricted", "cancelled", "held", "deleted", "restored")
 
@@ -224,7 +225,7 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
     names = [p.name for p in providers]
     for lv in leavers:
         if leases.holds(f"termination:{lv.id}"):
-            settle(store, lv.id, report.run_id, names, announce, lv.phases)
+            settle(store, lv.id, report.run_id, names, announce, lv.phases, lv.row["state"])
         leases.release(f"termination:{lv.id}")
 
 
@@ -261,12 +262,14 @@ def unresolvable_secrets(tenant: Tenant) -> list[ConfigError]:
 
 
 def settle(store: Store, termination_id: str, run_id: str, providers: list[str],
-           announce: Announcer = Announcer(), phases: tuple[str, ...] = ()) -> str:
+           announce: Announcer = Announcer(), phases: tuple[str, ...] = (), was: str = "done") -> str:
     """Derive the termination's state from its journal after a pass that ran `phases`.
 
     `done` only when every configured provider has journaled its part and every action
     ended changed, unchanged or skipped; after the notice-period pass that is `restricted`,
     after a pass that ran retain `deleted`; `needs_human` once only a person can move it on.
+    A later job (a queued seat reduction) leaves the termination what it `was` (`done`, `deleted`)
+    while it succeeds or waits to be retried; one that failed for good needs a person.
     Compare-and-set: a person's `cancel` or `hold` made while the pass ran wins, and is not
     overwritten.
     """
@@ -285,11 +288,14 @@ def settle(store: Store, termination_id: str, run_id: str, providers: list[str],
         state = "deleted"
     else:
         state = "done"
+    if phases == QUEUED and state in ("done", "in_progress"):
+        waiting = all(a["next_attempt_at"] for a in actions if a["status"] in ("failed", "pending", "in_flight"))
+        state = was if waiting else "needs_human"
     reason = "; ".join(sorted({a["reason"] for a in actions
                                if a["status"] in ("needs_human", "failed") and a["reason"]}))
     if silent:
         reason = "; ".join(filter(None, [reason, "no word yet from " + ", ".join(silent)]))
-    keep = state == "deleted" or (state == "done" and phases == QUEUED)   # a later job leaves the finish as it was
+    keep = state == "deleted" or phases == QUEUED        # a later job leaves the finish as it was
     finished = {} if keep else {"finished_at": iso(utcnow()) if state == "done" else None}
     if store.set_state(termination_id, state, reason, expect=("in_progress",), **finished) and state != "in_progress":
         store.audit(f"termination_{state}", termination_id, run_id, reason=reason)

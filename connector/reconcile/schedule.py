@@ -22,6 +22,7 @@ RETAIN_ONLY = ("retain",)
 #: a `done` termination's later job: a seat reduction queued for a licence's renewal window (its `bill` action
 #: finished, with a `next_attempt_at`); it does not reopen the termination while it waits
 QUEUED = ("bill",)
+LATER = ("done", "deleted")       # a deleted leaver's queued seat still goes at its renewal: retention is often shorter
 FINISHED = ("changed", "unchanged", "skipped")
 
 
@@ -63,8 +64,9 @@ def retain_at(due: dt.datetime, tenant: Tenant) -> dt.datetime | None:
 
 
 def queued_at(actions: list[dict]) -> list[dt.datetime]:
-    """When the later jobs among a termination's journaled actions come back (finished, with a next attempt)."""
-    return [parse_iso(a["next_attempt_at"]) for a in actions if a["status"] in FINISHED and a["next_attempt_at"]]
+    """When a termination's journaled actions come back: a retry, or a later job (finished, with a next attempt)."""
+    return [parse_iso(a["next_attempt_at"]) for a in actions
+            if a["status"] in ("failed", "pending", *FINISHED) and a["next_attempt_at"]]
 
 
 def workable_phases(row: dict, tenant: Tenant, now: dt.datetime,
@@ -74,14 +76,16 @@ def workable_phases(row: dict, tenant: Tenant, now: dt.datetime,
     Before its restriction starts: nothing. In the notice period: restrict only (a restricted
     one waits for its due instant). Due: revoke to bill. Retain runs only for a `done` one once
     retention is over (it is not reopened before): what the account anchors is judged on the
-    state the whole offboarding left, never before a mailbox became shared. A `done` one's `bill`
-    runs again once one of its `queued` later jobs comes due.
+    state the whole offboarding left, never before a mailbox became shared. A `done` or `deleted`
+    one's `bill` runs again once one of its `queued` later jobs comes due.
     """
     due = parse_iso(row["due_at"])
     retain = retain_at(due, tenant)
     retention_over = retain is not None and retain <= now
-    if row["state"] == "done":
-        return RETAIN_ONLY if retention_over else QUEUED if any(q <= now for q in queued) else ()
+    if row["state"] == "done" and retention_over:
+        return RETAIN_ONLY
+    if row["state"] in LATER:
+        return QUEUED if any(q <= now for q in queued) else ()
     if due <= now:
         return OFFBOARD
     start = restrict_at(due, tenant)
@@ -91,9 +95,9 @@ def workable_phases(row: dict, tenant: Tenant, now: dt.datetime,
 
 
 def workable_now(store: StateStore, row: dict, tenant: Tenant, now: dt.datetime) -> tuple[str, ...]:
-    """`workable_phases` with the later jobs a `done` row waits on read from its journal: what a pass and the
-    daemon's wake-up both ask."""
-    return workable_phases(row, tenant, now, queued_at(store.actions(row["id"])) if row["state"] == "done" else ())
+    """`workable_phases` with the later jobs a `done` or `deleted` row waits on read from its journal: what a pass
+    and the daemon's wake-up both ask."""
+    return workable_phases(row, tenant, now, queued_at(store.actions(row["id"])) if row["state"] in LATER else ())
 
 
 def next_wakeup(config: Config, store: StateStore, now: dt.datetime,
@@ -105,14 +109,14 @@ def next_wakeup(config: Config, store: StateStore, now: dt.datetime,
     for tenant in config.tenants:
         if tenants is not None and tenant.id not in tenants:
             continue
-        for row in store.terminations(tenant.id, ("scheduled", "due", "restricted", "in_progress", "done")):
+        for row in store.terminations(tenant.id, ("scheduled", "due", "restricted", "in_progress", *LATER)):
             due = parse_iso(row["due_at"])
-            if row["state"] == "done":
-                instants += [retain_at(due, tenant), *queued_at(store.actions(row["id"]))]
+            if row["state"] in LATER:
+                instants += [retain_at(due, tenant) if row["state"] == "done" else None,
+                             *queued_at(store.actions(row["id"]))]
                 continue
-            instants += [due, restrict_at(due, tenant) if row["state"] != "restricted" else None]
-            instants += [parse_iso(a["next_attempt_at"]) for a in store.actions(row["id"])
-                         if a["status"] in ("failed", "pending", *FINISHED) and a["next_attempt_at"]]
+            instants += [due, restrict_at(due, tenant) if row["state"] != "restricted" else None,
+                         *queued_at(store.actions(row["id"]))]
     future = [i for i in instants if i is not None and i > now]
     return min(future, default=None)
 

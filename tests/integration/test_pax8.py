@@ -94,7 +94,7 @@ def systems(monkeypatch, reach) -> Systems:
 
 
 def make_config(s: Systems, *, basis: str = "assigned", secret: str = "env:PAX8_SECRET", pax8: bool = True,
-                **tenant) -> config.Config:
+                policy: dict | None = None, **tenant) -> config.Config:
     block = s.cloud.provider_block(f"env:{SECRET_ENV}")
     if pax8:
         tenant = {"pax8_company_id": COMPANY_ID, "pax8_subscriptions": s.subs, **tenant}
@@ -106,7 +106,8 @@ def make_config(s: Systems, *, basis: str = "assigned", secret: str = "env:PAX8_
         "tenant": [{"id": "contoso", "name": "Contoso Ltd", "psa_company_id": CW_COMPANY,
                     "psa_agreement_id": AGREEMENT, "billing": BILLING, "billing_basis": basis, **tenant,
                     "provider": [{"type": "entra", **block}, {"type": "exchange_online", **block}],
-                    "policy": {"mailbox": "shared", "mailbox_delegate": "manager", "forward_to": "none"}}]})
+                    "policy": {"mailbox": "shared", "mailbox_delegate": "manager", "forward_to": "none",
+                               **(policy or {})}}]})
 
 
 def offboard(cfg, store, s: Systems, *terminations, now=NOW, times=3, **kw):
@@ -229,6 +230,38 @@ def test_a_seat_re_used_before_the_window_is_not_cut(systems):
     row = reduce_row(store, one)
     assert row["status"] == "unchanged" and row["next_attempt_at"] is None
     assert systems.writes() == 0
+
+
+def test_a_leaver_deleted_before_the_renewal_still_frees_the_seat_then(systems):
+    one = add_leaver(systems.cloud, 1, mailbox=False)            # nothing anchors the account: retain deletes it
+    systems.buy()
+    cfg, store = make_config(systems, policy={"delete_after_days": 2}), Store.memory()
+    bought = systems.seats()
+    offboard(cfg, store, systems, one)
+    later(cfg, store, systems, NOW + dt.timedelta(days=3))
+    assert store.termination(one.id)["state"] == "deleted" and systems.seats() == bought
+    assert next_wakeup(cfg, store, NOW + dt.timedelta(days=3)) == RENEWAL
+    later(cfg, store, systems, RENEWAL)
+    assert systems.seats() == systems.consumed() == {sku: bought[sku] - 1 for sku in bought}
+    assert store.termination(one.id)["state"] == "deleted", "the later job reopened a deleted termination"
+
+
+def test_a_later_job_throttled_stays_done_and_comes_back(systems):
+    one = add_leaver(systems.cloud, 1)
+    systems.buy()
+    cfg, store = make_config(systems), Store.memory()
+    bought = systems.seats()
+    offboard(cfg, store, systems, one)
+    systems.pax8.knobs.throttle_next, systems.pax8.knobs.retry_after = 50, 600
+    later(cfg, store, systems, RENEWAL)
+    [row] = [a for a in store.actions(one.id) if a["provider"] == "pax8" and a["status"] == "failed"]
+    assert systems.seats() == bought and "429" in row["reason"]
+    assert store.termination(one.id)["state"] == "done"
+    retry = parse_iso(row["next_attempt_at"])
+    assert next_wakeup(cfg, store, RENEWAL) == retry and RENEWAL < retry <= RENEWAL + dt.timedelta(minutes=10)
+    systems.pax8.knobs.throttle_next = 0
+    later(cfg, store, systems, retry)
+    assert systems.seats() == {sku: bought[sku] - 1 for sku in bought} and reduce_row(store, one)["status"] == "changed"
 
 
 def test_annual_seats_are_never_cut_mid_term(systems):
