@@ -78,6 +78,11 @@ def build_providers(tenant: Tenant, psa: PsaSettings | None = None,
     return built
 
 
+def config_providers(config: Config) -> Callable[[Tenant], list[Provider]]:
+    """What a pass builds for each tenant: its providers, with the MSP's distributor and PSA."""
+    return lambda t: build_providers(t, config.psa, config.distributor)
+
+
 def reconcile(config: Config, store: Store, *, tenant: str | None = None, employee: str | None = None,
               dry_run: bool = False, full: bool = False, trigger: str = "cli", now: dt.datetime | None = None,
               on_demand: list[Termination] | None = None,
@@ -103,7 +108,7 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
     tenants = [config.tenant(tenant)] if tenant else config.tenants
     store.start_run(report.run_id, trigger, tenant, dry_run)
     parts = [Report(run_id=report.run_id, dry_run=dry_run) for _ in tenants]
-    providers = providers or (lambda t: build_providers(t, config.psa, config.distributor))
+    providers = providers or config_providers(config)
     own = ((TicketOpener(config, store),) if config.psa.ticket_board else ()) + (TicketNotes(config, store),) \
         if config.psa else ()
     announce = Announcer(() if dry_run else (*own, *listeners))

@@ -26,7 +26,7 @@ from ..model import Termination
 from ..providers.connectwise.api import ConnectWise
 from ..providers.connectwise.provider import ConnectWiseProvider
 from ..store import Store, now as utcnow
-from .engine import Report, build_providers, reconcile
+from .engine import Report, config_providers, reconcile
 
 MAX_BODY = 1 << 20
 ADDRESS = re.compile(r"[A-Za-z0-9._%+'-]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24}")
@@ -85,7 +85,7 @@ def run_from_ticket(config: Config, store: Store, ticket_id: int, *, dry_run: bo
     """Read the ticket, find its tenant and leaver, and run; None when nothing was run."""
     if config.psa is None:
         raise ConfigError("--from-ticket needs a [psa] section", config.path)
-    providers = providers or (lambda t: build_providers(t, config.psa))
+    providers = providers or config_providers(config)
     with ConnectWise(config.psa) as psa:
         try:
             ticket = psa.ticket(ticket_id)

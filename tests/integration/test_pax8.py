@@ -22,6 +22,7 @@ from connector.providers.pax8.nce import decide
 from connector.providers.pax8.provider import Pax8Provider
 from connector.reconcile import reconcile
 from connector.reconcile.engine import status_rows
+from connector.reconcile.tickets import run_from_ticket
 from connector.reconcile.schedule import next_wakeup, workable_now
 from connector.sandbox.connectwise import VENDOR_URL as CW_URL, ConnectWise
 from connector.sandbox.microsoft365 import VENDOR_URLS, Microsoft365
@@ -262,6 +263,21 @@ def test_a_later_job_throttled_stays_done_and_comes_back(systems):
     systems.pax8.knobs.throttle_next = 0
     later(cfg, store, systems, retry)
     assert systems.seats() == {sku: bought[sku] - 1 for sku in bought} and reduce_row(store, one)["status"] == "changed"
+
+
+def test_a_ticket_triggered_run_cuts_seats_too(systems):
+    one = add_leaver(systems.cloud, 1)
+    systems.buy(e3=("Monthly", NOW - dt.timedelta(days=1), None), ems=("Monthly", NOW - dt.timedelta(days=1), None))
+    ticket = systems.cw.add_ticket(CW_COMPANY, f"Offboard: {one.email}")
+    cfg, store = make_config(systems), Store.memory()
+    bought = systems.seats()
+    for i in range(3):
+        systems.pax8.now = NOW + dt.timedelta(minutes=10 * i)
+        run_from_ticket(cfg, store, ticket, now=systems.pax8.now)
+    [row] = store.terminations("contoso")              # the ticket names the address: the id is built from it
+    assert row["state"] == "done"
+    assert [a["status"] for a in store.actions(row["id"]) if a["action"] == "reduce_seats"] == ["changed"]
+    assert systems.seats() == {sku: bought[sku] - 1 for sku in bought}
 
 
 def test_annual_seats_are_never_cut_mid_term(systems):
