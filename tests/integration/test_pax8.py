@@ -298,6 +298,16 @@ def test_annual_seats_are_never_cut_mid_term(systems):
     assert systems.seats()["EMS"] == bought["EMS"] - 1
 
 
+def test_a_term_the_rule_does_not_cover_is_left_as_it_is(systems):
+    one = add_leaver(systems.cloud, 1)
+    systems.buy(e3=("Monthly", NOW - dt.timedelta(days=1), None), ems=("Trial", NOW - dt.timedelta(days=1), None))
+    cfg, store = make_config(systems), Store.memory()
+    bought = systems.seats()
+    offboard(cfg, store, systems, one)
+    assert systems.seats() == {"SPE_E3": bought["SPE_E3"] - 1, "EMS": bought["EMS"]}
+    assert "billing term 'Trial'" in reduce_row(store, one)["reason"] and store.termination(one.id)["state"] == "done"
+
+
 def test_a_quantity_that_would_rise_is_never_written(systems):
     one = add_leaver(systems.cloud, 1)
     for n in range(2):

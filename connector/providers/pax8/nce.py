@@ -67,7 +67,7 @@ def term_bounds(subscription: dict, now: dt.datetime, where: str = "") -> tuple[
     term = subscription.get("billingTerm")
     months = TERM_MONTHS.get(term)
     if months is None:
-        raise PermanentError(f"billing term {term!r}: the NCE rule covers Monthly, Annual, 2-Year, 3-Year", where)
+        raise PermanentError(f"billing term {term!r}: the NCE rule covers {', '.join(TERM_MONTHS)}", where)
     end_text = (subscription.get("commitmentTerm") or {}).get("endDate")
     if months == 1 or not end_text:
         anchor = instant(subscription.get("startDate") or subscription.get("createdDate"), where)

@@ -24,7 +24,7 @@ from ...model import ActionContext, Match, PlannedAction, Result, Subject, Termi
 from ..base import Provider
 from ..facts import Facts, TenantFacts
 from .api import Pax8
-from .nce import Decision, decide
+from .nce import TERM_MONTHS, Decision, decide
 
 
 def seats(n: int) -> str:
@@ -57,21 +57,28 @@ class Pax8Provider(Provider):
         return [self.planned("reduce_seats", "cut the distributor's seats to the licences assigned, where NCE allows")]
 
     # -- deciding ------------------------------------------------------------------
-    def decisions(self, now: dt.datetime) -> dict[str, tuple[dict, Decision | None]]:
-        """SKU -> (its subscription, the rule's decision; None where the tenant has no such licence)."""
+    def decisions(self, now: dt.datetime) -> dict[str, tuple[dict, Decision | str]]:
+        """SKU -> (its subscription, the rule's decision, or why it is left as it is)."""
         counts = self.facts.consumed_units()
         out = {}
-        for sku, subscription_id in sorted(self.tenant.pax8_subscriptions.items()):
-            where = f"{self.where}: subscription {subscription_id} ({sku})"
-            subscription = self.api.subscription(subscription_id)
-            out[sku] = (subscription, decide(subscription, self.api.history(subscription_id), counts[sku], now, where)
-                        if sku in counts else None)
+        for sku, sid in sorted(self.tenant.pax8_subscriptions.items()):
+            subscription = self.api.subscription(sid)
+            term = subscription.get("billingTerm")
+            if sku not in counts:
+                out[sku] = (subscription, f"{sku}: the tenant has no such licence (subscribedSkus): subscription "
+                                          f"{sid} left as it is")
+            elif term not in TERM_MONTHS:
+                out[sku] = (subscription, f"{sku}: billing term {term!r} of subscription {sid} is not one NCE's rule "
+                                          "covers (Monthly, Annual, 2-Year, 3-Year): left as it is")
+            else:
+                out[sku] = (subscription, decide(subscription, self.api.history(sid), counts[sku], now,
+                                                 f"{self.where}: subscription {sid} ({sku})"))
         return out
 
     def subscribed_units(self, now: dt.datetime) -> tuple[dict[str, int], dt.datetime | None]:
         """The facts seam: what the distributor charges once the reductions NCE allows now are made, and the
         next renewal at which a freed seat may go."""
-        decided = [(sku, d) for sku, (_, d) in self.decisions(now).items() if d is not None]
+        decided = [(sku, d) for sku, (_, d) in self.decisions(now).items() if isinstance(d, Decision)]
         return ({sku: d.new_quantity for sku, d in decided},
                 min((d.next_window for _, d in decided if d.next_window), default=None))
 
@@ -93,11 +100,11 @@ class Pax8Provider(Provider):
             sid = self.tenant.pax8_subscriptions[sku]
             have = {"subscription": sid, "quantity": subscription.get("quantity")}
             before[sku] = have
-            if d is None:
-                notes.append(f"{sku}: the tenant has no such licence (subscribedSkus): subscription {sid} left as it is")
+            if not isinstance(d, Decision):
+                notes.append(d)
                 after[sku] = have
                 continue
-            after[sku] = {**have, "quantity": d.new_quantity, "term": d.term, "freed": d.quantity - d.assigned,
+            after[sku] = {**have, "quantity": d.new_quantity, "term": d.term, "freed": max(0, d.quantity - d.assigned),
                           "waiting": d.waiting, "paid_until": (d.paid_until or now.date()).isoformat(),
                           "price": self.price(sku, subscription)}
             text = f"{sku} ({d.term}, subscription {sid}): {d.quantity}"
