@@ -157,6 +157,12 @@ def m365_tenant(m365, m365_policy) -> config.Tenant:
     return config.parse(raw).tenants[0]
 
 
+def entra_toml(tenant: Microsoft365) -> str:
+    """The `[[tenant.provider]]` block of an entra provider reaching `tenant`, as a config file says it."""
+    block = tenant.provider_block(f"env:{SECRET_ENV}")
+    return '[[tenant.provider]]\ntype = "entra"\n' + "".join(f'{k} = "{v}"\n' for k, v in block.items())
+
+
 def build(tenant: config.Tenant, kind: str):
     block = next(p for p in tenant.providers if p.type == kind)
     return plugins.load("providers", kind)(block.name, block.options, tenant, block.where)

@@ -27,7 +27,7 @@ from connector.sandbox.web import Sandbox
 from connector.store import Store
 from tests.contract.provider_contract import ProviderContract
 from tests.helpers import check_retry_after, write_csv
-from tests.sandboxes import MODES, SECRET, SECRET_ENV, add_leaver, build, seed
+from tests.sandboxes import MODES, SECRET, SECRET_ENV, add_leaver, build, entra_toml, seed
 
 SANDBOX_MODES = MODES
 COMPANY, OTHER_COMPANY, AGREEMENT = 250, 999, 4123
@@ -307,9 +307,7 @@ client_id = "env:CW_CLIENT_ID"
 [[tenant]]
 id = "contoso"
 
-[[tenant.provider]]
-type = "entra"
-{"".join(f'{k} = "{v}"{chr(10)}' for k, v in systems.cloud.provider_block(f"env:{SECRET_ENV}").items())}""")
+{entra_toml(systems.cloud)}""")
     monkeypatch.setenv("CW_WRONG", "not-the-key")
     assert main(["--config", str(path), "check", "--online"]) == 1
     assert "public_key env:CW_WRONG" in capsys.readouterr().err

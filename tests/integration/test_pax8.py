@@ -31,7 +31,7 @@ from connector.sandbox.web import Sandbox
 from connector.store import Store, parse_iso
 from tests.contract.provider_contract import ProviderContract
 from tests.helpers import check_retry_after
-from tests.sandboxes import MODES, SECRET, SECRET_ENV, add_leaver, build, seed
+from tests.sandboxes import MODES, SECRET, SECRET_ENV, add_leaver, build, entra_toml, seed
 
 SANDBOX_MODES = MODES
 COMPANY_ID = "2aa4862a-9474-4138-9863-4f0a8e4cec74"
@@ -117,6 +117,17 @@ def offboard(cfg, store, s: Systems, *terminations, now=NOW, times=3, **kw):
         s.pax8.now = now + dt.timedelta(minutes=10 * i)
         report = reconcile(cfg, store, on_demand=list(terminations), now=s.pax8.now, **kw)
     return report
+
+
+def offboarded(s: Systems, **config):
+    """One leaver offboarded at NOW from monthly subscriptions bought 18 days before (their seats outside the
+    168 hours): -> (the leaver, the config, the store, the seats bought)."""
+    one = add_leaver(s.cloud, 1)
+    s.buy()
+    cfg, store = make_config(s, **config), Store.memory()
+    bought = s.seats()
+    offboard(cfg, store, s, one)
+    return one, cfg, store, bought
 
 
 def later(cfg, store, s: Systems, now: dt.datetime, **kw):
@@ -220,11 +231,7 @@ def test_a_seat_freed_outside_is_queued_then_cut_when_the_window_opens(systems):
 
 
 def test_a_seat_re_used_before_the_window_is_not_cut(systems):
-    one = add_leaver(systems.cloud, 1)
-    systems.buy()
-    cfg, store = make_config(systems), Store.memory()
-    bought = systems.seats()
-    offboard(cfg, store, systems, one)
+    one, cfg, store, bought = offboarded(systems)
     systems.cloud.add_user("new.starter@contoso.com", employee_id="N1", licences=("EMS", "SPE_E3"))
     later(cfg, store, systems, RENEWAL)
     assert systems.seats() == bought == systems.consumed(), "a re-used seat was cut"
@@ -248,11 +255,7 @@ def test_a_leaver_deleted_before_the_renewal_still_frees_the_seat_then(systems):
 
 
 def test_a_later_job_throttled_stays_done_and_comes_back(systems):
-    one = add_leaver(systems.cloud, 1)
-    systems.buy()
-    cfg, store = make_config(systems), Store.memory()
-    bought = systems.seats()
-    offboard(cfg, store, systems, one)
+    one, cfg, store, bought = offboarded(systems)
     systems.pax8.knobs.throttle_next, systems.pax8.knobs.retry_after = 50, 600
     later(cfg, store, systems, RENEWAL)
     [row] = [a for a in store.actions(one.id) if a["provider"] == "pax8" and a["status"] == "failed"]
@@ -467,9 +470,7 @@ client_secret = "env:PAX8_WRONG"
 id = "contoso"
 pax8_company_id = "{COMPANY_ID}"
 
-[[tenant.provider]]
-type = "entra"
-{"".join(f'{k} = "{v}"{chr(10)}' for k, v in systems.cloud.provider_block(f"env:{SECRET_ENV}").items())}""")
+{entra_toml(systems.cloud)}""")
     monkeypatch.setenv("PAX8_WRONG", "not-the-secret")
     assert main(["--config", str(path), "check", "--online"]) == 1
     err = capsys.readouterr().err
