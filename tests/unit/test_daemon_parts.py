@@ -155,6 +155,31 @@ def test_daemons_share_the_tenants_evenly_keep_their_own_wakeups_and_take_a_dead
     assert next_wakeup(config, store, at, a.kept()) == dt.datetime.fromisoformat(iso(at + dt.timedelta(hours=2)))
 
 
+def test_the_wake_up_works_a_done_leaver_whose_queued_seat_reduction_came_due(tmp_path, monkeypatch):
+    from connector.daemon import service
+    from connector.reconcile.engine import PICKED
+    from connector.reconcile.schedule import next_wakeup
+
+    config, store = load(write_config(tmp_path)), Store.memory()
+    tenant = config.tenants[0].id
+    daemon = service.Daemon(config, store)
+    daemon.leases.take(f"process:{daemon.owner}")
+    daemon.share_tenants()
+    submitted = []
+    monkeypatch.setattr(daemon.runner, "submit", lambda tenant, trigger, only=None: submitted.append(only))
+    at, renewal = now(), now() + dt.timedelta(days=12)
+    for tid, state in ((f"{tenant}/E1", "done"), (f"{tenant}/E2", "deleted")):
+        termination(store, tid, state, at - dt.timedelta(days=3))
+        store.upsert_action_status(f"{tid}/pax8/reduce_seats", tid, "pax8", "reduce_seats", "bill", "unchanged",
+                                   "1 seat paid until then")
+        store.record_outcome(f"{tid}/pax8/reduce_seats", "unchanged", next_attempt_at=renewal)
+    assert next_wakeup(config, store, at) == dt.datetime.fromisoformat(iso(renewal))
+    daemon._work_on_due(PICKED, at, "due")
+    assert submitted == [], "a queued reduction was worked before its window"
+    daemon._work_on_due(PICKED, renewal, "due")
+    assert submitted == [[f"{tenant}/E1", f"{tenant}/E2"]]
+
+
 # -- alerts ------------------------------------------------------------------------------------
 def alert_config(config, monkeypatch, failing_after=0.0, psa_ticket=False):
     monkeypatch.setenv("ALERT_URL", "https://hooks.example.test/services/T000/B000/XXXX")
