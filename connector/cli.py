@@ -24,6 +24,7 @@ from .providers.pax8.api import Pax8
 from .providers.manual import OPEN_STEP
 from .reconcile import reconcile, status_rows
 from .reconcile.engine import Report, unresolvable_secrets
+from .reconcile.schedule import LATER, queued_at
 from .reconcile.tickets import on_demand, run_from_ticket
 from .retention import purge_expired
 from .store import EVERY_TENANT, PERSON_HOLD, StateStore, Store, copy_store, iso, now as utcnow, open_state
@@ -229,13 +230,22 @@ def cmd_serve(args, cfg: Config) -> int:
 
 def cmd_status(args, cfg: Config) -> int:
     store = open_store(cfg, scratch=True)
-    rows = status_rows(store, tenant=args.tenant, states=ALL if args.all else OPEN)
+    rows = status_of(store, args.tenant, args.all)
     stops = stopped_work(store, args.tenant)
     if args.json:
         for line in stops:
             print(f"offboard: warning: {line}", file=sys.stderr)
     emit(args, rows, "\n".join(stops + [""] if stops else []) + render_terminations(rows))
     return 0
+
+
+def status_of(store: StateStore, tenant: str | None, everything: bool) -> list[dict]:
+    """The open terminations (`everything`: all), and the done or deleted ones with a later job still waiting:
+    a seat paid until its renewal is work the connector has not finished."""
+    if everything:
+        return status_rows(store, tenant=tenant, states=ALL)
+    waiting = [r["id"] for r in store.terminations(tenant, list(LATER)) if queued_at(store.actions(r["id"]))]
+    return status_rows(store, tenant=tenant, states=OPEN) + status_rows(store, waiting)
 
 
 def stopped_work(store: StateStore, tenant: str | None) -> list[str]:

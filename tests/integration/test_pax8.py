@@ -13,6 +13,7 @@ import json
 import pytest
 
 from connector import config, report
+from connector.cli import status_of
 from connector.errors import ConfigError
 from connector.model import ActionContext
 from connector.providers.facts import TenantFacts
@@ -208,6 +209,8 @@ def test_a_seat_freed_outside_is_queued_then_cut_when_the_window_opens(systems):
         f"{RENEWAL.date()}" in status["reason"]
     [note] = systems.cw.internal_notes(int(one.ticket))
     assert f"1 seat paid until {RENEWAL.date()}" in note
+    [shown] = status_of(store, "contoso", everything=False)     # done, yet `status` lists it: a seat waits
+    assert shown["id"] == one.id and shown["state"] == "done"
     assert store.termination(one.id)["state"] == "done", "a queued reduction reopened the termination"
     assert next_wakeup(cfg, store, NOW + dt.timedelta(hours=1)) == RENEWAL
     row, tenant = store.termination(one.id), cfg.tenants[0]      # what the daemon's wake-up asks of each row
@@ -228,6 +231,7 @@ def test_a_seat_freed_outside_is_queued_then_cut_when_the_window_opens(systems):
     writes = systems.writes()
     later(cfg, store, systems, RENEWAL + dt.timedelta(hours=1))              # asked again: nothing to do
     assert systems.writes() == writes and next_wakeup(cfg, store, RENEWAL + dt.timedelta(hours=1)) is None
+    assert status_of(store, "contoso", everything=False) == []
 
 
 def test_a_seat_re_used_before_the_window_is_not_cut(systems):
