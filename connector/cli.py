@@ -155,7 +155,7 @@ def cmd_plan(args, cfg: Config) -> int:
     store = open_store(cfg, scratch=True)
     report = reconcile(cfg, store, tenant=args.tenant, employee=args.employee, dry_run=True, trigger="plan")
     shown = set(report.terminations)
-    rows = report.rows + [r for r in status_rows(store, tenant=args.tenant, states=OPEN)
+    rows = report.rows + [r for r in status_of(store, args.tenant, everything=False)
                           if r["id"] not in shown and (args.employee is None or args.employee in (r["employee_id"], r["email"]))]
     report.rows = rows
     emit(args, report_objects(report), render_report(report))
