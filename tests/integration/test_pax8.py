@@ -225,6 +225,8 @@ def test_a_seat_freed_outside_is_queued_then_cut_when_the_window_opens(systems):
     row = reduce_row(store, one)
     assert row["status"] == "changed" and row["next_attempt_at"] is None
     assert store.termination(one.id)["state"] == "done"
+    first, cut = systems.cw.internal_notes(int(one.ticket))         # the ticket hears of the cut too
+    assert "| reduce_seats | changed |" in cut and f"{bought['EMS']} -> {bought['EMS'] - 1}" in cut
     audited = [json.loads(e["data"]) for e in store.audit_trail(one.id) if e["event"] == "action_changed"]
     [cut] = [e for e in audited if e["action"] == "reduce_seats"]
     assert (cut["before"]["EMS"]["quantity"], cut["after"]["EMS"]["quantity"]) == (bought["EMS"], bought["EMS"] - 1)
