@@ -24,7 +24,7 @@ from .providers.pax8.api import Pax8
 from .providers.manual import OPEN_STEP
 from .reconcile import reconcile, status_rows
 from .reconcile.engine import Report, unresolvable_secrets
-from .reconcile.schedule import LATER, queued_at
+from .reconcile.schedule import LATER
 from .reconcile.tickets import on_demand, run_from_ticket
 from .retention import purge_expired
 from .store import EVERY_TENANT, PERSON_HOLD, StateStore, Store, copy_store, iso, now as utcnow, open_state
@@ -244,7 +244,7 @@ def status_of(store: StateStore, tenant: str | None, everything: bool) -> list[d
     a seat paid until its renewal is work the connector has not finished."""
     if everything:
         return status_rows(store, tenant=tenant, states=ALL)
-    waiting = [r["id"] for r in store.terminations(tenant, list(LATER)) if queued_at(store.actions(r["id"]))]
+    waiting = sorted(store.next_attempts(tenant, LATER))
     return status_rows(store, tenant=tenant, states=OPEN) + status_rows(store, waiting)
 
 

@@ -41,7 +41,7 @@ from ..providers.connectwise.api import ConnectWise
 from ..reconcile import tickets
 from ..reconcile.announce import TicketNotes
 from ..reconcile.leases import Leases, daemon_of, kind_of, owner_id
-from ..reconcile.schedule import next_due, next_wakeup, workable_now
+from ..reconcile.schedule import LATER, next_due, next_wakeup, workable_phases
 from ..sources.webhook import MAX_BODY
 from ..store import Store, iso, now
 from . import metrics, systemd
@@ -252,8 +252,9 @@ class Daemon:
     def _work_on_due(self, states: tuple[str, ...], at: dt.datetime, trigger: str) -> None:
         by_tenant: dict[str, list[str]] = {}
         tenants = {t.id: t for t in self.config.tenants if t.id in self.kept()}
+        queued = self.store.next_attempts(None, LATER)
         for row in self.store.terminations(None, states):
-            if row["tenant"] in tenants and workable_now(self.store, row, tenants[row["tenant"]], at):
+            if row["tenant"] in tenants and workable_phases(row, tenants[row["tenant"]], at, queued.get(row["id"], ())):
                 by_tenant.setdefault(row["tenant"], []).append(row["id"])
         for tenant, ids in by_tenant.items():
             stopped = self.store.open_hold(tenant) or self.store.paused(tenant)     # its polls still record

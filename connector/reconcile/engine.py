@@ -20,14 +20,14 @@ from .announce import Announcer, Listener, StateChange, TicketNotes, TicketOpene
 from .execute import Executor, Leaver, each_provider, termination_from_row
 from .intake import Intake, cancel_missing, pull_sources, record
 from .leases import Leases, owner_id
-from .schedule import QUEUED, RESTRICT_ONLY, workable_now
+from .schedule import LATER, QUEUED, RESTRICT_ONLY, workable_phases
 
 log = logging.getLogger(__name__)
 
 WORKABLE = ("scheduled", "due", "in_progress")
 # states a pass looks at: a restricted one becomes due at its instant, a done one is retained after delete_after_days,
 # a done or deleted one's seat reduction queued for a renewal is made then
-PICKED = WORKABLE + ("restricted", "done", "deleted")
+PICKED = WORKABLE + ("restricted", *LATER)
 # nothing left for this pass to do (a dry run's `due` is what it would do)
 CONVERGED = ("done", "scheduled", "restricted", "cancelled", "held", "deleted", "restored")
 
@@ -210,8 +210,9 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
         report.holds[tenant.id] = "; ".join(h["reason"] for h in holds)
     if store.open_hold(tenant.id):
         return
+    queued = store.next_attempts(tenant.id, LATER)
     rows = [(r, phases) for r in store.terminations(tenant.id, PICKED)
-            if (phases := workable_now(store, r, tenant, now)) and (wanted is None or r["id"] in wanted)
+            if (phases := workable_phases(r, tenant, now, queued.get(r["id"], ()))) and (wanted is None or r["id"] in wanted)
             and (employee is None or employee in (r["employee_id"], r["email"], r["id"]))]
     leavers = [Leaver(row=r, termination=termination_from_row(r), phases=phases) for r, phases in rows
                if _claim(store, leases, r, announce, report.run_id)]

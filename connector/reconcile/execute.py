@@ -22,10 +22,11 @@ from ..model import PHASES, ActionContext, Match, PlannedAction, Result, Subject
 from ..providers.base import Provider
 from ..store import Store, parse_iso
 from .person import Observation, choose_successor, person_hold
-from .schedule import FINISHED, OFFBOARD, local_date
+from .schedule import OFFBOARD, local_date
 
 log = logging.getLogger(__name__)
 
+FINISHED = ("changed", "unchanged", "skipped")
 MAX_DELAY = 86400.0          # seconds: a Retry-After of 1e12 still comes back tomorrow
 SUCCESS = FINISHED + ("planned",)
 

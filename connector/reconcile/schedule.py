@@ -23,7 +23,6 @@ RETAIN_ONLY = ("retain",)
 #: finished, with a `next_attempt_at`); it does not reopen the termination while it waits
 QUEUED = ("bill",)
 LATER = ("done", "deleted")       # a deleted leaver's queued seat still goes at its renewal: retention is often shorter
-FINISHED = ("changed", "unchanged", "skipped")
 
 
 def due_at(termination: Termination, tenant: Tenant) -> dt.datetime:
@@ -63,12 +62,6 @@ def retain_at(due: dt.datetime, tenant: Tenant) -> dt.datetime | None:
     return shifted(due, days, tenant) if days else None
 
 
-def queued_at(actions: list[dict]) -> list[dt.datetime]:
-    """When a termination's journaled actions come back: a retry, or a later job (finished, with a next attempt)."""
-    return [parse_iso(a["next_attempt_at"]) for a in actions
-            if a["status"] in ("failed", "pending", *FINISHED) and a["next_attempt_at"]]
-
-
 def workable_phases(row: dict, tenant: Tenant, now: dt.datetime,
                     queued: list[dt.datetime] | tuple = ()) -> tuple[str, ...]:
     """The phases a pass may run now for this termination row; () when it has nothing to do yet.
@@ -94,29 +87,24 @@ def workable_phases(row: dict, tenant: Tenant, now: dt.datetime,
     return ()
 
 
-def workable_now(store: StateStore, row: dict, tenant: Tenant, now: dt.datetime) -> tuple[str, ...]:
-    """`workable_phases` with the later jobs a `done` or `deleted` row waits on read from its journal: what a pass
-    and the daemon's wake-up both ask."""
-    return workable_phases(row, tenant, now, queued_at(store.actions(row["id"])) if row["state"] in LATER else ())
-
-
 def next_wakeup(config: Config, store: StateStore, now: dt.datetime,
                 tenants: Collection[str] | None = None) -> dt.datetime | None:
     """The earliest instant after `now` at which something becomes workable: a due instant, the start of a
     restriction, an action's `next_attempt_at` (a retry, or a queued seat reduction's renewal window), the end of a
     retention; None when nothing waits. `tenants` narrows it to those (a daemon's own share)."""
     instants: list[dt.datetime] = []
+    states = ("scheduled", "due", "restricted", "in_progress", *LATER)
     for tenant in config.tenants:
         if tenants is not None and tenant.id not in tenants:
             continue
-        for row in store.terminations(tenant.id, ("scheduled", "due", "restricted", "in_progress", *LATER)):
+        waits = store.next_attempts(tenant.id, states)
+        for row in store.terminations(tenant.id, states):
             due = parse_iso(row["due_at"])
+            instants += waits.get(row["id"], [])
             if row["state"] in LATER:
-                instants += [retain_at(due, tenant) if row["state"] == "done" else None,
-                             *queued_at(store.actions(row["id"]))]
-                continue
-            instants += [due, restrict_at(due, tenant) if row["state"] != "restricted" else None,
-                         *queued_at(store.actions(row["id"]))]
+                instants.append(retain_at(due, tenant) if row["state"] == "done" else None)
+            else:
+                instants += [due, restrict_at(due, tenant) if row["state"] != "restricted" else None]
     future = [i for i in instants if i is not None and i > now]
     return min(future, default=None)
 

@@ -37,6 +37,8 @@ GENESIS = "0" * 64
 PERSON_HOLD = "held by a person"
 PURGED = '{"purged":true}'        # an audit row's data after the retention purge
 EVERY_TENANT = "*"                # the scope of `offboard pause`
+#: the action statuses whose `next_attempt_at` brings them back: a retry, or a finished action's later job
+COMES_BACK = ("failed", "pending", "changed", "unchanged", "skipped")
 #: a termination's personal data: blanked by the retention purge (the employee id stays: it is the key)
 PERSONAL_FIELDS = ("email", "first_name", "last_name", "manager_email", "reason")
 
@@ -257,6 +259,11 @@ class StateStore(ABC):
     @abstractmethod
     def oldest_open_due(self, states: Iterable[str]) -> dt.datetime | None:
         """The earliest due instant, already past, of a termination in one of `states`."""
+
+    @abstractmethod
+    def next_attempts(self, tenant: str | None, states: Iterable[str]) -> dict[str, list[dt.datetime]]:
+        """Termination id -> the `next_attempt_at` of each of its actions that comes back (a retry of one failed or
+        pending, a later job of one finished), for the terminations in `states` of `tenant` (None: every tenant)."""
 
     @abstractmethod
     def revoke_durations(self) -> list[float]:

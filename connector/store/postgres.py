@@ -33,8 +33,8 @@ from psycopg_pool import ConnectionPool
 
 from ..config import mask_secrets
 from ..errors import ConfigError
-from .base import (EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, copy_store, dumps, iso, now,
-                   parse_iso, parsed_run, stamp)
+from .base import (COMES_BACK, EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, copy_store, dumps,
+                   iso, now, parse_iso, parsed_run, stamp)
 from .sqlite import SqliteStore
 
 MIGRATION_LOCK = 0x6F6666_01      # pg_advisory_xact_lock keys, one per purpose
@@ -414,6 +414,18 @@ class PostgresStore(StateStore):
         row = self._first("select min(due_at) as at from terminations where state = any(%s) and due_at <= %s",
                           [list(states), iso(now())])
         return parse_iso(row["at"]) if row["at"] else None
+
+    def next_attempts(self, tenant: str | None, states: Iterable[str]) -> dict[str, list[dt.datetime]]:
+        sql = ("select a.termination_id as id, a.next_attempt_at as at from actions a join terminations t"
+               " on t.id = a.termination_id where a.next_attempt_at is not null and a.status = any(%s)"
+               " and t.state = any(%s)")
+        args = [list(COMES_BACK), list(states)]
+        if tenant is not None:
+            sql, args = sql + " and t.tenant = %s", [*args, tenant]
+        out: dict[str, list[dt.datetime]] = {}
+        for row in self._all(sql, args):
+            out.setdefault(row["id"], []).append(parse_iso(row["at"]))
+        return out
 
     def revoke_durations(self) -> list[float]:
         rows = self._all(

@@ -32,7 +32,7 @@ import sqlite_utils
 
 from ..config import mask_secrets
 from ..errors import ConfigError
-from .base import EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, dumps, iso, now, parse_iso, parsed_run, stamp
+from .base import COMES_BACK, EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, dumps, iso, now, parse_iso, parsed_run, stamp
 
 BUSY_SECONDS = 30
 
@@ -456,6 +456,21 @@ class SqliteStore(StateStore):
                                     f"({','.join('?' * len(states))}) and due_at <= ?",
                                     [*states, iso(now())]).fetchone()
         return parse_iso(row[0]) if row[0] else None
+
+    def next_attempts(self, tenant: str | None, states: Iterable[str]) -> dict[str, list[dt.datetime]]:
+        states = list(states)
+        sql = ("select a.termination_id, a.next_attempt_at from actions a join terminations t on t.id = a.termination_id"
+               f" where a.next_attempt_at is not null and a.status in ({','.join('?' * len(COMES_BACK))})"
+               f" and t.state in ({','.join('?' * len(states))})")
+        args = [*COMES_BACK, *states]
+        if tenant is not None:
+            sql, args = sql + " and t.tenant = ?", [*args, tenant]
+        with self.lock:
+            rows = self.conn.execute(sql, args).fetchall() if states else []
+        out: dict[str, list[dt.datetime]] = {}
+        for termination_id, at in rows:
+            out.setdefault(termination_id, []).append(parse_iso(at))
+        return out
 
     def revoke_durations(self) -> list[float]:
         with self.lock:

@@ -24,7 +24,7 @@ from connector.providers.pax8.provider import Pax8Provider
 from connector.reconcile import reconcile
 from connector.reconcile.engine import status_rows
 from connector.reconcile.tickets import run_from_ticket
-from connector.reconcile.schedule import next_wakeup, workable_now
+from connector.reconcile.schedule import next_wakeup, workable_phases
 from connector.sandbox.connectwise import VENDOR_URL as CW_URL, ConnectWise
 from connector.sandbox.microsoft365 import VENDOR_URLS, Microsoft365
 from connector.sandbox.pax8 import VENDOR_URL, Pax8
@@ -213,9 +213,9 @@ def test_a_seat_freed_outside_is_queued_then_cut_when_the_window_opens(systems):
     assert shown["id"] == one.id and shown["state"] == "done"
     assert store.termination(one.id)["state"] == "done", "a queued reduction reopened the termination"
     assert next_wakeup(cfg, store, NOW + dt.timedelta(hours=1)) == RENEWAL
-    row, tenant = store.termination(one.id), cfg.tenants[0]      # what the daemon's wake-up asks of each row
-    assert workable_now(store, row, tenant, RENEWAL - dt.timedelta(seconds=1)) == ()
-    assert workable_now(store, row, tenant, RENEWAL) == ("bill",)
+    row, queued = store.termination(one.id), store.next_attempts("contoso", ("done",))[one.id]
+    assert workable_phases(row, cfg.tenants[0], RENEWAL - dt.timedelta(seconds=1), queued) == ()
+    assert workable_phases(row, cfg.tenants[0], RENEWAL, queued) == ("bill",)
     writes = systems.writes()
     later(cfg, store, systems, RENEWAL - dt.timedelta(minutes=1))            # not yet
     assert systems.writes() == writes and systems.seats() == bought

@@ -438,3 +438,20 @@ def test_a_backup_is_a_whole_store_that_opens_and_verifies(tmp_path, backing):
     assert sorted(p.name for p in target.parent.iterdir() if not p.name.startswith("b.db")) == []
     with pytest.raises(ConfigError, match="cannot write the backup"):
         store.backup(str(tmp_path / "missing" / "b.db"))
+
+
+def test_next_attempts_are_the_waits_of_actions_that_come_back(backing):
+    store = backing.open()
+    due = "2026-11-01T00:00:00+00:00"
+    later, retry = (dt.datetime(2026, 12, 5, 9, tzinfo=dt.timezone.utc), dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc))
+    store.upsert_terminations([{"id": f"{tenant}/{e}", "tenant": tenant, "employee_id": e, "email": f"{e}@x.test", "state": state,
+                                "due_at": due} for e, tenant, state in (("E1", "t", "done"), ("E2", "t", "in_progress"),
+                                                                         ("E3", "u", "done"), ("E4", "t", "done"))])
+    for tid, action, status, at in (("t/E1", "reduce_seats", "unchanged", later), ("t/E1", "sync_billing", "changed", None),
+                                    ("t/E2", "block_sign_in", "failed", retry), ("u/E3", "reduce_seats", "unchanged", later),
+                                    ("t/E4", "reduce_seats", "needs_human", later)):
+        store.upsert_action_status(f"{tid}/p/{action}", tid, "p", action, "bill", status, "")
+        store.record_outcome(f"{tid}/p/{action}", status, next_attempt_at=at)
+    assert store.next_attempts("t", ("done", "deleted")) == {"t/E1": [later]}
+    assert store.next_attempts(None, ("done", "in_progress")) == {"t/E1": [later], "t/E2": [retry], "u/E3": [later]}
+    assert store.next_attempts("t", ()) == {}
