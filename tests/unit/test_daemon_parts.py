@@ -166,7 +166,7 @@ def test_the_wake_up_works_a_done_leaver_whose_queued_seat_reduction_came_due(tm
     daemon.leases.take(f"process:{daemon.owner}")
     daemon.share_tenants()
     submitted = []
-    monkeypatch.setattr(daemon.runner, "submit", lambda tenant, trigger, only=None: submitted.append(only))
+    monkeypatch.setattr(daemon.runner, "submit", lambda tenant, trigger, only=None, **kw: submitted.append(only))
     at, renewal = now(), now() + dt.timedelta(days=12)
     for tid, state in ((f"{tenant}/E1", "done"), (f"{tenant}/E2", "deleted")):
         termination(store, tid, state, at - dt.timedelta(days=3))
