@@ -33,7 +33,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from .. import config as configmod, net, retention
 from ..config import Config, mask_secrets
-from ..errors import ConfigError, OffboardError
+from ..errors import ConfigError
 from ..model import Termination
 from ..reconcile.engine import PICKED
 from ..reconcile.intake import Intake, record
