@@ -19,6 +19,7 @@ from . import __version__, config as configmod
 from .config import Config, mask_secrets
 from .errors import ConfigError, OffboardError
 from .logs import setup_logging
+from .render import table
 from .providers.connectwise.api import ConnectWise
 from .providers.pax8.api import Pax8
 from .providers.manual import OPEN_STEP
@@ -43,13 +44,6 @@ def emit(args, objects: list[dict], human: str) -> None:
 
 
 # -- rendering -------------------------------------------------------------------
-def table(headers: list[str], rows: list[list]) -> str:
-    rows = [[("" if c is None else str(c)) for c in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
 def render_terminations(rows: list[dict]) -> str:
     if not rows:
         return "No terminations."

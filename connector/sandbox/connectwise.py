@@ -126,6 +126,17 @@ class ConnectWise(System):
     def internal_notes(self, ticket_id: int) -> list[str]:
         return [n["text"] for n in self.notes[ticket_id] if n.get("internalAnalysisFlag")]
 
+    def state(self, emails: list[str]) -> dict:
+        """Every agreement addition's quantity (what the MSP bills), and the tickets naming these people, with their
+        internal notes."""
+        wanted = [e.lower() for e in emails]
+        with self.lock:
+            return {"additions": {f"{agreement}/{addition}": {"product": a["product"]["identifier"],
+                                                              "quantity": a["quantity"]}
+                                  for (agreement, addition), a in self.additions.items()},
+                    "tickets": {str(tid): {"summary": t["summary"], "notes": self.internal_notes(tid)}
+                                for tid, t in self.tickets.items() if any(e in t["summary"].lower() for e in wanted)}}
+
     # -- serving --------------------------------------------------------------------------------
     def authorised(self, request: Request) -> bool:
         kind, _, encoded = request.headers.get("Authorization", "").partition(" ")

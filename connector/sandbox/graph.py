@@ -86,6 +86,22 @@ class Graph(System):
         self.failing: dict[str, int] = {}                # path regex -> the status it answers, batched or not
         self.batch_view: dict[str, list[dict]] | None = None     # the methods as the $batch being run found them
 
+    def state(self, emails: list[str]) -> dict:
+        """Each person's account, sessions, licences and mailbox type, in whichever tenant holds them."""
+        found = {}
+        with self.lock:
+            for tenant in self.tenants.values():
+                for email in emails:
+                    if not tenant.named(email):
+                        continue
+                    snap = tenant.snapshot(email)
+                    synced = any(tenant.users[u].get("onPremisesSyncEnabled") for u in tenant.named(email))
+                    found[email.lower()] = {"accountEnabled": snap["accountEnabled"], "synced": synced,
+                                            "sessions": snap["sessions"],
+                                            "licences": [sku for sku, _ in snap["licences"]],
+                                            "mailbox": snap["mailbox"] and snap["mailbox"]["type"]}
+        return found
+
     def routes(self):
         """(method and path pattern, handler, what a write is called in the write log or None for a read)."""
         return [

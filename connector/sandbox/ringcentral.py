@@ -136,6 +136,13 @@ class RingCentral(System):
                                                f"+1555010{n:04d}", f"ID3-audio-{ext_id}-{n}".encode() * 8))
             return ext
 
+    def state(self, emails: list[str]) -> dict:
+        """Each person's extension status and the numbers still assigned to it."""
+        wanted = {e.lower() for e in emails}
+        with self.lock:
+            return {e.email.lower(): {"status": e.status, "numbers": self.numbers_of(e.id)}
+                    for e in self.extensions.values() if e.email.lower() in wanted}
+
     def by_email(self, email: str) -> Extension:
         return next(e for e in self.extensions.values() if e.email.lower() == email.lower())
 

@@ -205,6 +205,11 @@ class System:
     def wrote(self, op: str, target: str, caller: str, status: int) -> None:
         self.writes.record(self.name, op, target, caller, status)
 
+    def state(self, emails: list[str]) -> dict | None:
+        """What offboarding changed for these people here, read from the state (None: this system keeps none),
+        for `GET /_sandbox/state`: how `offboard demo` reads back what the daemon did."""
+        return None
+
 
 class Sandbox:
     """The emulated systems by name, and the WSGI app that serves them and the control surface."""
@@ -272,13 +277,17 @@ class Sandbox:
         return [response.body]
 
     def control(self, request: Request) -> Response:
-        """GET writes[?system=S], GET violations, GET knobs, POST knobs/SYSTEM {settings}."""
+        """GET writes[?system=S], GET violations, GET knobs, GET state?email=E..., POST knobs/SYSTEM {settings}."""
         route = (request.method, *request.segments)
         if route == ("GET", "writes"):
             system = request.arg("system")
             return json_response(200, {"writes": [asdict(w) for w in self.writes.entries(system)]})
         if route == ("GET", "violations"):
             return json_response(200, {"violations": self.violations})
+        if route == ("GET", "state"):
+            emails = request.params().get("email", [])
+            found = {name: s.state(emails) for name, s in self.systems.items()}
+            return json_response(200, {name: state for name, state in found.items() if state is not None})
         if route == ("GET", "knobs"):
             return json_response(200, {name: s.knobs.describe() for name, s in self.systems.items()})
         if len(route) == 3 and route[:2] == ("POST", "knobs") and route[2] in self.systems:
@@ -289,4 +298,4 @@ class Sandbox:
             knobs = self.systems[route[2]].knobs
             knobs.update(settings)
             return json_response(200, knobs.describe())
-        return text_response(404, "control: GET writes, GET violations, GET knobs, POST knobs/SYSTEM")
+        return text_response(404, "control: GET writes, GET violations, GET knobs, GET state, POST knobs/SYSTEM")

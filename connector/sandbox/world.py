@@ -26,8 +26,8 @@ from ..errors import ConfigError
 from .bamboohr import BambooHR
 from .company import E3_GROUP, Company, generate
 from .connectwise import ConnectWise
+from .configs import TENANT, config_head, secret_file, toml_table
 from .pax8 import Pax8
-from .demo import TENANT, config_head, secret_file, toml_table
 from .microsoft365 import Microsoft365
 from .ringcentral import LIMITS, RingCentral
 from .server import HttpsServer
@@ -146,31 +146,37 @@ def populate_ringcentral(rc: RingCentral, company: Company) -> None:
                          voicemail_ages=VOICEMAIL_HOURS if p.leaver else ())
 
 
-def write_config(world: World, url: str, folder: Path) -> Path:
+def write_config(world: World, url: str, folder: Path, *, connector: str = "", tenant_keys: str = "",
+                 sources: tuple[dict, ...] = (), providers: tuple[dict, ...] = (), psa: dict | None = None,
+                 by: str = "offboard sandbox") -> Path:
     """A config whose tenant reads BambooHR, offboards in Entra, Exchange and RingCentral, bills in ConnectWise and
-    cuts seats at Pax8, all in the sandbox."""
-    cloud, hr, wd, rc, psa = world.cloud, world.bamboohr, world.workday, world.ringcentral, world.connectwise
+    cuts seats at Pax8, all in the sandbox. `offboard demo` adds to it: `connector` keys and sections after the
+    state file, `tenant_keys`, `sources` after BambooHR, `providers` before Entra (a hybrid tenant's AD comes
+    first), `psa` keys."""
+    cloud, hr, wd, rc, cw = world.cloud, world.bamboohr, world.workday, world.ringcentral, world.connectwise
     subscriptions = {sub["productName"]: sub["id"] for sub in world.pax8.subscriptions.values()}
     distributor = {"type": "pax8", "base_url": f"{url}/pax8", "client_id": world.pax8.client_id,
                    "client_secret": secret_file(folder, "pax8-client-secret", world.pax8.client_secret)}
     cloud.urls = {name: f"{url}/{name}" for name in cloud.urls}
-    psa_block = {"type": "connectwise", "url": f"{url}/connectwise", "company": psa.company,
-                 "public_key": secret_file(folder, "cw-public-key", psa.public_key),
-                 "private_key": secret_file(folder, "cw-private-key", psa.private_key),
-                 "client_id": secret_file(folder, "cw-client-id", psa.client_id)}
+    psa_block = {"type": "connectwise", "url": f"{url}/connectwise", "company": cw.company,
+                 "public_key": secret_file(folder, "cw-public-key", cw.public_key),
+                 "private_key": secret_file(folder, "cw-private-key", cw.private_key),
+                 "client_id": secret_file(folder, "cw-client-id", cw.client_id), **(psa or {})}
     m365 = cloud.provider_block(secret_file(folder, "m365-client-secret", cloud.app.secret))
     workday = {"type": "workday", "url": f"{url}/workday{wd.report_path()}", "username": wd.username,
                "password": secret_file(folder, "workday-password", wd.password)}
     config = folder / "config.toml"
     config.write_text(
-        config_head(folder, f"written by `offboard sandbox`: Example Ltd ({len(world.company.people)} people) at "
+        config_head(folder, f"written by `{by}`: Example Ltd ({len(world.company.people)} people) at "
                             f"{url}; the connector trusts it through REQUESTS_CA_BUNDLE={folder / 'tls' / 'ca.pem'}",
                     f"psa_company_id = {PSA_COMPANY}\npsa_agreement_id = {PSA_AGREEMENT}\n"
-                    f'pax8_company_id = "{PAX8_COMPANY}"\n')
+                    f'pax8_company_id = "{PAX8_COMPANY}"\n{tenant_keys}', connector)
         + toml_table("tenant.source", {"type": "bamboohr", "base_url": f"{url}/bamboohr",
                                        "api_key": secret_file(folder, "bamboohr-api-key", hr.api_key)})
+        + "".join("\n" + toml_table("tenant.source", block) for block in sources)
         + "\n# the same leavers from Workday instead (the report lists no withdrawn or rehired person):\n"
         + "".join(f"# {line}\n" for line in toml_table("tenant.source", workday).splitlines())
+        + "".join("\n" + toml_table("tenant.provider", block) for block in providers)
         + "\n" + toml_table("tenant.provider", {"type": "entra", **m365})
         + "\n" + toml_table("tenant.provider", {"type": "exchange_online", **m365})
         + "\n" + toml_table("tenant.provider", {

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector.sandbox.demo import TENANT
+from connector.sandbox.configs import TENANT
 from connector.store import parse_iso
 from tests.serving import (CALLBACK_TOKEN, HOOK_SECRET, Daemon, cloud_only_stayers, sandbox_daemon_setup, signed, wait_until,
                            webhook_body)

@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.reconcile.leases import daemon_of
-from connector.sandbox.demo import TENANT
+from connector.sandbox.configs import TENANT
 from connector.store.base import stamp
 from tests.serving import Daemon, independent_leavers, sandbox_daemon_setup, signed, wait_until, webhook_body
 
