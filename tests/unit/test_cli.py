@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 import types
 
 import pytest
@@ -83,6 +84,16 @@ def test_run_on_demand_then_history_by_employee(cli):
     assert code == 0 and "disable_account" in out
     # the before-state a person needs to give the access back, in full (no cut-off group names)
     assert 'ad/remove_groups' in out and '["staff"]' in out and "..." not in out
+
+
+def test_every_table_is_drawn_by_rich_on_a_terminal_and_plain_when_piped(cli, monkeypatch):
+    assert cli("run", "ann@contoso.com", "--tenant", "contoso")[0] == 0
+    piped = cli("status", "--all")[1]
+    assert "disable_account" in piped and "------" in piped and "\x1b" not in piped and "│" not in piped
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    for argv in (("status", "--all"), ("history", "contoso/ann@contoso.com")):
+        drawn = cli(*argv)[1]
+        assert "disable_account" in drawn and "│" in drawn and "------" not in drawn, argv
 
 
 def test_usage_errors_are_one_line_and_exit_1(cli):
