@@ -19,6 +19,7 @@ import functools
 import gzip
 import json
 import re
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -30,6 +31,10 @@ from openapi_core.contrib.requests import RequestsOpenAPIRequest
 from openapi_core.exceptions import OpenAPIError
 
 FOLDER = Path(__file__).resolve().parent / "specs"
+
+# openapi-core warns at each check whose security scheme type it does not model, and checks the rest of the
+# request all the same; `offboard demo` would print the warning among its output (pyproject filters it for pytest)
+warnings.filterwarnings("ignore", "Unsupported scheme type", UserWarning, r"openapi_core\.")
 
 
 def open_spec(name: str):

@@ -102,6 +102,10 @@ def trusting(ca_file: str):
             os.environ["REQUESTS_CA_BUNDLE"] = before
 
 
+def shortened(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[:width - 1].rsplit(" ", 1)[0] + " …"
+
+
 def jsonl(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
@@ -236,7 +240,7 @@ def show(dc, folder: Path, world: worldmod.World, url: str, progress: Progress) 
     code, out = demo.cli("--json", "plan")
     planned = jsonl(out)
     progress.say(table(["termination", "email", "state", "due", "actions", "why"],
-                       [[r["id"], r["email"], r["state"], r["effective_at"], len(r["actions"]), r["reason"][:60]]
+                       [[r["id"], r["email"], r["state"], r["effective_at"], len(r["actions"]), shortened(r["reason"])]
                         for r in planned if "actions" in r]))
     rejected = [o for o in planned if o.get("type") == "rejected"]
     for o in rejected:
