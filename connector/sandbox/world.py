@@ -8,7 +8,7 @@ each leaver in its state), in Workday's termination report and in ConnectWise Ma
 contact each, the agreement billing today's licences, an "Offboard:" ticket per leaver) and at Pax8 (the seats of
 today's licences, E3 on an annual commitment, Business Premium monthly). `offboard sandbox` serves
 them over HTTPS on 127.0.0.1 and writes a config that points the connector at them, so
-every command can be tried without a real tenant; `make demo` is the AD side.
+every command can be tried without a real tenant; `make demo` adds the Samba DC to it and runs the daemon.
 """
 from __future__ import annotations
 
