@@ -28,11 +28,12 @@ import requests
 from ..render import Progress, table
 from . import company, world as worldmod
 from .configs import TENANT, config_head, secret_file, toml_table
+from .samba import SambaDC
 from .server import HttpsServer
 from .serving import CALLBACK_TOKEN, HOOK_SECRET, Daemon, cloud_only_stayers, signed, wait_until, webhook_body
 
 SIZE = 30                       # people in the generated company: eight BambooHR leavers, one in each state
-LEAD = 15                       # seconds at least from the start to the scheduled leaver's instant (plan and serve's start)
+LEAD = 15                       # seconds at least before the scheduled leaver's instant (plan, serve's start)
 SETTLE = 120                    # seconds after that instant by which every shown event must have happened
 CSV_HEADER = "employee_id,email,first_name,last_name,manager_email,termination_date,termination_time,kind\n"
 
@@ -61,7 +62,7 @@ def write_hr(folder: Path, today: dt.date, dan_at: dt.datetime | None = None) ->
     return path
 
 
-def write_sandbox(folder: Path, dc, today: dt.date, extra_tenant: str = "") -> Path:
+def write_sandbox(folder: Path, dc: SambaDC, today: dt.date, extra_tenant: str = "") -> Path:
     """Write the HR CSV, the bind password file and a config pointing at the sandbox DC (AD alone)."""
     write_hr(folder, today)
     secret = secret_file(folder, "ad-bind-password", dc.admin_password)
@@ -74,7 +75,8 @@ def write_sandbox(folder: Path, dc, today: dt.date, extra_tenant: str = "") -> P
 
 
 
-def write_hybrid(folder: Path, dc, world: worldmod.World, url: str, today: dt.date, dan_at: dt.datetime) -> Path:
+def write_hybrid(folder: Path, dc: SambaDC, world: worldmod.World, url: str, today: dt.date,
+                 dan_at: dt.datetime) -> Path:
     """The demo's config: the sandbox's tenant (BambooHR, Entra, Exchange, RingCentral, ConnectWise billing) made
     hybrid with the DC before Entra, the CSV drop and signed webhooks as more feeds, ConnectWise calling back,
     and the daemon listening on a free port."""
@@ -126,7 +128,9 @@ class Shown:
 
 @dataclass
 class Demo:
-    dc: object
+    """One run of the demo: where everything is, what it shows, and what did not happen."""
+
+    dc: SambaDC
     folder: Path
     world: worldmod.World
     url: str
@@ -198,6 +202,7 @@ class Demo:
 
 
 def cast_of(world: worldmod.World, dan_at: dt.datetime, webhook, ticket_person) -> list[Shown]:
+    """The CSV's people, the webhook's and the ticket's leaver, then BambooHR's leavers: the outcome table's rows."""
     csv = [(company.DAN, company.DAN.employee_id, f"CSV: today {dan_at:%H:%M} UTC, due while serving"),
            (company.ERIN, company.ERIN.employee_id, "CSV: immediate"),
            (company.FRANK, company.FRANK.employee_id, "CSV: next week"),
@@ -211,7 +216,7 @@ def cast_of(world: worldmod.World, dan_at: dt.datetime, webhook, ticket_person) 
                for p in world.company.leavers()])
 
 
-def run(dc, folder: Path, world: worldmod.World | None = None, terminal: bool | None = None) -> int:
+def run(dc: SambaDC, folder: Path, world: worldmod.World | None = None, terminal: bool | None = None) -> int:
     """The demo against a started DC seeded with Example Ltd; -> 0 when every event it shows happened."""
     progress = Progress(terminal)
     with progress.step(f"Serving Entra, Exchange, BambooHR, RingCentral and ConnectWise for {SIZE} people"):
@@ -224,7 +229,8 @@ def run(dc, folder: Path, world: worldmod.World | None = None, terminal: bool | 
         server.stop()
 
 
-def show(dc, folder: Path, world: worldmod.World, url: str, progress: Progress) -> int:
+def show(dc: SambaDC, folder: Path, world: worldmod.World, url: str, progress: Progress) -> int:
+    """plan, serve and its events, the second pass, audit verify, then the outcome; -> the exit code."""
     started = time.monotonic()
     now = dt.datetime.now(dt.timezone.utc)
     dan_at = (now + dt.timedelta(seconds=LEAD + 59)).replace(second=0, microsecond=0)
@@ -366,8 +372,6 @@ def outcome(demo: Demo, before: dict) -> None:
 
 
 def main(args) -> int:
-    from .samba import SambaDC
-
     if shutil.which("samba-tool") is None:
         print("offboard: error: demo: samba-tool not found; run `make demo` as root (it installs samba)")
         return 1
