@@ -305,18 +305,23 @@ def events(demo: Demo, daemon: Daemon, webhook, ticket_person, before: dict) -> 
     dan = f"{TENANT}/{company.DAN.employee_id}"
 
     def revoked() -> list[dict] | None:
+        """Dan's revoke actions once the account writes are journaled (the pass plans 10 s ahead: an action
+        found already done then is settled before the instant, the writes only at it)."""
         actions = [a for a in demo.terminations().get(dan, {}).get("actions", []) if a["phase"] == "revoke"]
-        return actions if actions and all(a["outcome"] in ("changed", "unchanged") for a in actions) else None
+        names = {f"{a['provider']}/{a['action']}" for a in actions}
+        settled = all(a["outcome"] in ("changed", "unchanged") for a in actions)
+        return actions if settled and {"active_directory/disable_account", "entra/revoke_sessions"} <= names else None
 
     seconds = (demo.due - dt.datetime.now(dt.timezone.utc)).total_seconds()
     actions = demo.wait(f"the scheduled leaver revoked at its instant ({demo.due:%H:%M:%S}, in {seconds:.0f} s)",
                         revoked, seconds + 30)
     if actions:
-        first, last = (min(dt.datetime.fromisoformat(a["at"]) for a in actions) - demo.due,
-                       max(dt.datetime.fromisoformat(a["at"]) for a in actions) - demo.due)
-        say(f"Dan Dawson: {len(actions)} revoke actions, the first {first.total_seconds():.1f} s and the last "
-            f"{last.total_seconds():.1f} s after the instant")
-        demo.expect(first.total_seconds() >= 0 and last.total_seconds() < 30, "the revoke at the scheduled instant")
+        writes = sorted(dt.datetime.fromisoformat(a["at"]) - demo.due for a in actions if a["outcome"] == "changed")
+        say(f"Dan Dawson: {len(actions)} revoke actions, {len(writes)} of them writes"
+            + (f", the first {writes[0].total_seconds():.1f} s and the last {writes[-1].total_seconds():.1f} s after "
+               "the instant" if writes else ""))
+        demo.expect(bool(writes) and writes[0].total_seconds() >= 0 and writes[-1].total_seconds() < 30,
+                    "the revoke at the scheduled instant")
     note = demo.wait(f"the ticket note on #{ticket}",
                      lambda: demo.state()["connectwise"]["tickets"][str(ticket)]["notes"], SETTLE)
     if note:
