@@ -305,12 +305,13 @@ def events(demo: Demo, daemon: Daemon, webhook, ticket_person, before: dict) -> 
     dan = f"{TENANT}/{company.DAN.employee_id}"
 
     def revoked() -> list[dict] | None:
-        """Dan's revoke actions once the account writes are journaled (the pass plans 10 s ahead: an action
-        found already done then is settled before the instant, the writes only at it)."""
+        """Dan's revoke actions once the cloud's sign-out is journaled with the rest (the pass plans 10 s ahead: an
+        action found already done then settles before the instant, the writes only at it; an AD account already
+        disabled has no disable_account at all)."""
         actions = [a for a in demo.terminations().get(dan, {}).get("actions", []) if a["phase"] == "revoke"]
-        names = {f"{a['provider']}/{a['action']}" for a in actions}
         settled = all(a["outcome"] in ("changed", "unchanged") for a in actions)
-        return actions if settled and {"active_directory/disable_account", "entra/revoke_sessions"} <= names else None
+        signed_out = any(f"{a['provider']}/{a['action']}" == "entra/revoke_sessions" for a in actions)
+        return actions if settled and signed_out else None
 
     seconds = (demo.due - dt.datetime.now(dt.timezone.utc)).total_seconds()
     actions = demo.wait(f"the scheduled leaver revoked at its instant ({demo.due:%H:%M:%S}, in {seconds:.0f} s)",
