@@ -11,7 +11,7 @@ from connector.errors import ConfigError, NotYet, RetryableError
 from connector.model import ActionContext, Termination
 from connector.sandbox.graph import DEFAULT_REFUSED, MOBILE_REFUSED, graph_error
 from connector.sandbox.microsoft365 import Microsoft365
-from connector.sandbox.web import Sandbox
+from connector.sandbox.web import Sandbox, TokenBucket
 from tests.contract.provider_contract import ProviderContract, run_action
 from tests.sandboxes import BLOCK_GROUP, GB, MODES, SECRET, SECRET_ENV, add_leaver, build
 
@@ -639,6 +639,17 @@ def test_retries_inside_a_batch_are_bounded(m365, entra):
     assert isinstance(result, RetryableError) and "HTTP 503" in result.message
     assert 100 - len(m365.graph.faults["batch_item"]) == BATCH_ATTEMPTS        # the re-read, tried that often; no write
     assert m365.snapshot(leaver.email)["accountEnabled"] is True
+
+
+def test_a_batch_far_above_the_throttle_is_paced_by_it_and_loses_no_call(m365, entra):
+    from connector.providers.microsoft365.graph import BATCH_ATTEMPTS, GraphCall
+
+    m365.graph.knobs.bucket = TokenBucket(rate=50, burst=50)
+    calls = [GraphCall("GET", "/subscribedSkus")] * 350     # sent all at once, 5 attempts each would win only 250
+    results = entra.graph.batch(calls)
+    assert all(isinstance(r, dict) and r["value"] for r in results), [r for r in results if not isinstance(r, dict)]
+    sent = m365.count("graph-sub")
+    assert 350 < sent < 350 * BATCH_ATTEMPTS / 2          # the throttled round held the rest back, unspent
 
 
 # -- admin detection: every way of holding a role -------------------------------------------------

@@ -159,24 +159,42 @@ class GraphClient:
 
         Collections are read whole (`@odata.nextLink` followed); sub-requests answered 429,
         503 or 424 (and whole batches answered so) are sent again after their Retry-After
-        while it is short, at most BATCH_ATTEMPTS times; a long wait comes back as the error.
+        while it is short, each at most BATCH_ATTEMPTS times; a long wait comes back as the error.
+        Once a round meets a throttled answer its chunks not yet sent wait for the next round
+        without spending an attempt: thousands of calls against a throttle are paced by it,
+        instead of all being sent into it and most giving up after their last attempt.
         """
         results: list[dict | OffboardError | None] = [None] * len(calls)
+        attempts = [0] * len(calls)
         pending = list(range(len(calls)))
-        for attempt in range(BATCH_ATTEMPTS):
+        while pending:
             chunks = [pending[i:i + BATCH_SIZE] for i in range(0, len(pending), BATCH_SIZE)]
+            held_back = threading.Event()
+
+            def send(chunk: list[int]) -> list[dict | OffboardError] | None:
+                if held_back.is_set():
+                    return None
+                answer = self._send_chunk([calls[i] for i in chunk])
+                if any(isinstance(r, RetryableError) for r in answer):
+                    held_back.set()
+                return answer
+
             with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
-                answers = list(pool.map(lambda chunk: self._send_chunk([calls[i] for i in chunk]), chunks))
+                answers = list(pool.map(send, chunks))
             pending, wait = [], 0.0
             for chunk, answer in zip(chunks, answers):
+                if answer is None:
+                    pending += chunk
+                    continue
                 for index, result in zip(chunk, answer):
                     results[index] = result
-                    if isinstance(result, RetryableError) and result.delay <= http.INLINE_WAIT_LIMIT:
+                    attempts[index] += 1
+                    if isinstance(result, RetryableError) and result.delay <= http.INLINE_WAIT_LIMIT \
+                            and attempts[index] < BATCH_ATTEMPTS:
                         pending.append(index)
                         wait = max(wait, result.delay)
-            if not pending or attempt == BATCH_ATTEMPTS - 1:
-                break
-            time.sleep(wait)
+            if pending:
+                time.sleep(wait)
         for index, result in enumerate(results):
             if isinstance(result, dict) and result.get("@odata.nextLink"):
                 try:
