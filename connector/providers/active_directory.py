@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import logging
 import re
 import secrets
@@ -115,8 +116,14 @@ def unicode_pwd(password: str) -> bytes:
     return f'"{password}"'.encode("utf-16-le")
 
 
+@functools.lru_cache(maxsize=4096)
+def normal_dn(dn: str) -> str:
+    """A DN as AD compares them, parsed once: a pass compares every leaver's OU with the same few OUs."""
+    return safe_dn(dn).lower()
+
+
 def same_dn(a: str, b: str) -> bool:
-    return safe_dn(a).lower() == safe_dn(b).lower()
+    return normal_dn(a) == normal_dn(b)
 
 
 def parent_dn(dn: str) -> str:
