@@ -4,7 +4,8 @@ Over the same tenant Graph serves. As the service does: parameters outside a cmd
 are refused by name; a mailbox cmdlet routes by `X-AnchorMailbox: UPN:<mailbox>` and a
 tenant-level one wants the app-only anchor; a missing `Exchange.ManageAsApp` permission or
 role is a 401 worded the way Exchange words it; conversion to a shared mailbox is
-asynchronous (Get-Mailbox shows the old type for `conversion_reads` more reads); results
+asynchronous (Get-Mailbox shows the old type for `conversion_reads` more reads, or for
+`conversion_seconds`); results
 page with `@odata.nextLink` (`page` items at a time). There is no machine-readable
 description of InvokeCommand to check against: `CMDLETS` is that description.
 """
@@ -283,7 +284,7 @@ class Exchange(System):
         box = self.mailbox(Identity)
         kind = {"Shared": "SharedMailbox", "Regular": "UserMailbox"}.get(changes.get("Type"))
         if kind and box.kind != kind:
-            box.converting_to, box.reads_until_converted = kind, box.conversion_reads
+            box.convert(kind)
         if "ForwardingSmtpAddress" in changes:
             box.forwarding = changes["ForwardingSmtpAddress"]
         if "HiddenFromAddressListsEnabled" in changes:

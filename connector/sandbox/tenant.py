@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -49,11 +50,20 @@ class Mailbox:
     converting_to: str | None = None
     reads_until_converted: int = 0
     conversion_reads: int = 1          # Get-Mailbox reads that still show the old type after Set-Mailbox -Type
+    conversion_seconds: float | None = None     # instead, the conversion takes this long (Unix time), however often read
+    converted_at: float = 0.0                   # with conversion_seconds: when the new type shows
+
+    def convert(self, kind: str) -> None:
+        self.converting_to, self.reads_until_converted = kind, self.conversion_reads
+        self.converted_at = time.time() + (self.conversion_seconds or 0.0)
 
     def read_type(self) -> str:
-        """The conversion to shared is asynchronous: it shows only on a later read."""
+        """The conversion to shared is asynchronous: it shows only on a later read, or once its time has passed."""
         if self.converting_to:
-            if self.reads_until_converted == 0:
+            if self.conversion_seconds is not None:
+                if time.time() >= self.converted_at:
+                    self.kind, self.converting_to = self.converting_to, None
+            elif self.reads_until_converted == 0:
                 self.kind, self.converting_to = self.converting_to, None
             else:
                 self.reads_until_converted -= 1

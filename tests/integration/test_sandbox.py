@@ -99,6 +99,17 @@ def test_conversion_to_shared_shows_only_on_a_later_read(cloud):
     assert seen == ["UserMailbox", "UserMailbox", "SharedMailbox", "SharedMailbox"]
 
 
+def test_a_timed_conversion_shows_once_its_time_has_passed_however_often_read(cloud):
+    leaver = add_leaver(cloud.tenant, 1)
+    box = cloud.tenant.mailboxes[leaver.email]
+    box.conversion_seconds = 0.5
+    assert cloud.cmdlet("Set-Mailbox", Identity=leaver.email, Type="Shared").status_code == 200
+    kind = lambda: cloud.cmdlet("Get-Mailbox", Identity=leaver.email).json()["value"][0]["RecipientTypeDetails"]
+    assert [kind() for _ in range(3)] == ["UserMailbox"] * 3
+    time.sleep(max(0.0, box.converted_at - time.time()))
+    assert kind() == "SharedMailbox"
+
+
 def test_a_cmdlet_parameter_outside_its_set_is_refused_by_name(cloud):
     add_leaver(cloud.tenant, 1)
     refused = cloud.cmdlet("Set-Mailbox", Identity="leaver1.person@contoso.com", Typ="Shared")
