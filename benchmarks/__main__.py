@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: name -> the module whose `section()` measures it and whose `TITLE` heads its section, in the file's order
 BENCHMARKS = {
     "revoke": "benchmarks.time_to_revoke",
+    "layoff": "benchmarks.mass_layoff",
+    "reclaim": "benchmarks.licence_reclaim",
+    "scale": "benchmarks.scale",
     "matching": "benchmarks.matching",
     "soak": "benchmarks.soak",
     "two_daemons": "benchmarks.two_daemons",

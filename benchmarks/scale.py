@@ -1,0 +1,158 @@
+"""Scale: `python -m benchmarks scale`.
+
+1. A 100,000-person HR feed against a 100,000-user directory: match plus plan, timed in a
+   subprocess of its own (`python -m benchmarks.scale N`) so its peak resident memory is its
+   alone (the kernel's high-water mark, VmHWM). The directory is the Active Directory provider
+   with its paged LDAP reads answered from memory, as in the matching benchmark; the entries
+   are built before the clock starts, and what they take is reported apart.
+2. A pass with nothing changed costs O(changes): `offboard reconcile --once` against the
+   sandbox (BambooHR feed, Entra and Exchange Online) at two company sizes, counting the
+   requests each system answered in pass 1 (first full read), pass 2 (nothing changed) and
+   pass 3 (ten people terminated in BambooHR since).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from connector.sandbox.demo import secret_file, toml_table
+from tests.serving import OFFBOARD, cloud_only_stayers, sandbox_daemon_setup
+
+from .mass_layoff import refeed
+from .matching import in_memory_provider, leavers, raw_entry
+from .sections import Section, table
+
+TITLE = "Scale"
+PEOPLE = 100_000
+SIZES = (1_000, 10_000)
+CHANGES = 10
+GOAL_SECONDS, GOAL_MB = 10.0, 500
+MIB_TO_MB = 1.048576
+
+
+def verdict(fast: bool, small: bool) -> str:
+    return {(True, True): "both goals met", (True, False): "time goal met, memory goal missed",
+            (False, True): "memory goal met, time goal missed", (False, False): "both goals missed"}[fast, small]
+
+
+def kib(field: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def child(n: int) -> dict:
+    """Run in the subprocess: build the directory and the feed, then time prepare, match and plan of every row."""
+    entries = [raw_entry(i) for i in range(n)]
+    people = leavers(n)
+    provider = in_memory_provider(entries)
+    fixture = kib("VmRSS")
+    start = time.perf_counter()
+    provider.prepare(people)
+    matched = planned = 0
+    for t in people:
+        match = provider.match(t)
+        matched += match.status == "matched"
+        planned += len(provider.plan(match.subject, t))
+    return {"seconds": time.perf_counter() - start, "peak_kib": kib("VmHWM"), "fixture_kib": fixture,
+            "matched": matched, "planned": planned}
+
+
+def bench_match(n: int = PEOPLE) -> dict:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.scale", str(n)], capture_output=True, text=True,
+                          check=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def counting(system) -> list[int]:
+    """Wrap a sandbox system's `handle` to count the bytes of its answers (a list holding the total)."""
+    total, handle = [0], system.handle
+
+    def counted(request):
+        response = handle(request)
+        total[0] += len(response.body)
+        return response
+
+    system.handle = counted
+    return total
+
+
+def counts(world, hr_bytes: list[int]) -> dict:
+    cloud = world.cloud
+    return {"bamboohr": len(world.bamboohr.calls), "bamboohr_bytes": hr_bytes[0],
+            "graph": sum(s in ("graph", "graph-sub") and p != "/$batch" for s, _, p in cloud.calls),
+            "exchange": cloud.count("exchange"), "writes": len(world.sandbox.writes.entries(ok=True))}
+
+
+def bench_passes(size: int) -> list[dict]:
+    """Three passes against a company of `size` whose HR feed has nobody leaving, then CHANGES leavers."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    with sandbox_daemon_setup(folder, size=size) as (world, config, env):
+        hr = world.bamboohr
+        hr.employees.clear()               # everyone employed: pass 1 reads the whole feed and offboards nobody
+        people = {p.number: hr.hire(p.number, p.email, p.given, p.surname, p.manager, on=dt.date(2020, 1, 6))
+                  for p in world.company.people}
+        base = world.cloud.urls["graph"].rsplit("/", 1)[0]
+        refeed(config, toml_table("tenant.source", {"type": "bamboohr", "base_url": f"{base}/bamboohr",
+                                                    "api_key": secret_file(folder, "bamboohr-key", hr.api_key)}),
+               size + 1)
+        hr_bytes = counting(hr)
+        rows, before = [], counts(world, hr_bytes)
+        for label in ("pass 1: first full read", "pass 2: nothing changed", f"pass 3: {CHANGES} terminated since"):
+            if label.startswith("pass 3"):
+                for p in cloud_only_stayers(world)[:CHANGES]:
+                    hr.terminate(people[p.number], hr.today - dt.timedelta(days=1))
+            t0 = time.perf_counter()
+            done = subprocess.run([OFFBOARD, "--config", str(config), "reconcile", "--once"], env=env,
+                                  capture_output=True, text=True, timeout=600)
+            after = counts(world, hr_bytes)
+            rows.append({"label": label, "seconds": time.perf_counter() - t0, "exit": done.returncode,
+                         **{k: after[k] - before[k] for k in after}})
+            before = after
+    return rows
+
+
+def section() -> Section:
+    m = bench_match()
+    peak, fixture = m["peak_kib"] / 1024, m["fixture_kib"] / 1024
+    rows = [[f"match + plan, {PEOPLE:,} HR rows against {PEOPLE:,} accounts (subprocess)", f"{m['seconds']:.2f} s",
+             f"{peak * MIB_TO_MB:.0f} MB peak RSS",
+             f"{m['matched']:,} matched, {m['planned']:,} actions planned"]]
+    body = table(["measurement", "time (goal < 10 s)", f"memory (goal < {GOAL_MB} MB)", "work"], rows)
+    passes = {size: bench_passes(size) for size in SIZES}
+    prow = [[f"{size:,} people", r["label"], f"{r['seconds']:.1f} s (exit {r['exit']})", r["bamboohr"],
+             f"{r['bamboohr_bytes'] / 1024:,.0f} KiB", r["graph"], r["exchange"], r["writes"]]
+            for size, rs in passes.items() for r in rs]
+    body += "\n\n" + table(["company", "pass", "wall time", "BambooHR requests", "BambooHR bytes read",
+                            "Graph requests", "Exchange requests", "writes"], prow)
+    quiet = {size: rs[1] for size, rs in passes.items()}
+    changed = {size: rs[2] for size, rs in passes.items()}
+    asked = lambda r: r["bamboohr"] + r["graph"] + r["exchange"]
+    q = quiet[SIZES[0]]
+    body += (f"\n\nMatch and plan: {verdict(m['seconds'] < GOAL_SECONDS, peak * MIB_TO_MB < GOAL_MB)}; peak "
+             f"{peak * MIB_TO_MB:.0f} MB, of which {fixture * MIB_TO_MB:.0f} MB are the benchmark's own 100,000 fake "
+             "LDAP entries and HR rows (held whole before the clock starts; a real paged read streams them). The "
+             "provider reads the directory once into an index, then each HR row is a dict look-up and a pure plan. "
+             "Profiled (cProfile, 20,000 rows), 40% of match+plan was ldap3 parsing the same DNs again to compare "
+             "each account's OU with the disabled OU; a DN is now parsed once (`normal_dn`, cached): 2.57 s -> "
+             "2.00 s for those 20,000 under the profiler. The in-process figure in the matching section (16.9 s "
+             "for 100,000) was measured before that, under other load.\n\n"
+             "Passes: the BambooHR source keeps a cursor (`employees/changed?since=`), so after the first full "
+             "read a pass asks only what changed, and with nobody due Entra and Exchange Online are asked only "
+             f"what proves their credentials ({q['graph']} Graph, {q['exchange']} Exchange requests). A pass with "
+             f"nothing changed costs {', '.join(str(asked(quiet[s])) for s in SIZES)} requests at "
+             f"{' and '.join(f'{s:,}' for s in SIZES)} people; one after {CHANGES} terminations costs "
+             f"{', '.join(str(asked(changed[s])) for s in SIZES)}: it grows with the changes, not the company. Only "
+             "the first full read grows with the company (its bytes).")
+    return Section(TITLE, body, f"scale: 100k x 100k match+plan {m['seconds']:.1f} s (goal < {GOAL_SECONDS:.0f}) at "
+                                f"{peak * MIB_TO_MB:.0f} MB peak (goal < {GOAL_MB}); a pass with nothing changed "
+                                f"{asked(quiet[SIZES[0]])} requests at {SIZES[0]:,} people, "
+                                f"{asked(quiet[SIZES[-1]])} at {SIZES[-1]:,}")
+
+
+if __name__ == "__main__":
+    print(json.dumps(child(int(sys.argv[1]))))
