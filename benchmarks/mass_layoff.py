@@ -241,7 +241,7 @@ def section() -> Section:
              f"and a leaver's next step waits for the slowest call of its round, with at most four requests in "
              f"flight per tenant ({LATENCY * 1000:.0f} ms each). The machine was busy too: the engine used "
              f"{r['ours']['engine_cpu']:.0f} s of CPU and the sandbox serving it {r['ours']['sandbox_cpu']:.0f} s in "
-             f"{r['ours']['elapsed']:.0f} s on 2 cores shared with other work (load average at the end below). The baseline is the same revoke writes one request "
+             f"{r['ours']['elapsed']:.0f} s on 2 cores shared with other work (load average in the stamp above). The baseline is the same revoke writes one request "
              f"each: its few reads make its ratio look better, but it does only the three revoke writes per "
              f"leaver, not the {sum(ours['writes'].values()) / r['n']:.1f} of a whole offboarding.")
     return Section(TITLE, body, f"mass layoff: {ours['ratio']:.2f} of the throttle (goal >= 0.8), baseline "

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from connector import config
@@ -55,8 +56,8 @@ def tenant(**extra) -> config.Tenant:
     return config.parse({"tenant": [{"id": "bench", "provider": [AD_BLOCK], **extra}]}).tenants[0]
 
 
-def in_memory_provider(entries: list[dict]) -> ActiveDirectoryProvider:
-    """The real provider, its LDAP reads answered from a list: what is measured is its index."""
+def in_memory_provider(entries: Iterable[dict]) -> ActiveDirectoryProvider:
+    """The real provider, its LDAP reads answered from `entries` (read once): what is measured is its index."""
     t = tenant()
     pc = t.providers[0]
     provider = ActiveDirectoryProvider(pc.name, pc.options, t, pc.where)

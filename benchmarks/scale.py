@@ -3,8 +3,8 @@
 1. A 100,000-person HR feed against a 100,000-user directory: match plus plan, timed in a
    subprocess of its own (`python -m benchmarks.scale N`) so its peak resident memory is its
    alone (the kernel's high-water mark, VmHWM). The directory is the Active Directory provider
-   with its paged LDAP reads answered from memory, as in the matching benchmark; the entries
-   are built before the clock starts, and what they take is reported apart.
+   with its paged LDAP reads answered from memory, as in the matching benchmark, each entry
+   made as the read is consumed, as a real paged read streams them.
 2. A pass with nothing changed costs O(changes): `offboard reconcile --once` against the
    sandbox (BambooHR feed, Entra and Exchange Online) at two company sizes, counting the
    requests each system answered in pass 1 (first full read), pass 2 (nothing changed) and
@@ -46,19 +46,20 @@ def kib(field: str) -> int:
 
 
 def child(n: int) -> dict:
-    """Run in the subprocess: build the directory and the feed, then time prepare, match and plan of every row."""
-    entries = [raw_entry(i) for i in range(n)]
+    """Run in the subprocess: the feed built first, the directory's entries made as its paged read is consumed
+    (as a real one streams them), then prepare, match and plan of every row timed."""
     people = leavers(n)
-    provider = in_memory_provider(entries)
+    provider = in_memory_provider((raw_entry(i) for i in range(n)))
     fixture = kib("VmRSS")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     provider.prepare(people)
     matched = planned = 0
     for t in people:
         match = provider.match(t)
         matched += match.status == "matched"
         planned += len(provider.plan(match.subject, t))
-    return {"seconds": time.perf_counter() - start, "peak_kib": kib("VmHWM"), "fixture_kib": fixture,
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "peak_kib": kib("VmHWM"),
+            "fixture_kib": fixture,
             "matched": matched, "planned": planned}
 
 
@@ -119,7 +120,8 @@ def bench_passes(size: int) -> list[dict]:
 def section() -> Section:
     m = bench_match()
     peak, fixture = m["peak_kib"] / 1024, m["fixture_kib"] / 1024
-    rows = [[f"match + plan, {PEOPLE:,} HR rows against {PEOPLE:,} accounts (subprocess)", f"{m['seconds']:.2f} s",
+    rows = [[f"match + plan, {PEOPLE:,} HR rows against {PEOPLE:,} accounts (subprocess)",
+             f"{m['seconds']:.2f} s ({m['cpu']:.2f} s of CPU)",
              f"{peak * MIB_TO_MB:.0f} MB peak RSS",
              f"{m['matched']:,} matched, {m['planned']:,} actions planned"]]
     body = table(["measurement", "time (goal < 10 s)", f"memory (goal < {GOAL_MB} MB)", "work"], rows)
@@ -133,9 +135,12 @@ def section() -> Section:
     changed = {size: rs[2] for size, rs in passes.items()}
     asked = lambda r: r["bamboohr"] + r["graph"] + r["exchange"]
     q = quiet[SIZES[0]]
-    body += (f"\n\nMatch and plan: {verdict(m['seconds'] < GOAL_SECONDS, peak * MIB_TO_MB < GOAL_MB)}; peak "
-             f"{peak * MIB_TO_MB:.0f} MB, of which {fixture * MIB_TO_MB:.0f} MB are the benchmark's own 100,000 fake "
-             "LDAP entries and HR rows (held whole before the clock starts; a real paged read streams them). The "
+    body += (f"\n\nMatch and plan: {verdict(m['seconds'] < GOAL_SECONDS, peak * MIB_TO_MB < GOAL_MB)}. The wall "
+             "time follows the machine's load (other work shares its 2 cores; the load average is in the stamp "
+             f"above); the CPU time, {m['cpu']:.1f} s, is what the work itself costs. Peak "
+             f"{peak * MIB_TO_MB:.0f} MB, of which {fixture * MIB_TO_MB:.0f} MB were taken before the clock started "
+             "(the interpreter, the code and the 100,000 HR rows); the directory's entries are made as the paged "
+             "read consumes them, so their making is inside the time, as a real read's decoding would be. The "
              "provider reads the directory once into an index, then each HR row is a dict look-up and a pure plan. "
              "Profiled (cProfile, 20,000 rows), 40% of match+plan was ldap3 parsing the same DNs again to compare "
              "each account's OU with the disabled OU; a DN is now parsed once (`normal_dn`, cached): 2.57 s -> "
