@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import csv
 import os
+import re
 import resource
 import secrets
 import subprocess
@@ -58,12 +59,15 @@ def csv_drop(folder: Path, people) -> Path:
     return path
 
 
-def refeed(config: Path, source: str, limit: int) -> None:
-    """The setup's webhook tenant, fed by `source` (a `[[tenant.source]]` table) instead, its safety limits at `limit`."""
-    text = config.read_text()
-    text = text.replace('name = "Example Ltd"\n', f'name = "Example Ltd"\nmax_terminations_per_run = {limit}\n'
-                        f'max_terminations_per_day = {limit}\n', 1)
-    config.write_text(text.replace('[[tenant.source]]\ntype = "webhook"\n', source, 1))
+def refeed(config: Path, source: str) -> None:
+    """The setup's webhook tenant, fed by `source` (a `[[tenant.source]]` table) instead."""
+    webhook = re.compile(r'^[ \t]*\[\[tenant\.source\]\]\n[ \t]*type = "webhook"\n', re.M)
+    config.write_text(webhook.sub(source.replace("\\", "\\\\"), config.read_text(), count=1))
+
+
+def limits(n: int) -> str:
+    """The tenant's safety limits above `n` terminations: a layoff is not a runaway feed here."""
+    return f"max_terminations_per_run = {n}\nmax_terminations_per_day = {n}"
 
 
 def still_open(world, person, since: str) -> list[str]:
@@ -161,12 +165,13 @@ def baseline(world, config: Path, people, since: str) -> dict:
 
 def bench(n: int, n_baseline: int) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="bench-layoff-"))
-    with sandbox_daemon_setup(folder, size=int((n + n_baseline) * 1.25)) as (world, config, env):
+    with sandbox_daemon_setup(folder, size=int((n + n_baseline) * 1.25), tenant_extra=limits(n + 1)) as \
+            (world, config, env):
         os.environ["REQUESTS_CA_BUNDLE"] = env["REQUESTS_CA_BUNDLE"]
         stayers = cloud_only_stayers(world)
         people, others = stayers[:n], stayers[n:n + n_baseline]
         assert len(others) == n_baseline, "the generated company is too small"
-        refeed(config, toml_table("tenant.source", {"type": "csv", "path": csv_drop(folder, people)}), n + 1)
+        refeed(config, toml_table("tenant.source", {"type": "csv", "path": csv_drop(folder, people)}))
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
         buckets = throttle(world)
         ours = engine(world, config, env, people, since)

@@ -23,7 +23,7 @@ from pathlib import Path
 from connector.sandbox.demo import secret_file, toml_table
 from tests.serving import OFFBOARD, cloud_only_stayers, sandbox_daemon_setup
 
-from .mass_layoff import refeed
+from .mass_layoff import limits, refeed
 from .matching import in_memory_provider, leavers, raw_entry
 from .sections import Section, table
 
@@ -92,15 +92,14 @@ def counts(world, hr_bytes: list[int]) -> dict:
 def bench_passes(size: int) -> list[dict]:
     """Three passes against a company of `size` whose HR feed has nobody leaving, then CHANGES leavers."""
     folder = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    with sandbox_daemon_setup(folder, size=size) as (world, config, env):
+    with sandbox_daemon_setup(folder, size=size, tenant_extra=limits(size + 1)) as (world, config, env):
         hr = world.bamboohr
         hr.employees.clear()               # everyone employed: pass 1 reads the whole feed and offboards nobody
         people = {p.number: hr.hire(p.number, p.email, p.given, p.surname, p.manager, on=dt.date(2020, 1, 6))
                   for p in world.company.people}
         base = world.cloud.urls["graph"].rsplit("/", 1)[0]
         refeed(config, toml_table("tenant.source", {"type": "bamboohr", "base_url": f"{base}/bamboohr",
-                                                    "api_key": secret_file(folder, "bamboohr-key", hr.api_key)}),
-               size + 1)
+                                                    "api_key": secret_file(folder, "bamboohr-key", hr.api_key)}))
         hr_bytes = counting(hr)
         rows, before = [], counts(world, hr_bytes)
         for label in ("pass 1: first full read", "pass 2: nothing changed", f"pass 3: {CHANGES} terminated since"):
