@@ -119,5 +119,5 @@ def section() -> Section:
              "leaves the licence paid for minutes longer, and a conversion slower than the wait would have "
              "its licence removed before the mailbox is shared (the mailbox is then deleted after 30 days)"
              + (f"; it happened here {len(early)} time(s)." if early else "; no conversion here took that long."))
-    return Section(TITLE, body, f"licence reclaimed {theirs / ours:.1f}x sooner than a fixed 5-minute wait "
+    return Section(TITLE, body, f"licence reclaimed {theirs / ours:.1f}x sooner than a fixed {CIPP_WAIT / 60:.0f}-minute wait "
                                 f"(mean {ours:.1f} s against {theirs:.1f} s after the mailbox read back as shared)")

@@ -31,9 +31,10 @@ from pathlib import Path
 from connector import config as configmod
 from connector.providers.microsoft365.auth import Tokens
 from connector.providers.microsoft365.graph import GraphCall, GraphClient
+from connector.sandbox.configs import toml_table
+from connector.sandbox.serving import OFFBOARD
 from connector.sandbox.web import TokenBucket
-from connector.sandbox.demo import toml_table
-from tests.serving import OFFBOARD, cloud_only_stayers, sandbox_daemon_setup
+from tests.serving import cloud_only_stayers, sandbox_daemon_setup
 
 from .sections import Section, table
 

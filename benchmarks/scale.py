@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from connector.sandbox.demo import secret_file, toml_table
-from tests.serving import OFFBOARD, cloud_only_stayers, sandbox_daemon_setup
+from connector.sandbox.configs import secret_file, toml_table
+from connector.sandbox.serving import OFFBOARD
+from tests.serving import cloud_only_stayers, sandbox_daemon_setup
 
 from .mass_layoff import limits, refeed
 from .matching import in_memory_provider, leavers, raw_entry
