@@ -42,7 +42,7 @@ def removed_at(world, user_id: str) -> float | None:
 
 
 def cipp(config_path: Path, world, people, seconds: list[float], out: dict) -> None:
-    """Convert, wait CIPP_WAIT, remove every licence: one person after another would take 20 minutes, so side by side."""
+    """Convert, wait CIPP_WAIT, remove every licence: one person after another would take 20 minutes, so at once."""
     tenant = configmod.load(config_path).tenants[0]
     o = next(p for p in tenant.providers if p.type == "entra").options
     graph = GraphClient(o.graph_url, o.tenant_id, Tokens(o, o.graph_url, "cipp"), "cipp")
@@ -119,5 +119,6 @@ def section() -> Section:
              "leaves the licence paid for minutes longer, and a conversion slower than the wait would have "
              "its licence removed before the mailbox is shared (the mailbox is then deleted after 30 days)"
              + (f"; it happened here {len(early)} time(s)." if early else "; no conversion here took that long."))
-    return Section(TITLE, body, f"licence reclaimed {theirs / ours:.1f}x sooner than a fixed {CIPP_WAIT / 60:.0f}-minute wait "
+    return Section(TITLE, body, f"licence reclaimed {theirs / ours:.1f}x sooner than a fixed "
+                                f"{CIPP_WAIT / 60:.0f}-minute wait "
                                 f"(mean {ours:.1f} s against {theirs:.1f} s after the mailbox read back as shared)")

@@ -41,7 +41,7 @@ from .sections import Section, table
 TITLE = "Mass layoff"
 LEAVERS = 2_000
 BASELINE_LEAVERS = 150
-RATE = 200.0            # tokens per second per system and tenant: the throttle (the engine, not the rate, bounds the run time)
+RATE = 200.0            # tokens per second per system and tenant (the engine, not the rate, bounds the run time)
 BURST = 200             # one second's worth at once
 LATENCY = 0.02          # seconds before each sandbox request is handled
 POOL = 4                # the baseline's threads: as many requests in flight as the engine's per-tenant limit
@@ -72,7 +72,7 @@ def limits(n: int) -> str:
 
 
 def still_open(world, person, since: str) -> list[str]:
-    """What the sandbox says is still open for `person` (revoke writes since the ISO stamp `since`): empty once revoked."""
+    """What the sandbox says is still open for `person` (revoke writes since the stamp `since`): none once revoked."""
     tenant = world.cloud
     user = tenant.user_by_upn(person.email)
     return [what for what, left in (("enabled", user["accountEnabled"]),
@@ -247,7 +247,8 @@ def section() -> Section:
              f"and a leaver's next step waits for the slowest call of its round, with at most four requests in "
              f"flight per tenant ({LATENCY * 1000:.0f} ms each). The machine was busy too: the engine used "
              f"{r['ours']['engine_cpu']:.0f} s of CPU and the sandbox serving it {r['ours']['sandbox_cpu']:.0f} s in "
-             f"{r['ours']['elapsed']:.0f} s on 2 cores shared with other work (load average in the stamp above). The baseline is the same revoke writes one request "
+             f"{r['ours']['elapsed']:.0f} s on 2 cores shared with other work (load average in the stamp above). "
+             f"The baseline is the same revoke writes one request "
              f"each: its few reads make its ratio look better, but it does only the three revoke writes per "
              f"leaver, not the {sum(ours['writes'].values()) / r['n']:.1f} of a whole offboarding.")
     return Section(TITLE, body, f"mass layoff: {ours['ratio']:.2f} of the throttle (goal >= 0.8), baseline "

@@ -50,7 +50,7 @@ class Mailbox:
     converting_to: str | None = None
     reads_until_converted: int = 0
     conversion_reads: int = 1          # Get-Mailbox reads that still show the old type after Set-Mailbox -Type
-    conversion_seconds: float | None = None     # instead, the conversion takes this long (Unix time), however often read
+    conversion_seconds: float | None = None     # instead, the conversion takes this long, however often read
     converted_at: float = 0.0                   # with conversion_seconds: when the new type shows
 
     def convert(self, kind: str) -> None:
