@@ -134,7 +134,6 @@ def engine(world, config: Path, env: dict, people, since: str) -> dict:
     writes = [w for w in world.sandbox.writes.entries(ok=True) if w.system in SYSTEMS and w.at >= start]
     calls = world.cloud.calls[calls_before:]
     return {"passes": passes, "elapsed": revoke_done - start, "writes": writes, "calls": calls,
-            "refused": [w for w in world.sandbox.writes.entries(ok=False) if w.at >= start],
             "open": {p.email: m for p in people if (m := still_open(world, p, since))},
             "engine_cpu": engine_cpu, "sandbox_cpu": sandbox_cpu}
 
