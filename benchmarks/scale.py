@@ -27,6 +27,7 @@ from tests.serving import cloud_only_stayers, sandbox_daemon_setup
 from .mass_layoff import limits, refeed
 from .matching import in_memory_provider, leavers, raw_entry
 from .sections import Section, table
+from .soak import status_kib
 
 TITLE = "Scale"
 PEOPLE = 100_000
@@ -41,17 +42,12 @@ def verdict(fast: bool, small: bool) -> str:
             (False, True): "memory goal met, time goal missed", (False, False): "both goals missed"}[fast, small]
 
 
-def kib(field: str) -> int:
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
-    return int(line.split()[1])
-
-
 def child(n: int) -> dict:
     """Run in the subprocess: the feed built first, the directory's entries made as its paged read is consumed
     (as a real one streams them), then prepare, match and plan of every row timed."""
     people = leavers(n)
     provider = in_memory_provider((raw_entry(i) for i in range(n)))
-    fixture = kib("VmRSS")
+    fixture = status_kib("self")
     start, cpu = time.perf_counter(), time.process_time()
     provider.prepare(people)
     matched = planned = 0
@@ -59,7 +55,7 @@ def child(n: int) -> dict:
         match = provider.match(t)
         matched += match.status == "matched"
         planned += len(provider.plan(match.subject, t))
-    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "peak_kib": kib("VmHWM"),
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "peak_kib": status_kib("self", "VmHWM"),
             "fixture_kib": fixture,
             "matched": matched, "planned": planned}
 

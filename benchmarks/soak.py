@@ -20,9 +20,10 @@ TENANTS = 50
 TITLE = "The daemon's long life and footprint"
 
 
-def rss_kib(pid: int) -> int:
+def status_kib(pid: int | str, field: str = "VmRSS") -> int:
+    """A memory figure of /proc/PID/status (VmRSS resident, VmHWM its peak), in KiB; 0 for one not there."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
 
@@ -45,7 +46,7 @@ def measure(folder: Path, poll: str, seconds: float, warmup: float = 0) -> dict:
         samples = []
         cpu0, start = cpu_seconds(pid), time.monotonic()
         while time.monotonic() - start < seconds:
-            samples.append(rss_kib(pid))
+            samples.append(status_kib(pid))
             time.sleep(1)
         cpu = cpu_seconds(pid) - cpu0
         elapsed = time.monotonic() - start

@@ -187,7 +187,7 @@ def bench_revoke() -> list[tuple]:
             assert daemon.stop() == 0
     trip = statistics.median(each)
     sched, unann = sched_done - due.timestamp(), unann_done - accepted
-    uid = next(u["id"] for u in world.cloud.users.values() if u["userPrincipalName"].lower() == scheduled.email.lower())
+    uid = world.cloud.user_by_upn(scheduled.email)["id"]
     first_write = min(w.at for w in world.sandbox.writes.entries(ok=True) if w.target.startswith(uid))
     BREAKDOWN.update({
         "scheduled, due -> its first write answered": kinds(requests, due.timestamp(), first_write - trip),

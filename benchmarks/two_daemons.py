@@ -71,8 +71,7 @@ def layoff(folder: Path, server: PostgresServer, daemons: int) -> dict:
         finally:
             for daemon in running:
                 daemon.stop()
-        left = [p for p in people if next(u for u in world.cloud.users.values()
-                                          if u["userPrincipalName"].lower() == p.email.lower())["accountEnabled"]]
+        left = [p for p in people if world.cloud.user_by_upn(p.email)["accountEnabled"]]
         assert not left, f"{len(left)} leavers can still sign in"
     return {"elapsed": elapsed, "per_second": LEAVERS / elapsed, "lease_writes": writes}
 

@@ -6,9 +6,9 @@ are taken over once its leases expire. Any daemon works the webhooks and tickets
 Its schedule is rebuilt from the store on every start and whenever the store changes (the
 audit head moves): a poll per tenant, and one wake-up at the earliest instant work appears
 by itself (a termination becoming due, a journaled wait ending), so a leaver due at 17:00 is
-revoked at 17:00 whatever the poll interval. A leaver's pass starts `PLAN_AHEAD` seconds before
-their due instant: it checks, reads, matches and plans then, and its first write waits for 17:00. APScheduler keeps only that in-memory plan; every
-fact it is made from lives in the store. Signals are handled on the main thread: SIGHUP
+revoked at 17:00 whatever the poll interval. A leaver's pass starts `PLAN_AHEAD` before their
+due instant: it checks, reads, matches and plans then, and its first write waits for 17:00.
+APScheduler keeps only that in-memory plan; every fact it is made from lives in the store. Signals are handled on the main thread: SIGHUP
 reloads the config between passes (a bad one keeps the running one), SIGTERM stops taking
 work, lets the passes in flight finish their actions within `shutdown_grace`, and exits 0.
 """
@@ -251,7 +251,8 @@ class Daemon:
 
     def _work_on_due(self, states: tuple[str, ...], at: dt.datetime, trigger: str) -> None:
         by_tenant: dict[str, list[str]] = {}
-        tenants = {t.id: t for t in self.config.tenants if t.id in self.kept()}
+        kept = self.kept()
+        tenants = {t.id: t for t in self.config.tenants if t.id in kept}
         queued = self.store.next_attempts(None, LATER)
         for row in self.store.terminations(None, states):
             if row["tenant"] in tenants and workable_phases(row, tenants[row["tenant"]], at, queued.get(row["id"], ())):

@@ -212,8 +212,8 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
         return
     queued = store.next_attempts(tenant.id, LATER)
     rows = [(r, phases) for r in store.terminations(tenant.id, PICKED)
-            if (phases := workable_phases(r, tenant, now, queued.get(r["id"], ()))) and (wanted is None or r["id"] in wanted)
-            and (employee is None or employee in (r["employee_id"], r["email"], r["id"]))]
+            if (phases := workable_phases(r, tenant, now, queued.get(r["id"], ())))
+            and (wanted is None or r["id"] in wanted) and (employee is None or employee in (r["employee_id"], r["email"], r["id"]))]
     leavers = [Leaver(row=r, termination=termination_from_row(r), phases=phases) for r, phases in rows
                if _claim(store, leases, r, announce, report.run_id)]
     if not leavers:

@@ -71,8 +71,7 @@ def doubled(world) -> dict:
 
 
 def offboarded(world, person) -> bool:
-    user = next(u for u in world.cloud.users.values() if u["userPrincipalName"].lower() == person.email.lower())
-    return user["accountEnabled"] is False
+    return world.cloud.user_by_upn(person.email)["accountEnabled"] is False
 
 
 def workers_of_changes(url: str) -> Counter:
