@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import platform
 import re
+import subprocess
 from pathlib import Path
 
 INTRO = ("# Benchmarks\n\n`make bench` runs every benchmark below and rewrites this file; `python -m benchmarks NAME`\n"
@@ -34,8 +35,18 @@ def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def commit() -> str:
+    """The checkout measured: its short commit, marked when files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "an unversioned copy"
+    return f"commit {head}" + (" with local changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def stamped(section: Section, command: str, started: dt.datetime) -> str:
-    return (f"## {section.title}\n\n_`{command}`, measured {started:%Y-%m-%d %H:%M} UTC on "
+    return (f"## {section.title}\n\n_`{command}`, measured {started:%Y-%m-%d %H:%M} UTC at {commit()} on "
             f"{platform.node() or 'this machine'} ({os.cpu_count()} cores, Python {platform.python_version()}, "
             f"load average {load_average()} at the end)._\n\n{section.body}\n\n**{section.ratio}**\n")
 
