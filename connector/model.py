@@ -98,4 +98,5 @@ class ActionContext:
     now: dt.datetime | None = None        # the pass's instant (what licence terms are judged at)
     approved: frozenset[str] = frozenset()   # needs_human reasons a person approved for this action
     proceed: Callable[[], bool] = lambda: True   # False once a person cancelled or held the termination mid-pass
+    wait_until_due: Callable[[], None] = lambda: None   # a pass read ahead of its instant: returns at the instant
     show_once: Callable[[str], None] = lambda text: None   # a new password or pass for the operator: never logged or stored

@@ -66,11 +66,12 @@ class Provider(Plugin):
         """Apply several actions of one phase, many leavers at once (the engine journals each first).
 
         `items` keep, for each subject, the order of `actions`; a provider that can batch
-        (Graph `$batch`) overrides this and must keep that per-subject order. One result or
-        typed error per item, in the same order.
+        (Graph `$batch`) overrides this and must keep that per-subject order, and write nothing
+        before `ctx.wait_until_due()` returns. One result or typed error per item, in the same order.
         """
         out: list[Result | OffboardError] = []
         for action, ctx in items:
+            ctx.wait_until_due()
             if not ctx.proceed():
                 out.append(Stopped("the termination was cancelled or held while the pass ran", self.where))
                 continue

@@ -7,6 +7,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 import threading
+import time
 from typing import Callable, Collection
 
 from .. import plugins
@@ -24,6 +25,8 @@ from .schedule import LATER, QUEUED, RESTRICT_ONLY, workable_phases
 
 log = logging.getLogger(__name__)
 
+#: how long before a pass's instant its actions re-read what they compare (`not_before`): then only the writes remain
+REREAD_AHEAD = 1.0          # seconds
 WORKABLE = ("scheduled", "due", "in_progress")
 # states a pass looks at: a restricted one becomes due at its instant, a done one is retained after delete_after_days,
 # a done or deleted one's seat reduction queued for a renewal is made then
@@ -94,7 +97,8 @@ def reconcile(config: Config, store: Store, *, tenant: str | None = None, employ
     the feeds and works on the stored terminations with those ids (a webhook recorded them already).
     Once `stop` is set no further action starts: those in flight finish and are journaled.
     `not_before` is a pass started ahead of a due instant: it works as at that instant, checks,
-    reads, matches and plans at once, and makes its first write no earlier than the instant.
+    reads, matches and plans at once; each action re-reads what it compares `REREAD_AHEAD` before
+    the instant and makes its first write no earlier than it.
 
     Every state change of the pass is announced to the ticket notes and to `listeners`
     (not in a dry run: nothing really changed).
@@ -221,11 +225,12 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
     for lv in leavers:
         if lv.id not in report.terminations:
             report.terminations.append(lv.id)
+    due = _until(not_before, stop) if not_before is not None and not dry_run else lambda ahead=0.0: None
     executor = Executor(tenant, store, providers, report.run_id, dry_run, now,
-                        owns=lambda tid: leases.holds(f"termination:{tid}"), stopping=stop.is_set if stop else lambda: False)
+                        owns=lambda tid: leases.holds(f"termination:{tid}"), stopping=stop.is_set if stop else lambda: False,
+                        wait_until_due=due)
     executor.prepare(leavers, down)
-    if not_before is not None and not dry_run:
-        _wait_for(not_before, stop)
+    due(REREAD_AHEAD)               # each action's re-read comes now; its write waits for the instant
     executor.execute(leavers)
     report.config_errors.extend(e for e in executor.config_errors if e not in report.config_errors)
     names = [p.name for p in providers]
@@ -235,12 +240,15 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
         leases.release(f"termination:{lv.id}")
 
 
-def _wait_for(instant: dt.datetime, stop: threading.Event | None) -> None:
-    """Read and planned ahead: the writes wait for their instant. A stop ends the wait early, and then
-    no action starts (the executor checks it before each)."""
-    delay = (instant - utcnow()).total_seconds()
-    if delay > 0:
-        (stop or threading.Event()).wait(delay)
+def _until(instant: dt.datetime, stop: threading.Event | None) -> Callable[..., None]:
+    """A wait that returns at `instant`, less `ahead` seconds, however often it is called (measured once, on the
+    monotonic clock). Read and planned ahead, the writes wait for their instant; a stop ends the wait early, and
+    then no action starts (the executor checks it before each)."""
+    deadline = time.monotonic() + (instant - utcnow()).total_seconds()
+
+    def wait(ahead: float = 0.0) -> None:
+        (stop or threading.Event()).wait(max(0.0, deadline - ahead - time.monotonic()))
+    return wait
 
 
 def _claim(store: Store, leases: Leases, row: dict, announce: Announcer, run_id: str) -> bool:

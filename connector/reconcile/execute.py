@@ -88,7 +88,7 @@ def approved(approvals: list[dict], provider: str, action: str, reason: str) -> 
 class Executor:
     def __init__(self, tenant: Tenant, store: Store, providers: list[Provider], run_id: str,
                  dry_run: bool, now: dt.datetime, owns: Callable[[str], bool] = lambda termination_id: True,
-                 stopping: Callable[[], bool] = lambda: False):
+                 stopping: Callable[[], bool] = lambda: False, wait_until_due: Callable[[], None] = lambda: None):
         self.tenant = tenant
         self.store = store
         self.providers = {p.name: p for p in providers}
@@ -97,6 +97,7 @@ class Executor:
         self.now = now
         self.owns = owns                   # is this pass still the one worker of a termination (its lease)?
         self.stopping = stopping           # the daemon is shutting down: start nothing more
+        self.wait_until_due = wait_until_due   # read and planned ahead of its instant: no write before it
         self.config_errors: list[ConfigError] = []   # one per refused credential, however many actions hit it
         self.stopped: set[str] = set()     # providers whose credential was refused this pass
 
@@ -333,7 +334,7 @@ class Executor:
                                 since=since, ticket=lv.termination.ticket,
                                 local_date=local_date(self.now, self.tenant), now=self.now,
                                 approved=lv.approved.get(aid, frozenset()),
-                                proceed=lambda lv=lv: self.still_ours(lv))
+                                proceed=lambda lv=lv: self.still_ours(lv), wait_until_due=self.wait_until_due)
             batch.append((action, ctx))
             started.append((lv, action))
         if not batch:

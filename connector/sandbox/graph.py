@@ -55,6 +55,23 @@ NUMBERS = "/admin/teams/telephoneNumberManagement"
 GROUP_DEFAULT_SELECT = ("id", "displayName", "description", "groupTypes", "mail", "mailEnabled", "securityEnabled")
 
 
+def dependency_flaw(subs: list[dict]) -> str:
+    """Why Graph would refuse this batch's `dependsOn` ('' when it would not): a dependency must name one
+    earlier sub-request, and a batch is all independent, each on the one before, or all on the same one."""
+    ids = [sub.get("id") for sub in subs]
+    if len(set(ids)) != len(ids):
+        return "Batch request ids must be unique."
+    needs = [sub.get("dependsOn") or [] for sub in subs]
+    for n, need in enumerate(needs):
+        if len(need) > 1 or any(d not in ids[:n] for d in need):
+            return f"Request {ids[n]!r}: dependsOn must name one request earlier in the batch."
+    if not any(needs):
+        return ""
+    serial = all(need == [ids[n - 1]] for n, need in enumerate(needs) if n)
+    same = len({tuple(need) for need in needs if need}) == 1 and all(need or n == 0 for n, need in enumerate(needs))
+    return "" if serial or same else "Batch requests must be all parallel, all sequential or all on the same request."
+
+
 def graph_error(status: int, code: str, message: str, headers: dict | None = None) -> Response:
     return json_response(status, {"error": {"code": code, "message": message}}, headers)
 
@@ -229,24 +246,33 @@ class Graph(System):
 
     # -- $batch ----------------------------------------------------------------------------------
     def batch(self, call: Call):
-        """Graph runs sub-requests side by side (no `dependsOn` here): where order matters (MFA methods), each one
-        is judged on the tenant as the batch found it."""
+        """Sub-requests without `dependsOn` run side by side: where order matters (MFA methods), each one is
+        judged on the tenant as the batch found it. With `dependsOn` a sub-request runs after the one it names,
+        on the tenant as that one left it, and answers 424 when that one failed; as in Graph, a batch is all
+        side by side, all in sequence (each on the one before) or all on the same one, else a 400."""
         subs = call.body.get("requests", [])
         if len(subs) > BATCH_LIMIT:
             return graph_error(400, "BadRequest", f"The number of batch requests exceeds the limit of {BATCH_LIMIT}.")
+        if refused := dependency_flaw(subs):
+            return graph_error(400, "BadRequest", refused)
         base = call.url.split("/v1.0", 1)[0]
-        out = []
-        self.batch_view = {user: list(methods) for user, methods in call.tenant.methods.items()}
+        out, failed = [], set()
+        in_sequence = any(sub.get("dependsOn") for sub in subs)
+        self.batch_view = None if in_sequence else {user: list(methods) for user, methods in call.tenant.methods.items()}
         try:
             for sub in subs:
                 self.calls.append(("graph-sub", sub["method"], sub["url"].split("?")[0]))
                 sub_headers = CaseInsensitiveDict(sub.get("headers") or {})
-                if "body" in sub and "Content-Type" not in sub_headers:
+                if failed.intersection(sub.get("dependsOn") or ()):
+                    answer = graph_error(424, *FAULTS[424])
+                elif "body" in sub and "Content-Type" not in sub_headers:
                     answer = graph_error(400, "BadRequest", "Content-Type header is required for a request with a body.")
                 else:
                     answer = self._fault("batch_item", call.tenant) or self.dispatch(Call(
                         call.tenant, call.grant, call.caller, sub["method"], base + "/v1.0" + sub["url"], {},
                         sub.get("body"), sub_headers))
+                if answer.status >= 400:
+                    failed.add(sub["id"])
                 out.append({"id": sub["id"], "status": answer.status, "headers": answer.headers,
                             "body": answer.json()})
         finally:

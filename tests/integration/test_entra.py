@@ -501,6 +501,84 @@ def test_the_sandbox_behaves_like_graph_where_it_matters(m365):
     assert m365.snapshot(leaver.email)["accountEnabled"] is True
 
 
+def test_the_sandbox_runs_depends_on_in_order_and_refuses_what_graph_refuses(m365):
+    import requests
+
+    GRAPH = m365.urls["graph"]
+    auth = {"Authorization": f"Bearer {m365.token(GRAPH)}"}
+    user = m365.user_by_upn(add_leaver(m365, 1).email)["id"]
+    post = lambda *subs: requests.post(f"{GRAPH}/v1.0/$batch", headers=auth, json={"requests": list(subs)})  # noqa: E731
+    patch = lambda n, target, **after: {"id": str(n), "method": "PATCH", "url": f"/users/{target}",  # noqa: E731
+                                        "body": {"accountEnabled": False},
+                                        "headers": {"Content-Type": "application/json"}, **after}
+    read = {"id": "2", "method": "GET", "url": f"/users/{user}?$select=accountEnabled", "dependsOn": ["1"]}
+    answers = post(patch(0, user), patch(1, user, dependsOn=["0"]), read).json()["responses"]
+    assert [a["status"] for a in answers] == [204, 204, 200]
+    assert answers[2]["body"]["accountEnabled"] is False          # run after the write it depends on, and saw it
+    m365.users[user]["accountEnabled"] = True
+    gone = "00000000-0000-0000-0000-000000000000"
+    answers = post(patch(0, gone), patch(1, user, dependsOn=["0"]), read).json()["responses"]
+    assert [a["status"] for a in answers] == [404, 424, 424]
+    assert m365.users[user]["accountEnabled"] is True             # what depended on a failure never ran
+    assert post(patch(0, user), patch(1, user, dependsOn=["2"]), read).status_code == 400     # a later request
+    assert post(patch(0, user), patch(1, user), read).status_code == 400        # some in sequence, some not
+    assert post(patch(0, user), patch(0, user, dependsOn=["0"])).status_code == 400             # ids repeat
+
+
+def test_a_leavers_revoke_writes_go_in_one_ordered_batch(m365, entra):
+    leaver = add_leaver(m365, 1)
+    subject = matched(entra, leaver)
+    items = [(a, ActionContext(leaver, subject, since=NOW)) for a in entra.plan(subject, leaver) if a.phase == "revoke"]
+    sent, batch = [], m365.graph.batch
+    m365.graph.batch = lambda call: sent.append(call.body["requests"]) or batch(call)
+    results = entra.apply_many(items)
+    assert [r.outcome for r in results] == ["changed"] * 3
+    reread, writes = sent           # one read round, then the three writes in one batch, each after the one before
+    assert [(s["method"], s["url"].split("?")[0]) for s in reread] == [("GET", f"/users/{subject.native_id}")]
+    assert [(s["method"], s["url"].rsplit("/", 1)[-1], s.get("dependsOn")) for s in writes] == [
+        ("PATCH", subject.native_id, None), ("PATCH", subject.native_id, ["0"]), ("POST", "revokeSignInSessions", ["1"])]
+    assert [next(iter(s["body"])) for s in writes[:2]] == ["accountEnabled", "passwordProfile"]   # block first
+
+
+def test_a_step_that_fails_in_the_sequence_holds_back_none_of_the_rest(m365, entra):
+    """Graph answers 424 for what depended on a failure; those go again without it, in their order."""
+    leaver = add_leaver(m365, 1)
+    subject = matched(entra, leaver)
+    items = [(a, ActionContext(leaver, subject, since=NOW)) for a in entra.plan(subject, leaver) if a.phase == "revoke"]
+    before, patch_user = m365.snapshot(leaver.email), m365.graph.patch_user
+
+    def refusing_the_block(call, user_id):
+        if "accountEnabled" in call.body:
+            return graph_error(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+        return patch_user(call, user_id)
+
+    m365.graph.patch_user = refusing_the_block
+    m365.calls.clear()
+    block, reset, revoke = entra.apply_many(items)
+    assert block.message.startswith("HTTP 403") and (reset.outcome, revoke.outcome) == ("changed", "changed")
+    after = m365.snapshot(leaver.email)
+    assert after["accountEnabled"] is True
+    assert after["password"] != before["password"]
+    assert after["sessions"] != before["sessions"]
+    # the re-read; the sequence (the two after the refusal answered 424, unrun); those two again, in sequence
+    assert m365.count("graph") == 3 and m365.count("graph-sub") == 1 + 3 + 2
+
+
+def test_many_leavers_sequences_go_position_by_position_in_full_batches(m365, entra):
+    """Hundreds of sequences would cost an envelope each: every leaver's next write goes out together instead."""
+    leavers = [add_leaver(m365, n) for n in range(40)]
+    entra.prepare(leavers)
+    items = [(a, ActionContext(t, entra.match(t).subject, since=NOW)) for t in leavers
+             for a in entra.plan(entra.match(t).subject, t) if a.phase == "revoke"]
+    sent, batch = [], m365.graph.batch
+    m365.graph.batch = lambda call: sent.append(call.body["requests"]) or batch(call)
+    assert {r.outcome for r in entra.apply_many(items)} == {"changed"}
+    writes = [subs for subs in sent if subs[0]["method"] != "GET"]
+    assert [len(subs) for subs in writes] == [20, 20] * 3 and not any("dependsOn" in s for b in writes for s in b)
+    kinds = [{next(iter(s.get("body") or {"revoke": 1})) for s in subs} for subs in writes]
+    assert kinds == [{"accountEnabled"}] * 2 + [{"passwordProfile"}] * 2 + [{"revoke"}] * 2    # in order, together
+
+
 # -- MFA methods: the order Graph accepts -----------------------------------------------------------
 
 def test_mfa_methods_go_in_the_order_graph_accepts_and_what_v1_cannot_delete_is_reported(m365, entra):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import time
 
 import pytest
 
@@ -159,3 +160,20 @@ def test_hybrid_user_is_blocked_in_the_cloud_until_sync_carries_the_ad_disable(m
     assert actions(store, leaver)["entra/remove_from_block_group"] == "changed"
     assert BLOCK_GROUP not in m365.snapshot(leaver.email)["groups"]
     assert store.termination(leaver.id)["state"] == "done"
+
+
+def test_a_pass_read_ahead_re_reads_before_its_instant_and_revokes_in_one_round_at_it(m365):
+    """The daemon starts a due leaver's pass early: at the instant only the revoke sequence is left to send."""
+    leaver = add_leaver(m365, 1)
+    user = m365.user_by_upn(leaver.email)["id"]
+    sent, batch = [], m365.graph.batch
+    m365.graph.batch = lambda call: sent.append((time.time(), call.body["requests"])) or batch(call)
+    instant = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=5)
+    report = reconcile(tenant_config(m365), Store.memory(), on_demand=[leaver], not_before=instant)
+    assert report.exit_code == 2 and m365.snapshot(leaver.email)["accountEnabled"] is False    # the licence waits
+    writes = [(at, subs) for at, subs in sent if any(s["method"] != "GET" for s in subs)]
+    (first_write, revoke), *_ = writes
+    assert [s["url"].rsplit("/", 1)[-1] for s in revoke] == [user, user, "revokeSignInSessions"]
+    assert instant.timestamp() <= first_write          # nothing written before the instant
+    re_read = max(at for at, subs in sent if at < first_write and f"/users/{user}?$select=" in subs[0]["url"])
+    assert instant.timestamp() - 1.5 < re_read < instant.timestamp()      # read ahead by REREAD_AHEAD (1 s), not more

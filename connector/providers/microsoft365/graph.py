@@ -3,7 +3,9 @@
 Bulk work goes through `$batch` (at most 20 sub-requests each). Throttling is answered
 where it happens: a whole-response 429/503/424 is retried by `connector.http.send` and
 then by `batch`; a 429, 503 or 424 (failed dependency) inside a batch is retried for that
-sub-request only, after its own Retry-After. Long waits surface as RetryableError(delay)
+sub-request only, after its own Retry-After. Calls marked `follows` go out as one batch in
+sequence (`dependsOn`): one round trip, in order; what Graph did not run because the call
+before it failed is sent again without it, so one refusal never holds back the rest. Long waits surface as RetryableError(delay)
 so the engine parks the action. A per-tenant semaphore bounds the requests in flight.
 
 Answers are hostile until parsed: a body that is not a JSON object (an HTML error page
@@ -18,7 +20,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
@@ -108,6 +110,17 @@ class GraphCall:
     path: str
     body: dict | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    follows: bool = False        # in a `batch`: run only after the call before it (`dependsOn`)
+
+
+class NotRun(RetryableError):
+    """A call of a sequence Graph did not run because the call before it failed (424): sent again without it."""
+
+
+def in_sequence(calls: list) -> list:
+    """`calls` with each Graph call after the first marked to follow the one before it."""
+    graph = [n for n, c in enumerate(calls) if isinstance(c, GraphCall)]
+    return [replace(c, follows=True) if n in graph[1:] else c for n, c in enumerate(calls)]
 
 
 def describe(body: Any, fallback: str = "") -> str:
@@ -157,6 +170,8 @@ class GraphClient:
     def batch(self, calls: list[GraphCall]) -> list[dict | OffboardError]:
         """Send `calls` as `$batch` requests of 20; one body or typed error per call, in order.
 
+        Independent calls share batches; a sequence (a call and those that `follow` it) has a
+        batch of its own, run in order by Graph (`dependsOn`), at most 20 of it per round.
         Collections are read whole (`@odata.nextLink` followed); sub-requests answered 429,
         503 or 424 (and whole batches answered so) are sent again after their Retry-After
         while it is short, each at most BATCH_ATTEMPTS times; a long wait comes back as the error.
@@ -166,33 +181,37 @@ class GraphClient:
         """
         results: list[dict | OffboardError | None] = [None] * len(calls)
         attempts = [0] * len(calls)
+        sequence = [0] * len(calls)            # the index of the call that starts each call's sequence
+        for n, call in enumerate(calls):
+            sequence[n] = sequence[n - 1] if n and call.follows else n
         pending = list(range(len(calls)))
         while pending:
-            chunks = [pending[i:i + BATCH_SIZE] for i in range(0, len(pending), BATCH_SIZE)]
+            chunks, later = self._chunks(pending, sequence)
             held_back = threading.Event()
 
-            def send(chunk: list[int]) -> list[dict | OffboardError] | None:
+            def send(chunk: tuple[list[int], bool]) -> list[dict | OffboardError] | None:
                 if held_back.is_set():
                     return None
-                answer = self._send_chunk([calls[i] for i in chunk])
-                if any(isinstance(r, RetryableError) for r in answer):
+                answer = self._send_chunk([calls[i] for i in chunk[0]], serial=chunk[1])
+                if any(isinstance(r, RetryableError) and not isinstance(r, NotRun) for r in answer):
                     held_back.set()
                 return answer
 
             with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
                 answers = list(pool.map(send, chunks))
             pending, wait = [], 0.0
-            for chunk, answer in zip(chunks, answers):
+            for (chunk, _), answer in zip(chunks, answers):
                 if answer is None:
                     pending += chunk
                     continue
                 for index, result in zip(chunk, answer):
                     results[index] = result
-                    attempts[index] += 1
+                    attempts[index] += not isinstance(result, NotRun)    # each round runs a sequence's first call
                     if isinstance(result, RetryableError) and result.delay <= http.INLINE_WAIT_LIMIT \
                             and attempts[index] < BATCH_ATTEMPTS:
                         pending.append(index)
                         wait = max(wait, result.delay)
+            pending = sorted(pending + later)
             if pending:
                 time.sleep(wait)
         for index, result in enumerate(results):
@@ -204,10 +223,53 @@ class GraphClient:
                 result.pop("@odata.nextLink", None)
         return results
 
-    def _send_chunk(self, calls: list[GraphCall]) -> list[dict | OffboardError]:
+    @staticmethod
+    def _chunks(pending: list[int], sequence: list[int]) -> tuple[list[tuple[list[int], bool]], list[int]]:
+        """This round's batches, (indexes, in sequence?), and the calls that wait for a later round.
+
+        A few sequences go out each in a batch of its own, run in order by Graph: one round trip.
+        Many would cost an envelope each, so then every sequence's next call goes out together,
+        packed 20 to a batch, round after round: the order holds either way, and the cheaper in
+        waves of CONCURRENCY requests is taken.
+        """
+        runs: list[list[int]] = []
+        for index in pending:
+            if runs and sequence[index] == sequence[runs[-1][0]]:
+                runs[-1].append(index)
+            else:
+                runs.append([index])
+        alone = [members[0] for members in runs if len(members) == 1]
+        sequences = [members for members in runs if len(members) > 1]
+
+        def waves(envelopes: int) -> int:
+            return -(-envelopes // CONCURRENCY)
+
+        def packed(calls: int) -> int:
+            return -(-calls // BATCH_SIZE)
+
+        longest = max((len(members) for members in sequences), default=0)
+        each_alone = waves(len(sequences) + packed(len(alone)))
+        by_position = waves(packed(len(alone) + len(sequences))) + (longest - 1) * waves(packed(len(sequences)))
+        chunks: list[tuple[list[int], bool]] = []
+        later: list[int] = []
+        if each_alone <= by_position:
+            for members in sequences:
+                chunks.append((members[:BATCH_SIZE], True))
+                later += members[BATCH_SIZE:]
+        else:
+            for members in sequences:
+                alone.append(members[0])
+                later += members[1:]
+        alone.sort()
+        chunks += [(alone[i:i + BATCH_SIZE], False) for i in range(0, len(alone), BATCH_SIZE)]
+        return chunks, later
+
+    def _send_chunk(self, calls: list[GraphCall], serial: bool = False) -> list[dict | OffboardError]:
         requests_ = []
         for n, call in enumerate(calls):
             sub: dict[str, Any] = {"id": str(n), "method": call.method, "url": call.path}
+            if serial and n:
+                sub["dependsOn"] = [str(n - 1)]
             headers = dict(call.headers)
             if call.body is not None:
                 sub["body"] = call.body
@@ -221,7 +283,12 @@ class GraphClient:
             return [e] * len(calls)
         subs = answer.get("responses")
         by_id = {r.get("id"): r for r in subs if isinstance(r, dict)} if isinstance(subs, list) else {}
-        return [self._sub_answer(call, by_id.get(str(n))) for n, call in enumerate(calls)]
+        out = [self._sub_answer(call, by_id.get(str(n))) for n, call in enumerate(calls)]
+        if serial:      # a 424 after the first: the call before it failed, and this one never ran
+            out[1:] = [NotRun(f"not run: {self.place(calls[n])} failed before it", self.place(call), delay=0)
+                       if by_id.get(str(n + 1), {}).get("status") == 424 else result
+                       for n, (call, result) in enumerate(zip(calls[1:], out[1:]))]
+        return out
 
     def _sub_answer(self, call: GraphCall, sub: dict | None) -> dict | OffboardError:
         where = self.place(call)

@@ -28,7 +28,7 @@ from ...model import ActionContext, Match, PlannedAction, Result, Subject, Termi
 from ..base import Provider
 from .auth import Tokens
 from .exchange_api import Cmdlet, ExchangeAdmin
-from .graph import GraphCall, GraphClient
+from .graph import GraphCall, GraphClient, in_sequence
 
 Call = GraphCall | Cmdlet
 Step = Generator[list[Call], list[Any], Any]
@@ -342,29 +342,16 @@ class Microsoft365Provider(Provider):
 
     def drive(self, steps: list[Step]) -> list[Any]:
         """Run generators side by side; each round's Graph calls go out in `$batch`es, cmdlets in parallel."""
-        results: list[Any] = [None] * len(steps)
-        waiting: dict[int, list[Call]] = {}
-
-        def advance(index: int, answers: list[Any] | None) -> None:
-            try:
-                waiting[index] = steps[index].send(answers)
-            except StopIteration as stop:
-                results[index] = stop.value
-            except OffboardError as e:
-                results[index] = e
-
-        for index in range(len(steps)):
-            advance(index, None)
-        while waiting:
-            rounds, flat = dict(waiting), [c for calls in waiting.values() for c in calls]
-            waiting.clear()
-            graph = [c for c in flat if isinstance(c, GraphCall)]
-            cmdlets = [c for c in flat if isinstance(c, Cmdlet)]
-            answered = iter(self.graph.batch(graph) if graph else [])
-            ran = iter(self.exchange.invoke_many(cmdlets))
-            for index, calls in rounds.items():
-                advance(index, [next(answered) if isinstance(c, GraphCall) else next(ran) for c in calls])
-        return results
+        merged = side_by_side(steps)
+        try:
+            calls = next(merged)
+            while True:
+                graph = [c for c in calls if isinstance(c, GraphCall)]
+                answered = iter(self.graph.batch(graph) if graph else [])
+                ran = iter(self.exchange.invoke_many([c for c in calls if isinstance(c, Cmdlet)]))
+                calls = merged.send([next(answered) if isinstance(c, GraphCall) else next(ran) for c in calls])
+        except StopIteration as stop:
+            return stop.value
 
     # -- acting ------------------------------------------------------------
     def apply(self, action: PlannedAction, ctx: ActionContext) -> Result:
@@ -386,22 +373,56 @@ class Microsoft365Provider(Provider):
         return out
 
     def _chain(self, items: list[tuple[PlannedAction, ActionContext]]) -> Step:
+        """One leaver's actions of one phase, after one read round. Revoke's writes go out together, in
+        order (one Graph sequence): from the instant to the last revoke is one round trip, not one per action."""
         seen: dict[str, Any] = {}      # one read per leaver and pass, shared by its actions
         keys = dict.fromkeys(k for action, _ in items for k in self.reads.get(action.action, ()))
         try:
             yield from self.fetch(seen, items[0][1].subject, *keys)      # every read in one round
         except OffboardError:
             pass                        # the action that needs the failed read reports it
-        out: list[Result | OffboardError] = []
-        for action, ctx in items:
-            handler: Callable | None = getattr(self, action.action, None)
-            if handler is None or action.action not in self.actions:
-                out.append(ConfigError(f"{self.type} has no action {action.action}", self.where))
-                continue
-            try:
-                out.append((yield from handler(action, ctx, seen)))
-            except http.NotFound as e:
-                out.append(Result("skipped", reason=f"not_found: {e.message}"))
-            except OffboardError as e:
-                out.append(e)
+        items[0][1].wait_until_due()    # a pass read ahead of its instant writes from the instant on
+        steps = [self._action(action, ctx, seen) for action, ctx in items]
+        if items[0][0].phase == "revoke":
+            return (yield from side_by_side(steps, ordered=True))
+        out = []
+        for step in steps:
+            out.append((yield from step))
         return out
+
+    def _action(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
+        handler: Callable | None = getattr(self, action.action, None)
+        if handler is None or action.action not in self.actions:
+            return ConfigError(f"{self.type} has no action {action.action}", self.where)
+        try:
+            return (yield from handler(action, ctx, seen))
+        except http.NotFound as e:
+            return Result("skipped", reason=f"not_found: {e.message}")
+        except OffboardError as e:
+            return e
+
+
+def side_by_side(steps: list[Step], ordered: bool = False) -> Step:
+    """Generators as one: each round yields every live step's calls together and hands each its answers; a step
+    ends with its value, or its typed error. `ordered`: each round's Graph calls run in sequence (`dependsOn`)."""
+    results: list[Any] = [None] * len(steps)
+    waiting: dict[int, list[Call]] = {}
+
+    def advance(index: int, answers: list[Any] | None) -> None:
+        try:
+            waiting[index] = steps[index].send(answers)
+        except StopIteration as stop:
+            results[index] = stop.value
+        except OffboardError as e:
+            results[index] = e
+
+    for index in range(len(steps)):
+        advance(index, None)
+    while waiting:
+        rounds = dict(waiting)
+        waiting.clear()
+        calls = [c for round_calls in rounds.values() for c in round_calls]
+        answers = iter((yield in_sequence(calls) if ordered else calls))
+        for index, round_calls in rounds.items():
+            advance(index, [next(answers) for _ in round_calls])
+    return results
