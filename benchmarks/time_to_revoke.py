@@ -36,22 +36,25 @@ LATENCY = 0.1                     # seconds before each sandbox request is handl
 WHAT_HOLDS_IT_BACK = """\
 Scheduled: the daemon starts a leaver's pass 10 s before the due instant (`PLAN_AHEAD` in
 connector/daemon/service.py), so the credential checks, the reads of every system, matching and the
-plan are done by then, and at the instant only Entra's revoke chain is sent: one `$batch` that reads
-the account again (read before write, so a change made in the last seconds is compared, not
-overwritten), then block sign-in, reset the password and revoke the sessions, each in its own `$batch`
-round because each waits for the one before (sessions are revoked only once sign-in is blocked, so
-none can be opened in between). That is the 4 round trips above. What holds the 1.3 goal back: the
-three writes in one `$batch`, ordered inside it with Graph's `dependsOn`, and the re-read moved before
-the instant. Neither is built yet.
+plan are done by then. Each action's own re-read goes 1 s before the instant (`REREAD_AHEAD` in
+connector/reconcile/engine.py: read before write, so a change made since the plan is compared, not
+overwritten), and at the instant Entra's revoke writes go as one `$batch` in sequence (`dependsOn`):
+block sign-in, then reset the password, then revoke the sessions, so no session can be opened in
+between. That is one round trip; the goal is met. The sandbox adds its latency once per HTTP
+request; Graph runs a sequence's sub-requests one after another, so on the real service each adds
+its own processing time (not another network trip) to that round trip.
 
-Unannounced: nothing can be read ahead. Before its first write the pass checks each system's
-credential and reads every system the person has an account in, because decisions about a person
-(admin, protected, ambiguous) are made across all systems before anything is revoked. The systems are
-read side by side, but each one's reads are chained: a Graph search, then the account's state;
-Exchange's cmdlets one at a time, including the reads that only the later phases' plans need. What
-holds the 2.5 goal back: one read round per system (Exchange's planning reads after revoke instead of
-before), and the revoke writes in one `$batch` as above. The first pass after a start also fetches a
-token per service; later passes reuse them (msal's cache, shared per app registration)."""
+Unannounced: nothing can be read ahead. The daemon had served its first pass, so its tokens were
+cached (msal; a token lives about an hour, and the first pass after it expires fetches a new one).
+From the 202, on the critical path: the credential check (one round, Graph and Exchange side by
+side), matching (one: the Graph search, with the tenant's licences, domains and shared mailboxes read
+beside it), the account's state in every system (Graph's reads in one `$batch`; Exchange Online has
+no batch, and its five cmdlets go at most four at a time, so two rounds), the revoke re-read (one)
+and the writes (one): about six. What holds the 2.5 goal back: decisions about a person (admin,
+protected, ambiguous) are made across all systems before anything is revoked, so every system's
+reads come first; and each action reads before it writes. Two rounds could still go: the credential
+check when the pass has leavers (their reads prove the same credentials), and the match folded into
+the state reads (Graph addresses a user by UPN, but the role reads need the object id)."""
 BREAKDOWN: dict[str, Counter] = {}     # filled by bench_revoke: what the sandbox was asked in each span
 FIRST_WRITE: list[float] = []          # seconds from the due instant to the scheduled leaver's first write answered
 SCHEDULED_LEAD = 20               # at least this many seconds between the webhook announcing a leaver and its due instant
@@ -160,6 +163,8 @@ def bench_revoke() -> list[tuple]:
         os.environ["REQUESTS_CA_BUNDLE"] = env["REQUESTS_CA_BUNDLE"]
         scheduled, unannounced, baseline_person = cloud_only_stayers(world)[:3]
         daemon = Daemon(folder, config_path, env).start()
+        wait_until(lambda: any(str(r.get("message", "")).startswith("run ") for r in daemon.records()), 120,
+                   every=0.2)            # a daemon that has served a pass, as one in service has: its tokens cached
         requests = record_requests(world.sandbox)
         try:
             for system in ("login", "graph", "exchange"):

@@ -359,3 +359,13 @@ def test_the_only_owner_of_a_group_anchors_the_account_until_someone_else_owns_i
     for name in ("Team 1", "Synced 1"):
         m365.group_named(name)["owners"].add(colleague)
     assert entra.anchors(matched(entra, leaver), leaver) == []
+
+
+def test_the_shared_mailboxes_are_read_once_a_pass_while_the_leavers_are_matched(m365, exchange_online):
+    leavers = [reaching_leaver(m365, n) for n in range(3)]
+    m365.exchange.anchors.clear()
+    exchange_online.prepare(leavers)
+    assert {exchange_online.match(t).status for t in leavers} == {"matched"}
+    everyone_shared = [a for a in m365.exchange.anchors if a[0] == "Get-Mailbox" and a[1].startswith("APP:")]
+    assert len(everyone_shared) == 1          # read beside the match, and the three plans waited for that one read
+    assert all(exchange_online.match(t).subject.state["access"]["FullAccess"] == [SHARED] for t in leavers)

@@ -50,7 +50,7 @@ from ...model import ActionContext, PlannedAction, Result, Subject, Termination
 from . import teams_phone
 from .exchange_api import Cmdlet
 from .graph import GraphCall
-from .provider import (GROUP_FIELDS, ROLE_READS, Microsoft365Provider, Step, odata_literal, recipient,
+from .provider import (GROUP_FIELDS, ROLE_READS, Microsoft365Provider, Step, concurrently, odata_literal, recipient,
                        successor_facts)
 
 SHARED = "SharedMailbox"
@@ -236,18 +236,28 @@ class EntraProvider(Microsoft365Provider):
         self.restrict_add: list[dict] | None = None  # policy.restrict_add_groups as read this pass
 
     # -- reading -----------------------------------------------------------
-    def check_online(self) -> None:
-        super().check_online()
+    def online_reads(self) -> list:
+        return [*super().online_reads(), self.remember_block_group]
+
+    def remember_block_group(self) -> None:
         self.block_group, self.block_group_read = self.read_block_group(), True
 
     def prepare(self, terminations: list[Termination]) -> None:
-        self.sku_names = {s["skuId"]: s["skuPartNumber"] for s in self.subscribed_skus()}
-        if not self.block_group_read:
-            self.block_group, self.block_group_read = self.read_block_group(), True
-        if self.restrict_add is None:
+        """The tenant's licences and policy groups, read while the leavers are matched (they matter only to plans)."""
+        def read_skus() -> None:
+            self.sku_names = {s["skuId"]: s["skuPartNumber"] for s in self.subscribed_skus()}
+
+        def read_restrict_groups() -> None:
             self.restrict_add = [self.read_group(name, "restrict_add_groups", "")
                                  for name in self.tenant.policy.restrict_add_groups]
-        super().prepare(terminations)
+
+        match = super().prepare
+        work = [read_skus, lambda: match(terminations)]
+        if not self.block_group_read:
+            work.append(self.remember_block_group)
+        if self.restrict_add is None:
+            work.append(read_restrict_groups)
+        concurrently(*work)
 
     def read_block_group(self) -> dict | None:
         """`policy.block_group` (an object id or an exact display name) as a group fit for a CA block; None: off."""

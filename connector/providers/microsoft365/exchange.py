@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import html
 import re
+import threading
 from typing import Any, ClassVar
 
 from ... import http
@@ -33,7 +34,7 @@ from ...errors import NeedsHuman, NotYet, OffboardError
 from ...model import ActionContext, PlannedAction, Result, Subject, Termination
 from .exchange_api import Cmdlet
 from .graph import GraphCall
-from .provider import ROLE_READS, Call, Microsoft365Provider, Step, recipient, successor_facts
+from .provider import ROLE_READS, Call, Microsoft365Provider, Step, concurrently, recipient, successor_facts
 
 SHARED = "SharedMailbox"
 Wanted = tuple[Any, Any, list[Call]]       # before, after, the writes that get from one to the other
@@ -103,11 +104,16 @@ class ExchangeOnlineProvider(Microsoft365Provider):
     def __init__(self, name, options, tenant, where=""):
         super().__init__(name, options, tenant, where)
         self.shared: list[tuple[dict, list[dict]]] | OffboardError | None = None   # shared mailboxes as read this pass
+        self.shared_lock = threading.Lock()
 
     def prepare(self, terminations: list[Termination]) -> None:
-        self.tenant_domains()
-        self.shared = None                  # read again by each pass's planning, by the first leaver that needs it
-        super().prepare(terminations)
+        """The tenant's domains and shared mailboxes (planning needs them) read while the leavers are matched."""
+        self.shared = None                  # read again by each pass's planning
+        match = super().prepare
+        work = [self.tenant_domains, lambda: match(terminations)]
+        if self.tenant.policy.remove_mailbox_access and terminations:
+            work.append(self.read_shared_mailboxes)
+        concurrently(*work)
 
     def read_call(self, key: str, subject: Subject):
         if key == "send_as":             # SendAs the leaver holds, across the organization
@@ -287,7 +293,15 @@ class ExchangeOnlineProvider(Microsoft365Provider):
     def shared_mailboxes(self) -> list[tuple[dict, list[dict]]]:
         """Every shared mailbox with its explicit permissions, read once per pass for planning everyone; a failed
         read fails the match of each leaver it was read for, as any other read does."""
-        if self.shared is None:
+        self.read_shared_mailboxes()
+        if isinstance(self.shared, OffboardError):
+            raise self.shared
+        return self.shared
+
+    def read_shared_mailboxes(self) -> None:
+        with self.shared_lock:          # prepare starts the read; a leaver's planning waits for it
+            if self.shared is not None:
+                return
             try:
                 boxes = self.exchange.invoke(Cmdlet.of("Get-Mailbox", RecipientTypeDetails=["SharedMailbox"],
                                                        ResultSize="Unlimited"))
@@ -298,9 +312,6 @@ class ExchangeOnlineProvider(Microsoft365Provider):
                     list(zip(boxes, permissions))
             except OffboardError as e:
                 self.shared = e
-        if isinstance(self.shared, OffboardError):
-            raise self.shared
-        return self.shared
 
     def fresh_access(self, seen: dict, subject: Subject, mailbox: dict, boxes: list[str]) -> Step:
         """The leaver's rights on `boxes` read again now (before a write, which acts only on what it read)."""

@@ -73,7 +73,7 @@ class ExchangeAdmin:
         self.tenant_id = tenant_id
         self.tokens = tokens
         self.where = where
-        self.slots = tenant_slots(tenant_id)
+        self.slots = tenant_slots("exchange", tenant_id)
         self.session = http.session()
 
     def anchor(self, cmdlet: Cmdlet) -> str:

@@ -39,10 +39,11 @@ _slots_lock = threading.Lock()
 _PERMISSION = re.compile(r"(?:API requires one of '([^']+)'|missing permission scope ([\w.,\s]+?)\.?(?:\"|$))")
 
 
-def tenant_slots(tenant_id: str) -> threading.BoundedSemaphore:
-    """The concurrency limit shared by every Graph and Exchange request to one tenant."""
+def tenant_slots(service: str, tenant_id: str) -> threading.BoundedSemaphore:
+    """The concurrency limit shared by every request to one service (Graph, Exchange Online) of one tenant:
+    each service throttles on its own, so one's requests never wait for the other's."""
     with _slots_lock:
-        return _slots.setdefault(tenant_id, threading.BoundedSemaphore(CONCURRENCY))
+        return _slots.setdefault(f"{service}/{tenant_id}", threading.BoundedSemaphore(CONCURRENCY))
 
 
 def json_object(text: str | bytes, where: str) -> dict:
@@ -140,7 +141,7 @@ class GraphClient:
         self.base = f"{base_url.rstrip('/')}/v1.0"
         self.tokens = tokens
         self.where = where
-        self.slots = tenant_slots(tenant_id)
+        self.slots = tenant_slots("graph", tenant_id)
         self.session = http.session()
 
     def place(self, call: GraphCall) -> str:

@@ -16,6 +16,7 @@ answer, no eligibility to find.
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, ClassVar, Generator
 from urllib.parse import quote
 
@@ -80,6 +81,14 @@ USER_READS = {"owned": f"/ownedObjects/microsoft.graph.group?$select={GROUP_FIEL
 MEETING_FIELDS = "id,subject,isOrganizer,isCancelled,attendees,start"
 #: reads whose 404 is a fact (no mailbox, no manager, no OneDrive), not an error
 ABSENT_OK = {*MAILBOX_READS, "devices", "manager", "drive", "drivePermissions", "rules", "meetings"}
+
+
+def concurrently(*work: Callable[[], Any]) -> list[Any]:
+    """Each on its own thread (they are calls to different services, or independent reads of one); their
+    values in order, or the first error once all have finished."""
+    with ThreadPoolExecutor(max_workers=len(work)) as pool:
+        futures = [pool.submit(w) for w in work]
+    return [f.result() for f in futures]
 
 
 class NoSuccessor(NeedsHuman):
@@ -194,10 +203,13 @@ class Microsoft365Provider(Provider):
 
     # -- reading -----------------------------------------------------------
     def check_online(self) -> None:
-        """One read-only call to each service: both tokens, Graph's consent and the Exchange permission and role."""
-        self.graph.request(GraphCall("GET", "/users?$top=1&$select=id"))
+        """One read-only call to each service, side by side: both tokens, Graph's consent and the Exchange
+        permission and role."""
         self.accepted_domains = None
-        self.tenant_domains()
+        concurrently(*self.online_reads())
+
+    def online_reads(self) -> list[Callable[[], Any]]:
+        return [lambda: self.graph.request(GraphCall("GET", "/users?$top=1&$select=id")), self.tenant_domains]
 
     def tenant_domains(self) -> dict[str, str]:
         """The tenant's accepted domains (name -> Authoritative, InternalRelay, ...): where mail stays inside."""
@@ -341,14 +353,16 @@ class Microsoft365Provider(Provider):
             subject.is_admin, subject.admin_reason = True, "; ".join(dict.fromkeys(holdings))
 
     def drive(self, steps: list[Step]) -> list[Any]:
-        """Run generators side by side; each round's Graph calls go out in `$batch`es, cmdlets in parallel."""
+        """Run generators side by side; each round's Graph calls go out in `$batch`es and its cmdlets in
+        parallel, the two services at once."""
         merged = side_by_side(steps)
         try:
             calls = next(merged)
             while True:
                 graph = [c for c in calls if isinstance(c, GraphCall)]
-                answered = iter(self.graph.batch(graph) if graph else [])
-                ran = iter(self.exchange.invoke_many([c for c in calls if isinstance(c, Cmdlet)]))
+                cmdlets = [c for c in calls if isinstance(c, Cmdlet)]
+                answered, ran = map(iter, concurrently(lambda: self.graph.batch(graph) if graph else [],
+                                                       lambda: self.exchange.invoke_many(cmdlets)))
                 calls = merged.send([next(answered) if isinstance(c, GraphCall) else next(ran) for c in calls])
         except StopIteration as stop:
             return stop.value
