@@ -91,7 +91,7 @@ def record(tenant: Tenant, store: Store, terminations: list[Termination], now: d
             events.append(("termination_archived", archived, run_id, {"was": t.id}))
             old = existing[t.id] = None
         if t.active:
-            _active_again(store, old, run_id)
+            _active_again(store, old, t.source, run_id)
             continue
         row = termination_row(t, tenant, stamp)
         if old and old.get("ticket") and not row["ticket"]:
@@ -149,8 +149,15 @@ def counts_as_new(old: dict, row: dict, now: dt.datetime) -> bool:
     return (was_future and row["due_at"] <= iso(now)) or row["email"] != old["email"]
 
 
-def _active_again(store: Store, old: dict | None, run_id: str) -> None:
+def _active_again(store: Store, old: dict | None, source: str, run_id: str) -> None:
+    """A feed that says a person is active withdraws only a termination that feed reported (as absence from a
+    whole read does): BambooHR reports everyone not terminated as active, which says nothing of a leaver that a
+    ticket or another feed reported. That one stays, and the disagreement is in its history."""
     if old is None or old["state"] == "cancelled":
+        return
+    if old["source"] != source:
+        store.audit("termination_kept", old["id"], run_id, reason=f"{source} reports this person active; the "
+                    f"termination came from {old['source'] or 'a person'} and only that source withdraws it")
         return
     if old["state"] in OPEN_BEFORE_DUE:
         store.set_state(old["id"], "cancelled", "the HR feed says this person is active again")

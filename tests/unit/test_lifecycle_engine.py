@@ -281,11 +281,29 @@ def test_a_rehire_says_restore_will_give_the_access_back(life):
     life.csv("E1,ann@contoso.com,FirstE1,Last,boss@contoso.com,2026-03-02,,")
     from connector.model import Termination
     from connector.reconcile.intake import Intake, record
+    feed = life.store.termination("contoso/E1")["source"]
     record(life.config.tenants[0], life.store, [Termination("contoso", "E1", "ann@contoso.com", active=True,
-                                                            termination_date=dt.date(2026, 3, 2))],
+                                                            termination_date=dt.date(2026, 3, 2), source=feed)],
            local(2026, 3, 20, 9), "r1", Intake())
     row = life.store.termination("contoso/E1")
     assert row["state"] == "needs_human" and "`offboard restore contoso/E1` gives the access back" in row["reason"]
+
+
+def test_a_feed_that_says_active_withdraws_only_what_it_reported(life):
+    """BambooHR reports everyone not terminated as active: that says nothing of a leaver a ticket reported."""
+    from connector.model import Termination
+    from connector.reconcile.intake import Intake, record
+    tenant, now = life.config.tenants[0], local(2026, 3, 1, 9)
+    ticket = Termination("contoso", "E2", "bo@contoso.com", termination_date=dt.date(2026, 3, 2), source="webhook")
+    record(tenant, life.store, [ticket], now, "r1", Intake())
+    record(tenant, life.store, [Termination("contoso", "E2", "bo@contoso.com", active=True, source="bamboohr")],
+           now, "r2", Intake())
+    assert life.store.termination("contoso/E2")["state"] == "scheduled"           # kept
+    [kept] = [e for e in life.store.audit_trail("contoso/E2") if e["event"] == "termination_kept"]
+    assert "bamboohr reports this person active" in json.dumps(kept)
+    record(tenant, life.store, [Termination("contoso", "E2", "bo@contoso.com", active=True, source="webhook")],
+           now, "r3", Intake())
+    assert life.store.termination("contoso/E2")["state"] == "cancelled"           # the source that reported it
 
 
 def test_next_wakeup_names_a_retry_instant(life):
