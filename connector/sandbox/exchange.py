@@ -39,7 +39,6 @@ CMDLETS = {
     "Set-Mailbox": {"Identity", "Type", "ForwardingSmtpAddress", "DeliverToMailboxAndForward",
                     "HiddenFromAddressListsEnabled", "GrantSendOnBehalfTo"},
     "Add-MailboxPermission": {"Identity", "User", "AccessRights", "InheritanceType", "AutoMapping"},
-    "Remove-MailboxPermission": {"Identity", "User", "AccessRights", "InheritanceType", "Confirm"},
     "Add-DistributionGroupMember": {"Identity", "Member", "BypassSecurityGroupManagerCheck"},
     "Set-MailboxAutoReplyConfiguration": {"Identity", "AutoReplyState", "InternalMessage", "ExternalMessage",
                                           "ExternalAudience"},
@@ -309,16 +308,6 @@ class Exchange(System):
         if not any(p["User"].lower() == User.lower() for p in box.permissions):
             box.permissions.append({"Identity": box.upn, "User": User, "AccessRights": AccessRights,
                                     "IsInherited": False, "Deny": False, "AutoMapping": AutoMapping})
-        return []
-
-    def cmd_remove_mailboxpermission(self, Identity, User, AccessRights, InheritanceType, Confirm):
-        box = self.mailbox(Identity)
-        kept = [p for p in box.permissions if p["User"].lower() != User.lower()]
-        if len(kept) == len(box.permissions):
-            return cmdlet_error(400, f"|Microsoft.Exchange.Management.Tasks.RecipientTaskException|Can't remove the "
-                                     f"access control entry on the object '{Identity}' for account '{User}' because "
-                                     "the ACE doesn't exist on the object.")
-        box.permissions = kept
         return []
 
     def cmd_set_mailboxautoreplyconfiguration(self, Identity, **settings):

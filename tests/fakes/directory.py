@@ -9,7 +9,6 @@ import datetime as dt
 import threading
 
 from connector.config import PluginOptions
-from connector.errors import RetryableError
 from connector.model import Match, Subject
 from connector.providers.base import Provider
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import random
 import signal
 import sqlite3
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor

@@ -798,7 +798,7 @@ def test_a_role_read_that_fails_fails_the_match_not_the_guard(m365, entra):
     m365.add_role("Exchange Administrator")
     group = m365.add_group("Tier0 Admins", role_assignable=True)
     m365.groups[group]["members"].add(m365.user_by_upn(leaver.email)["id"])
-    m365.graph.failing[rf"/roleManagement/directory/roleEligibilityScheduleInstances"] = 500
+    m365.graph.failing[r"/roleManagement/directory/roleEligibilityScheduleInstances"] = 500
     entra.prepare([leaver, other])                   # not a credential problem: the pass goes on
     for termination in (leaver, other):
         with pytest.raises(RetryableError, match="HTTP 500"):

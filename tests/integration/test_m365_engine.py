@@ -9,8 +9,6 @@ import datetime as dt
 import itertools
 import time
 
-import pytest
-
 from connector import config
 from connector.reconcile import reconcile
 from connector.sandbox import company

@@ -24,7 +24,7 @@ from connector import config, plugins
 from connector.errors import ConfigError, RetryableError
 from connector.model import ActionContext, PlannedAction, Termination
 from connector.sandbox.server import HttpsServer
-from tests.contract.provider_contract import ProviderContract, run_action
+from tests.contract.provider_contract import ProviderContract
 
 TOKEN = "scim-T0ken-of-the-app"
 TOKEN_ENV = "SCIM_TEST_TOKEN"

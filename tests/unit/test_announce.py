@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from connector.reconcile.announce import StateChange
-from tests.unit.conftest import NOW, leaver
+from tests.unit.conftest import leaver
 
 
 def test_every_state_change_of_a_pass_is_announced_in_order(env):

@@ -8,7 +8,6 @@ import pytest
 
 from connector.errors import ConfigError, NotYet, RetryableError
 from connector.reconcile import reconcile
-from connector.store import Store
 from tests.fakes.directory import Crash, FakeDirectory, FakeOptions
 from tests.helpers import utc
 from tests.unit.conftest import NOW, leaver, states
