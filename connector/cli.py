@@ -370,6 +370,8 @@ def cmd_purge(args, cfg: Config) -> int:
     human = (f"{'would purge' if args.dry_run else 'purged'} the personal data of {count} termination(s) finished "
              f"more than {cfg.connector.retention_days} days ago"
              + "".join(f"\n  {t}: {', '.join(ids)}" for t, ids in result["purged"].items()))
+    if result["run_summaries_purged"]:
+        human += f"\n{result['run_summaries_purged']} run summary(ies) of that age keep their counts, not their text"
     if result["audit_rows_kept"]:
         human += (f"\n{result['audit_rows_kept']} audit row(s) written by an older version keep their data "
                   "(their hash covers it)")

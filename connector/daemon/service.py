@@ -218,8 +218,7 @@ class Daemon:
                 return
             kept = self.kept()
             ahead = next_due(self.config, self.store, self._horizon + PLAN_AHEAD, kept)
-            at = min(filter(None, [self.store.next_instant(self._horizon),   # due instants, journaled waits: one query
-                                   next_wakeup(self.config, self.store, self._horizon, kept),
+            at = min(filter(None, [next_wakeup(self.config, self.store, self._horizon, kept),
                                    ahead and ahead[0] - PLAN_AHEAD]), default=None)
             if at is None:
                 if self.scheduler.get_job("wakeup"):

@@ -36,6 +36,7 @@ from ..config import mask_secrets
 GENESIS = "0" * 64
 PERSON_HOLD = "held by a person"
 PURGED = '{"purged":true}'        # an audit row's data after the retention purge
+RUN_TEXT_PURGED = "(purged after retention_days)"
 EVERY_TENANT = "*"                # the scope of `offboard pause`
 #: the action statuses whose `next_attempt_at` brings them back: a retry, or a finished action's later job
 COMES_BACK = ("failed", "pending", "changed", "unchanged", "skipped")
@@ -61,6 +62,15 @@ def parsed_run(row: dict) -> dict:
     row["terminations"] = json.loads(row["terminations"] or "[]")
     row["summary"] = json.loads(row["summary"] or "{}")
     return row
+
+
+def without_text(summary: dict) -> dict:
+    """A run summary past the retention: how many errors, rejections and holds it had, not what they said
+    (a rejected row or an error can name a person)."""
+    def gone(texts: Any) -> list[str]:
+        return [RUN_TEXT_PURGED] * len(texts) if isinstance(texts, (list, dict)) else []
+    return {**summary, "errors": gone(summary.get("errors")), "rejected": gone(summary.get("rejected")),
+            "holds": dict(zip(summary.get("holds") or {}, gone(summary.get("holds")))), "purged": True}
 
 
 def parse_iso(value: str | None) -> dt.datetime | None:
@@ -248,11 +258,6 @@ class StateStore(ABC):
 
     # -- what the daemon schedules and measures ----------------------------------------------
     @abstractmethod
-    def next_instant(self, after: dt.datetime) -> dt.datetime | None:
-        """The earliest instant after `after` when work appears by itself: a scheduled termination
-        becomes due, or a journaled wait (`next_attempt_at`) ends."""
-
-    @abstractmethod
     def state_counts(self) -> list[tuple[str, str, int]]:
         """(tenant, state, how many terminations)."""
 
@@ -351,6 +356,10 @@ class StateStore(ABC):
         in clear because they predate data_sha256)."""
 
     # -- webhook replay guard (connector.sources.webhook.ReplayGuard) ------------------------
+    @abstractmethod
+    def purge_runs(self, before: dt.datetime) -> int:
+        """Keep only the counts of the summaries of runs finished before `before` (`without_text`); -> how many."""
+
     @abstractmethod
     def seen(self, digest: str) -> bool: ...
 

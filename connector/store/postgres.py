@@ -34,7 +34,7 @@ from psycopg_pool import ConnectionPool
 from ..config import mask_secrets
 from ..errors import ConfigError
 from .base import (COMES_BACK, EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, copy_store, dumps,
-                   iso, now, parse_iso, parsed_run, stamp)
+                   iso, now, parse_iso, parsed_run, stamp, without_text)
 from .sqlite import SqliteStore
 
 MIGRATION_LOCK = 0x6F6666_01      # pg_advisory_xact_lock keys, one per purpose
@@ -397,15 +397,6 @@ class PostgresStore(StateStore):
     def runs(self, states: Iterable[str]) -> list[dict]:
         return [parsed_run(r) for r in self._select("runs", "state = any(%s)", [list(states)])]
 
-    def next_instant(self, after: dt.datetime) -> dt.datetime | None:
-        row = self._first(
-            "select min(at) as at from ("
-            " select min(due_at) as at from terminations where state in ('scheduled', 'held') and due_at > %(t)s"
-            " union all select min(a.next_attempt_at) from actions a join terminations t on t.id = a.termination_id"
-            "  where t.state in ('in_progress', 'due') and a.status in ('failed', 'pending')"
-            "  and a.next_attempt_at > %(t)s) as instants", {"t": iso(after)})
-        return parse_iso(row["at"]) if row and row["at"] else None
-
     def state_counts(self) -> list[tuple[str, str, int]]:
         return [(r["tenant"], r["state"], r["n"]) for r in
                 self._all("select tenant, state, count(*) as n from terminations group by tenant, state")]
@@ -515,6 +506,14 @@ class PostgresStore(StateStore):
                                 "and data_sha256 is null", [ids]).fetchone()["n"]
             self.audit_many([("termination_purged", tid, None, {"finished_before": iso(before)}) for tid in ids])
             return ids, kept
+
+    def purge_runs(self, before: dt.datetime) -> int:
+        with self.transaction():
+            stale = self._all("select id, summary from runs where finished_at < %s and summary is not null "
+                              "and summary not like %s", [iso(before), '%"purged":true%'])
+            for row in stale:
+                self._update("runs", row["id"], {"summary": dumps(without_text(json.loads(row["summary"])))})
+            return len(stale)
 
     # -- webhook replay guard ----------------------------------------------------------------
     def seen(self, digest: str) -> bool:

@@ -32,7 +32,8 @@ import sqlite_utils
 
 from ..config import mask_secrets
 from ..errors import ConfigError
-from .base import COMES_BACK, EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, dumps, iso, now, parse_iso, parsed_run, stamp
+from .base import (COMES_BACK, EVERY_TENANT, GENESIS, PERSONAL_FIELDS, PURGED, StateStore, chain, dumps, iso, now,
+                   parse_iso, parsed_run, stamp, without_text)
 
 BUSY_SECONDS = 30
 
@@ -434,16 +435,6 @@ class SqliteStore(StateStore):
         return [parsed_run(r) for r in
                 self._rows("runs", f"state in ({','.join('?' * len(states))})", states, order_by="rowid")]
 
-    def next_instant(self, after: dt.datetime) -> dt.datetime | None:
-        with self.lock:
-            row = self.conn.execute(
-                "select min(at) from ("
-                " select min(due_at) as at from terminations where state in ('scheduled', 'held') and due_at > ?"
-                " union all select min(a.next_attempt_at) from actions a join terminations t on t.id = a.termination_id"
-                "  where t.state in ('in_progress', 'due') and a.status in ('failed', 'pending')"
-                "  and a.next_attempt_at > ?)", [iso(after), iso(after)]).fetchone()
-        return parse_iso(row[0]) if row and row[0] else None
-
     def state_counts(self) -> list[tuple[str, str, int]]:
         with self.lock:
             return [tuple(r) for r in self.conn.execute(
@@ -572,6 +563,14 @@ class SqliteStore(StateStore):
                                           "and data_sha256 is null", chunk).fetchone()[0]
             self.audit_many([("termination_purged", tid, None, {"finished_before": iso(before)}) for tid in ids])
             return ids, kept
+
+    def purge_runs(self, before: dt.datetime) -> int:
+        with self.transaction():
+            stale = self.conn.execute("select id, summary from runs where finished_at < ? and summary is not null "
+                                      "and summary not like '%\"purged\":true%'", [iso(before)]).fetchall()
+            for run_id, summary in stale:
+                self.db["runs"].update(run_id, {"summary": dumps(without_text(json.loads(summary)))})
+            return len(stale)
 
     # -- webhook replay guard ----------------------------------------------------------------
     def seen(self, digest: str) -> bool:

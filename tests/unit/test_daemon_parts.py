@@ -95,19 +95,21 @@ def test_a_failing_pass_fails_its_run_and_the_queue_goes_on(monkeypatch, store, 
 
 
 # -- the instants the daemon wakes up at --------------------------------------------------------
-def test_the_next_instant_is_the_earliest_due_date_or_journaled_wait_after_the_horizon(backing):
+def test_the_next_wakeup_is_the_earliest_due_date_or_journaled_wait_after_the_horizon(backing, config):
+    from connector.reconcile.schedule import next_wakeup
+
     store = backing.open()          # on both backends: every daemon on a shared database computes it
     t0 = now()
     termination(store, "contoso/E1", "scheduled", t0 + dt.timedelta(hours=3))
     termination(store, "contoso/E2", "scheduled", t0 - dt.timedelta(hours=1))        # past: the pass at start has it
-    termination(store, "contoso/E3", "done", t0 + dt.timedelta(minutes=5))           # finished: nothing to wake for
+    termination(store, "contoso/E3", "cancelled", t0 + dt.timedelta(minutes=5))      # withdrawn: nothing to wake for
     termination(store, "contoso/E4", "in_progress", t0 - dt.timedelta(days=1))
-    assert store.next_instant(t0) == dt.datetime.fromisoformat(iso(t0 + dt.timedelta(hours=3)))
+    assert next_wakeup(config, store, t0) == dt.datetime.fromisoformat(iso(t0 + dt.timedelta(hours=3)))
     store.record_intent("contoso/E4/m365/remove_licenses", "contoso/E4", "m365", "remove_licenses", "reclaim", "r1")
     store.record_outcome("contoso/E4/m365/remove_licenses", "pending", reason="converting",
                          next_attempt_at=t0 + dt.timedelta(seconds=30))
-    assert store.next_instant(t0) == dt.datetime.fromisoformat(iso(t0 + dt.timedelta(seconds=30)))
-    assert store.next_instant(t0 + dt.timedelta(hours=4)) is None
+    assert next_wakeup(config, store, t0) == dt.datetime.fromisoformat(iso(t0 + dt.timedelta(seconds=30)))
+    assert next_wakeup(config, store, t0 + dt.timedelta(hours=4)) is None
 
 
 def test_daemons_share_the_tenants_evenly_keep_their_own_wakeups_and_take_a_dead_ones_once_its_leases_expire(

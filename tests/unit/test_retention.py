@@ -56,7 +56,7 @@ def finished(world):
 def test_nothing_is_purged_before_the_retention_has_passed(world):
     finished(world)
     result = purge_expired(world.config, world.store, now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=29))
-    assert result == {"purged": {}, "audit_rows_kept": 0}
+    assert result == {"purged": {}, "audit_rows_kept": 0, "run_summaries_purged": 0}
     assert "ann@contoso.com" in world.store.dump()
 
 
@@ -65,7 +65,8 @@ def test_purge_blanks_personal_data_and_the_keyed_chain_still_verifies(world):
     assert all(p in world.store.dump() for p in PERSONAL)          # the test data is really there first
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=31)
     result = purge_expired(world.config, world.store, now=later)
-    assert result == {"purged": {"contoso": ["contoso/E1", "contoso/E2"]}, "audit_rows_kept": 0}
+    assert result == {"purged": {"contoso": ["contoso/E1", "contoso/E2"]}, "audit_rows_kept": 0,
+                      "run_summaries_purged": 2}
     dump = world.store.dump()
     assert not [p for p in PERSONAL if p in dump], "personal data survived the purge"
     assert "cat@contoso.com" in dump                                # E3 is still open: untouched
@@ -77,7 +78,22 @@ def test_purge_blanks_personal_data_and_the_keyed_chain_still_verifies(world):
     trail = world.store.audit_trail("contoso/E1")
     assert [r["data"] for r in trail[:-1]] == [PURGED] * (len(trail) - 1)
     assert trail[-1]["event"] == "termination_purged" and "action_changed" in [r["event"] for r in trail]
-    assert purge_expired(world.config, world.store, now=later) == {"purged": {}, "audit_rows_kept": 0}
+    assert purge_expired(world.config, world.store, now=later) == {"purged": {}, "audit_rows_kept": 0, "run_summaries_purged": 0}
+
+
+def test_run_summaries_past_the_retention_keep_their_counts_not_their_text(world):
+    world.feed(leaver("E1", "ann@contoso.com", kind="immediate"), "E9,zed@@contoso,Zed,Zedson,boss@contoso.com,someday,,")
+    report = world.run()
+    assert len(report.rejected) == 1
+    [run] = world.store.runs(["done"])
+    assert "zed@@contoso" in json.dumps(run["summary"])               # a rejected row names a person
+    assert purge_expired(world.config, world.store)["run_summaries_purged"] == 0      # still within the retention
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=31)
+    assert purge_expired(world.config, world.store, now=later)["run_summaries_purged"] == 1
+    [run] = world.store.runs(["done"])
+    assert run["summary"]["rejected"] == ["(purged after retention_days)"] and run["summary"]["purged"] is True
+    assert "zed@@contoso" not in world.store.dump()
+    assert purge_expired(world.config, world.store, now=later)["run_summaries_purged"] == 0       # once
 
 
 def test_a_purged_termination_still_in_the_feed_is_neither_revived_nor_refilled(world):
