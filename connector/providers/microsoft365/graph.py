@@ -5,8 +5,9 @@ where it happens: a whole-response 429/503/424 is retried by `connector.http.sen
 then by `batch`; a 429, 503 or 424 (failed dependency) inside a batch is retried for that
 sub-request only, after its own Retry-After. Calls marked `follows` go out as one batch in
 sequence (`dependsOn`): one round trip, in order; what Graph did not run because the call
-before it failed is sent again without it, so one refusal never holds back the rest. Long waits surface as RetryableError(delay)
-so the engine parks the action. A per-tenant semaphore bounds the requests in flight.
+before it failed is sent again without it, so one refusal never holds back the rest. Long
+waits surface as RetryableError(delay) so the engine parks the action. A semaphore per
+service and tenant bounds the requests in flight.
 
 Answers are hostile until parsed: a body that is not a JSON object (an HTML error page
 with status 200, JSON nested beyond the parser's depth) is a typed error naming the
