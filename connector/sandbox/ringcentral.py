@@ -10,7 +10,9 @@ call handling refuses the v1.0 answering-rule API and an old account the comm-ha
 API; `message-store` lists the last 24 hours unless `dateFrom` says otherwise; a number
 cannot go to a disabled or deleted extension; deleting an extension releases its numbers
 unless `savePhoneNumbers=true` keeps them in inventory. `reaches(number)` says where a
-call to a number ends now, so a test can see a number go dead.
+call to a number ends now, so a test can see a number go dead. Each extension holds its
+assigned roles (Standard unless a test gives others), so an admin can be told apart; a path
+in `failing` answers the status it names there, as an outage of that one route.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 from .contract import SpecViolation, check_openapi, openapi_dict
 from .web import Request, Response, System, json_response, retry_after_header, text_response
@@ -39,6 +42,7 @@ SPECS = ((r"/restapi/v2/accounts/[^/]+/phone-numbers", "ringcentral-v2-phone-num
          (r"/restapi/", "ringcentral-openapi.yaml"))
 V1 = r"/restapi/v1\.0/account/(?:~|\d+)"
 V2 = r"/restapi/v2/accounts/(?:~|\d+)"
+STANDARD_ROLE = {"id": "3", "displayName": "Standard"}     # the role every new user extension gets
 
 
 @functools.cache
@@ -75,6 +79,7 @@ class Extension:
     rules: dict[str, dict] = field(default_factory=dict)    # v1 answering rules: id -> rule
     forward_all_calls: dict = field(default_factory=dict)   # new call handling: the state and its rule
     voicemail: list[Voicemail] = field(default_factory=list)
+    roles: list[dict] = field(default_factory=list)          # assigned roles: {"id", "displayName"}
 
     def render(self) -> dict:
         out = {"id": int(self.id), "uri": f"{VENDOR_URL}{V1.split('(')[0]}~/extension/{self.id}",
@@ -116,16 +121,21 @@ class RingCentral(System):
         self.tokens: dict[str, float] = {}                 # access token -> expiry (monotonic)
         self.token_calls = 0
         self.spent: dict[str, list[float]] = {}            # group -> request times in the window
+        self.role_ids = {STANDARD_ROLE["displayName"]: STANDARD_ROLE["id"]}    # the account's roles: name -> id
+        self.failing: dict[str, int] = {}                  # path regex -> the status it answers instead
         self.url = VENDOR_URL                              # where a client reaches it
 
     # -- building the account ------------------------------------------------------------
     def add_extension(self, email: str, first: str = "", last: str = "", *, numbers: tuple[str, ...] = (),
-                      voicemail_ages: tuple[float, ...] = ()) -> Extension:
-        """A user extension with direct numbers and voicemail messages `voicemail_ages` hours old."""
+                      voicemail_ages: tuple[float, ...] = (),
+                      roles: tuple[str, ...] = (STANDARD_ROLE["displayName"],)) -> Extension:
+        """A user extension with direct numbers, voicemail messages `voicemail_ages` hours old and the roles
+        named."""
         with self.lock:
             ext_id = str(62000000000 + len(self.extensions) * 7 + 11)
             ext = Extension(ext_id, str(101 + len(self.extensions)), email, first or email.split("@")[0], last,
                             rules=_default_rules(), forward_all_calls=_default_fac())
+            self.assign_roles(ext, *roles)
             self.extensions[ext_id] = ext
             for phone in numbers:
                 number_id = str(88000000 + len(self.numbers) * 3 + 1)
@@ -135,6 +145,12 @@ class RingCentral(System):
                 ext.voicemail.append(Voicemail(f"{ext_id}{n:03d}", self.now() - dt.timedelta(hours=hours),
                                                f"+1555010{n:04d}", f"ID3-audio-{ext_id}-{n}".encode() * 8))
             return ext
+
+    def assign_roles(self, ext: Extension, *names: str) -> None:
+        """Replace the extension's assigned roles with the account's roles of these names (a new name: a new role)."""
+        with self.lock:
+            ext.roles = [{"id": self.role_ids.setdefault(name, str(100 + len(self.role_ids))), "displayName": name}
+                         for name in names]
 
     def state(self, emails: list[str]) -> dict:
         """Each person's extension status and the numbers still assigned to it."""
@@ -200,6 +216,10 @@ class RingCentral(System):
                 response = self.token(request)
             elif not self.authorized(request):
                 response = rc_error(401, "TokenInvalid", "Access token is invalid or expired")
+            elif failing := next((status for pattern, status in self.failing.items()
+                                  if re.fullmatch(pattern, request.path)), None):
+                response = rc_error(failing, "CMN-201", HTTPStatus(failing).phrase,
+                                    retry_after_header(self.knobs.retry_after))
             else:
                 response = self.dispatch(request)
             response.headers.update(headers)
@@ -252,6 +272,7 @@ class RingCentral(System):
             (rf"PUT {ext}", self.put_extension, "PUT extension"),
             (rf"DELETE {ext}", self.delete_extension, "DELETE extension"),
             (rf"GET {ext}/features", self.features, None),
+            (rf"GET {ext}/assigned-role", self.assigned_roles, None),
             (rf"GET {ext}/phone-number", self.extension_numbers, None),
             (rf"GET {ext}/answering-rule", self.list_rules, None),
             (rf"GET {ext}/answering-rule/([\w-]+)", self.get_rule, None),
@@ -324,6 +345,11 @@ class RingCentral(System):
         records = [{"id": FEATURE, "available": True,
                     "params": [{"name": "isNewBackendAvailable", "value": str(self.new_call_handling).lower()}]}]
         return json_response(200, {"records": [r for r in records if r["id"] in wanted]})
+
+    def assigned_roles(self, request: Request, ext_id):
+        ext = self.extensions[ext_id]
+        return json_response(200, {"uri": f"{VENDOR_URL}/restapi/v1.0/account/{ACCOUNT_ID}/extension/{ext_id}"
+                                          "/assigned-role", "records": [dict(r) for r in ext.roles]})
 
     def extension_numbers(self, request: Request, ext_id):
         self.extensions[ext_id]

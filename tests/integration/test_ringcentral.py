@@ -3,7 +3,8 @@
 Every request is checked against the vendored 1.0.48 spec, the v2 phone-numbers excerpt or
 the comm-handling excerpt (a violation fails the test at teardown). The shared provider
 contract runs in both call-handling modes; the engine test proves the "number goes dead"
-rule from the sandbox's recorded order of writes.
+rule from the sandbox's recorded order of writes. The admin tests put Microsoft 365 in the
+same sandbox: an admin in RingCentral alone is held in every system of the tenant.
 """
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ import pytest
 from connector import config, plugins
 from connector.errors import ConfigError, NotYet, RetryableError
 from connector.model import ActionContext, PlannedAction, Termination
+from connector.providers.microsoft365 import auth
 from connector.providers.ringcentral import client
 from connector.reconcile import reconcile
+from connector.sandbox.microsoft365 import VENDOR_URLS, Microsoft365
 from connector.sandbox.ringcentral import VENDOR_URL, RingCentral
 from connector.sandbox.web import Sandbox
 from connector.store import Store
 from tests.contract.provider_contract import ProviderContract, run_action
+from tests.sandboxes import SECRET as M365_SECRET, SECRET_ENV as M365_SECRET_ENV, add_leaver, seed
 
 SUCCESSOR = "morgan.manager@contoso.com"
 SECRET, JWT = "rc-Secret-9f2Kq.x", "eyJhbGciOiJSUzI1NiJ9.sandbox-jwt-7Yt3"
@@ -67,10 +71,11 @@ def provider(rc, tmp_path):
     return build(rc, tmp_path / "voicemail")
 
 
-def new_leaver(account: RingCentral, numbers: int = 2, kind: str = "voluntary") -> Termination:
+def new_leaver(account: RingCentral, numbers: int = 2, kind: str = "voluntary",
+               roles: tuple[str, ...] = ("Standard",)) -> Termination:
     n = next(SERIAL)
     email = f"leaver{n}.person@contoso.com"
-    account.add_extension(email, "Leaver", f"Person{n}", voicemail_ages=HOURS,
+    account.add_extension(email, "Leaver", f"Person{n}", voicemail_ages=HOURS, roles=roles,
                           numbers=tuple(f"+1312555{n:02d}{i:02d}" for i in range(numbers)))
     return Termination("contoso", f"E{n}", email, "Leaver", f"Person{n}", kind=kind,
                        termination_date=dt.date(2026, 11, 23), successor=SUCCESSOR)
@@ -323,3 +328,86 @@ def test_numbers_never_moved_keep_the_extension_from_being_deleted(rc, provider)
     run_action(provider, leaver, "forward_calls")
     run_action(provider, leaver, "move_numbers")
     assert provider.anchors(subject, leaver) == []
+
+
+# -- admins are never touched -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("roles, reason", [
+    (("Super Admin",), "holds RingCentral role Super Admin"),
+    (("Standard", "Phone System Admin"), "holds RingCentral role Phone System Admin"),
+    (("Users Admin", "Billing Admin"), "holds RingCentral role Users Admin, Billing Admin"),
+    (("Office Administrator",), "holds RingCentral role Office Administrator"),
+])
+def test_an_admin_role_marks_the_match_an_admin(rc, provider, roles, reason):
+    leaver, plain = new_leaver(rc, roles=roles), new_leaver(rc)
+    provider.prepare([leaver, plain])
+    admin = provider.match(leaver)
+    assert admin.status == "matched" and admin.subject.is_admin and admin.subject.admin_reason == reason
+    assert not provider.match(plain).subject.is_admin
+
+
+@pytest.fixture
+def cloud_and_phones(reach, monkeypatch) -> tuple[Microsoft365, RingCentral]:
+    """Microsoft 365 and RingCentral mounted in one sandbox (over HTTPS a test has only one)."""
+    monkeypatch.setenv("RC_SECRET", SECRET)
+    monkeypatch.setenv("RC_JWT", JWT)
+    monkeypatch.setenv(M365_SECRET_ENV, M365_SECRET)
+    client._tokens.clear()
+    auth.applications.clear()
+    cloud = Microsoft365(secret=M365_SECRET)
+    seed(cloud)
+    phones = RingCentral(client_secret=SECRET, jwt=JWT, limits=ROOMY)
+    phones.add_extension(SUCCESSOR, "Morgan", "Manager", numbers=("+13125550100",))
+    sandbox = cloud.mount(Sandbox())
+    sandbox.add(phones)
+    urls = reach(sandbox, {**VENDOR_URLS, "ringcentral": VENDOR_URL})
+    cloud.urls, phones.url = {name: urls[name] for name in VENDOR_URLS}, urls["ringcentral"]
+    return cloud, phones
+
+
+@pytest.mark.parametrize("sandbox_mode", ["responses", "https"])
+def test_an_admin_only_in_ringcentral_is_held_in_every_system(cloud_and_phones, tmp_path, sandbox_mode):
+    cloud, phones = cloud_and_phones
+    n = next(SERIAL)
+    leaver = add_leaver(cloud, n)                                 # a plain user in Microsoft 365
+    ext = phones.add_extension(leaver.email, "Leaver", f"Person{n}", numbers=(f"+1312555{n:02d}00",),
+                               voicemail_ages=HOURS, roles=("Super Admin",))
+    cloud_before, phones_before = cloud.snapshot(leaver.email), phones.state([leaver.email])
+    entra = {"type": "entra", **cloud.provider_block(f"env:{M365_SECRET_ENV}")}
+    cfg = config.parse({"tenant": [{"id": "contoso", "policy": {"successor": SUCCESSOR},
+                                    "provider": [entra, rc_block(phones, tmp_path / "voicemail")]}]})
+    store = Store.memory()
+    report = reconcile(cfg, store, on_demand=[leaver], now=NOW)
+    assert report.exit_code == 2
+    row = store.termination(f"contoso/{leaver.employee_id}")
+    assert row["state"] == "needs_human"
+    assert "holds admin rights in ringcentral (holds RingCentral role Super Admin)" in row["reason"]
+    journal = {f"{a['provider']}/{a['action']}": a["status"] for a in store.actions(row["id"])}
+    planned = {name: status for name, status in journal.items() if not name.endswith("/match_account")}
+    assert {"entra/block_sign_in", "ringcentral/disable_extension"} <= set(planned)
+    assert set(planned.values()) == {"needs_human"}, planned
+    assert phones.writes.entries() == [], "held: nothing is written in any system of the sandbox"
+    assert cloud.snapshot(leaver.email) == cloud_before and phones.state([leaver.email]) == phones_before
+    assert ext.status == "Enabled" and not (tmp_path / "voicemail" / ext.id).exists()
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_failing_role_read_fails_the_match_and_writes_nothing(rc, provider, tmp_path, status):
+    leaver = new_leaver(rc)
+    rc.failing[r"/restapi/v1\.0/account/~/extension/\d+/assigned-role"] = status
+    rc.knobs.retry_after = 120                                   # parked for a later pass, not waited for here
+    provider.prepare([leaver])
+    with pytest.raises(RetryableError, match=f"HTTP {status}"):
+        provider.match(leaver)
+    cfg = config.parse({"tenant": [{"id": "contoso", "policy": {"successor": SUCCESSOR},
+                                    "provider": [rc_block(rc, tmp_path / "voicemail")]}]})
+    store = Store.memory()
+    reconcile(cfg, store, on_demand=[leaver], now=NOW)
+    row = store.termination(f"contoso/{leaver.employee_id}")
+    assert row["state"] != "done"
+    matched = next(a for a in store.actions(row["id"]) if a["action"] == "match_account")
+    assert matched["status"] == "failed" and f"HTTP {status}" in matched["reason"]
+    assert rc.writes.entries("ringcentral") == [], "an unread role is not taken for no role"
+    rc.failing.clear()
+    provider.prepare([leaver])
+    assert provider.match(leaver).status == "matched"

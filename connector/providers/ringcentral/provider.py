@@ -13,6 +13,11 @@ Accounts moved to RingCentral's new call handling (feature `NewCallHandlingAndFo
 state of the comm-handling API carries the forwarding. Both are read into one shape, so
 the journal's before-state puts back whichever applied. Extensions are found by email
 (`GET extension?email=`, several addresses to a read): RingCentral knows no employee id.
+
+Admins are never touched (DESIGN.md): a matched extension's assigned roles are read, and
+one whose name says admin (Super Admin, Users Admin, Office Administrator, ...) marks the
+person an admin, which the engine turns into a hold in every system. A role read that
+fails fails the match: not knowing is never taken for "not an admin".
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ FAC = "forward-all-calls"
 TO_EXTENSION = "ExtensionTerminatingTarget"
 STANDING_RULES = ("BusinessHours", "AfterHours")          # the v1 rules every call meets; custom rules are the user's
 BEGINNING = "1970-01-01T00:00:00.000Z"                   # message-store lists only the last 24 hours without dateFrom
+ADMIN_IN_ROLE_NAME = "admin"                             # in a role's name (any case): Super Admin, Users Admin, ...
 AUDIO_SUFFIX = {"audio/mpeg": ".mp3", "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/ogg": ".ogg"}
 
 
@@ -140,8 +146,20 @@ class RingCentralProvider(Provider):
         ext = found[0]
         subject = Subject(self.name, ext["id"],
                           [termination.email, str(ext.get("name") or ""), str(ext.get("extensionNumber") or "")])
+        self.mark_admin(subject)
         subject.state = self.observe(subject.native_id)
         return Match("matched", subject=subject, candidates=names)
+
+    def mark_admin(self, subject: Subject) -> None:
+        """Set `is_admin` from the extension's assigned roles; an answer that cannot be read raises."""
+        answer = self.client.request("GET", f"{V1}/extension/{subject.native_id}/assigned-role")
+        roles = answer.get("records") if isinstance(answer, dict) else None
+        if not isinstance(roles, list) or not all(isinstance(r, dict) for r in roles):
+            raise PermanentError("assigned-role: the answer has no list of records", self.where)
+        names = [str(r.get("displayName") or "") for r in roles]
+        admin = [name for name in names if ADMIN_IN_ROLE_NAME in name.lower()]
+        if admin:
+            subject.is_admin, subject.admin_reason = True, f"holds RingCentral role {', '.join(admin)}"
 
     def observe(self, ext_id: str) -> dict:
         ext = self.client.request("GET", f"{V1}/extension/{ext_id}")
