@@ -36,13 +36,14 @@ def load_average() -> str:
 
 
 def commit() -> str:
-    """The checkout measured: its short commit, marked when files differ from it."""
+    """The checkout measured: its short commit, marked when files other than BENCHMARKS.md differ from it."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
     head = git("rev-parse", "--short", "HEAD")
     if not head:
         return "an unversioned copy"
-    return f"commit {head}" + (" with local changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!BENCHMARKS.md")   # but the results
+    return f"commit {head}" + (" with local changes" if changed else "")
 
 
 def stamped(section: Section, command: str, started: dt.datetime) -> str:
