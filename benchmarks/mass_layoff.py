@@ -44,7 +44,7 @@ BASELINE_LEAVERS = 150
 RATE = 200.0            # tokens per second per system and tenant (the engine, not the rate, bounds the run time)
 BURST = 200             # one second's worth at once
 LATENCY = 0.02          # seconds before each sandbox request is handled
-POOL = 4                # the baseline's threads: as many requests in flight as the engine's per-tenant limit
+POOL = 4                # the baseline's threads: as many requests in flight as the engine's limit per system and tenant
 SYSTEMS = ("graph", "exchange")
 MAX_PASSES = 10
 
@@ -244,7 +244,10 @@ def section() -> Section:
              f"and {ours['busy']['exchange']:.0%} (Exchange) of the run. {ours['refused']['graph']} Graph "
              f"sub-requests were answered 429; a throttled `$batch` round waits out the whole-second Retry-After, "
              f"and a leaver's next step waits for the slowest call of its round, with at most four requests in "
-             f"flight per tenant ({LATENCY * 1000:.0f} ms each). The machine was busy too: the engine used "
+             f"flight per system and tenant ({LATENCY * 1000:.0f} ms each); and the phases run in order across all "
+             f"leavers (everyone is revoked before anyone's mailbox is touched), so while one system does a phase "
+             f"the other has little of it: Exchange Online waits through Entra's revoke, Entra through Exchange's "
+             f"hand-over. The machine was busy too: the engine used "
              f"{r['ours']['engine_cpu']:.0f} s of CPU and the sandbox serving it {r['ours']['sandbox_cpu']:.0f} s in "
              f"{r['ours']['elapsed']:.0f} s on 2 cores shared with other work (load average in the stamp above). "
              f"The baseline is the same revoke writes one request "
