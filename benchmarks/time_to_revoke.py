@@ -27,6 +27,8 @@ from pathlib import Path
 from connector import config as configmod
 from connector.providers.microsoft365.auth import Tokens
 from connector.providers.microsoft365.graph import GraphCall, GraphClient
+from connector.sandbox.serving import requests_seen
+from connector.sandbox.web import Request
 from tests.serving import Daemon, cloud_only_stayers, sandbox_daemon_setup, signed, wait_until, webhook_body
 
 from .sections import Section, table
@@ -96,18 +98,6 @@ def revoke_done_at(seen: list[tuple[float, dict]], termination: str) -> tuple[fl
     return max(at for at, _ in revokes), len(revokes)
 
 
-def record_requests(sandbox) -> list[tuple[float, str]]:
-    """(when it arrived, what it was for) of every request the sandbox gets from now on."""
-    seen, handle = [], sandbox.handle
-
-    def recording(name, request):
-        seen.append((time.time(), purpose(name, request)))
-        return handle(name, request)
-
-    sandbox.handle = recording
-    return seen
-
-
 def purpose(system: str, request) -> str:
     """A token, a read or a write, by what it asks (a $batch by its items, an Exchange call by its cmdlet)."""
     if system == "login":
@@ -125,8 +115,8 @@ def purpose(system: str, request) -> str:
     return f"{system} {'read' if request.method == 'GET' else 'write'}"
 
 
-def kinds(requests: list[tuple[float, str]], start: float, end: float) -> Counter:
-    return Counter(kind for at, kind in requests if start <= at <= end)
+def kinds(requests: list[tuple[float, str, Request]], start: float, end: float) -> Counter:
+    return Counter(purpose(system, request) for at, system, request in requests if start <= at <= end)
 
 
 def termination_of(daemon: Daemon, person) -> str:
@@ -165,31 +155,31 @@ def bench_revoke() -> list[tuple]:
         daemon = Daemon(folder, config_path, env).start()
         wait_until(lambda: any(str(r.get("message", "")).startswith("run ") for r in daemon.records()), 120,
                    every=0.2)            # a daemon that has served a pass, as one in service has: its tokens cached
-        requests = record_requests(world.sandbox)
-        try:
-            for system in ("login", "graph", "exchange"):
-                world.sandbox.systems[system].knobs.latency = (LATENCY, 0.0)
-            watch = LogWatch(daemon.log)
-            # scheduled: announced SCHEDULED_LEAD s ahead; the daemon may observe and plan before the instant
-            soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=SCHEDULED_LEAD + 60)
-            due = soon.replace(second=0, microsecond=0)             # a webhook's time is HH:MM
-            body = webhook_body(scheduled, on=due.date(), at=f"{due:%H:%M}")
-            answer = daemon.post("/webhook/generic", body, signed(body))
-            assert answer.status_code == 202, answer.text
-            # unannounced: due at once, timed from the 202
-            body = webhook_body(unannounced)
-            answer = daemon.post("/webhook/generic", body, signed(body))
-            accepted = time.time()
-            assert answer.status_code == 202, answer.text
-            wait_until(lambda: sum(r.get("phase") == "revoke" for _, r in watch.seen) >= 2
-                       and time.time() > due.timestamp() + 1, SCHEDULED_LEAD + 120, every=0.2)
-            time.sleep(5)                                             # the rest of each pass (later phases)
-            seen = watch.stop()
-            sched_done, sched_n = revoke_done_at(seen, termination_of(daemon, scheduled))
-            unann_done, unann_n = revoke_done_at(seen, termination_of(daemon, unannounced))
-            total, each, calls = sequential_baseline(config_path, baseline_person)
-        finally:
-            assert daemon.stop() == 0
+        with requests_seen(world.sandbox) as requests:
+            try:
+                for system in ("login", "graph", "exchange"):
+                    world.sandbox.systems[system].knobs.latency = (LATENCY, 0.0)
+                watch = LogWatch(daemon.log)
+                # scheduled: announced SCHEDULED_LEAD s ahead; the daemon may observe and plan before the instant
+                soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=SCHEDULED_LEAD + 60)
+                due = soon.replace(second=0, microsecond=0)             # a webhook's time is HH:MM
+                body = webhook_body(scheduled, on=due.date(), at=f"{due:%H:%M}")
+                answer = daemon.post("/webhook/generic", body, signed(body))
+                assert answer.status_code == 202, answer.text
+                # unannounced: due at once, timed from the 202
+                body = webhook_body(unannounced)
+                answer = daemon.post("/webhook/generic", body, signed(body))
+                accepted = time.time()
+                assert answer.status_code == 202, answer.text
+                wait_until(lambda: sum(r.get("phase") == "revoke" for _, r in watch.seen) >= 2
+                           and time.time() > due.timestamp() + 1, SCHEDULED_LEAD + 120, every=0.2)
+                time.sleep(5)                                             # the rest of each pass (later phases)
+                seen = watch.stop()
+                sched_done, sched_n = revoke_done_at(seen, termination_of(daemon, scheduled))
+                unann_done, unann_n = revoke_done_at(seen, termination_of(daemon, unannounced))
+                total, each, calls = sequential_baseline(config_path, baseline_person)
+            finally:
+                assert daemon.stop() == 0
     trip = statistics.median(each)
     sched, unann = sched_done - due.timestamp(), unann_done - accepted
     uid = world.cloud.user_by_upn(scheduled.email)["id"]

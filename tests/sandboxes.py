@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import datetime as dt
+import time
 
 import pytest
 import responses
@@ -129,6 +130,12 @@ def add_leaver(tenant: Microsoft365, n: int, *, synced: bool = False, mailbox_ki
                        manager_email=MANAGER, termination_date=dt.date(2026, 9, 1),
                        successor=MANAGER)       # as the engine resolves it: the directory's manager
 
+
+def batches_sent(tenant: Microsoft365) -> list[tuple[float, list[dict]]]:
+    """(when, its sub-requests) of every `$batch` the tenant's Graph gets from now on."""
+    sent, batch = [], tenant.graph.batch
+    tenant.graph.batch = lambda call: sent.append((time.time(), call.body["requests"])) or batch(call)
+    return sent
 
 @pytest.fixture
 def m365(monkeypatch, reach) -> Microsoft365:

@@ -100,7 +100,6 @@ class Graph(System):
         self.denied: list[tuple[str, str, str]] = []     # (method, path regex, permission) the app lacks
         self.next_link: str | None = None                # forged on every collection page; "SELF": the page itself
         self.raw: dict[str, str] = {}                    # path regex -> a 200 body as it is
-        self.failing: dict[str, int] = {}                # path regex -> the status it answers, batched or not
         self.batch_view: dict[str, list[dict]] | None = None     # the methods as the $batch being run found them
 
     def state(self, emails: list[str]) -> dict:
@@ -222,10 +221,9 @@ class Graph(System):
                 return graph_error(403, "Authorization_RequestDenied",
                                    f"Missing scope permissions on the request. API requires one of '{permission}'. "
                                    "Scopes on the request 'User.Read.All'")
-        for pattern, status in self.failing.items():
-            if re.fullmatch(pattern, path):
-                return graph_error(status, "InternalServerError" if status == 500 else "Failing", f"HTTP {status}",
-                                   retry_after_header(self.knobs.retry_after))
+        if status := self.failing_status(path):         # batched or not
+            return graph_error(status, "InternalServerError" if status == 500 else "Failing", f"HTTP {status}",
+                               retry_after_header(self.knobs.retry_after))
         for route, handler, write in self.routes():
             found = re.fullmatch(route, f"{call.method} {path}")
             if not found:

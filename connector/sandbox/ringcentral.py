@@ -122,7 +122,6 @@ class RingCentral(System):
         self.token_calls = 0
         self.spent: dict[str, list[float]] = {}            # group -> request times in the window
         self.role_ids = {STANDARD_ROLE["displayName"]: STANDARD_ROLE["id"]}    # the account's roles: name -> id
-        self.failing: dict[str, int] = {}                  # path regex -> the status it answers instead
         self.url = VENDOR_URL                              # where a client reaches it
 
     # -- building the account ------------------------------------------------------------
@@ -216,8 +215,7 @@ class RingCentral(System):
                 response = self.token(request)
             elif not self.authorized(request):
                 response = rc_error(401, "TokenInvalid", "Access token is invalid or expired")
-            elif failing := next((status for pattern, status in self.failing.items()
-                                  if re.fullmatch(pattern, request.path)), None):
+            elif failing := self.failing_status(request.path):
                 response = rc_error(failing, "CMN-201", HTTPStatus(failing).phrase,
                                     retry_after_header(self.knobs.retry_after))
             else:

@@ -125,6 +125,17 @@ def cloud_only_stayers(world: worldmod.World) -> list[Employee]:
             if not p.leaver and not p.synced and not p.litigation_hold and p.mailbox_gb < 50]
 
 
+@contextlib.contextmanager
+def requests_seen(sandbox):
+    """(when it arrived, the system, the request) of every request the sandbox gets while inside; then as before."""
+    seen, handle = [], sandbox.handle
+    sandbox.handle = lambda name, request: seen.append((time.time(), name, request)) or handle(name, request)
+    try:
+        yield seen
+    finally:
+        sandbox.handle = handle
+
+
 def wait_until(check, timeout: float, every: float = 0.25, what: str = "the condition"):
     deadline = time.monotonic() + timeout
     while True:

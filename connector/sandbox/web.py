@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http
 import json
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -198,9 +199,14 @@ class System:
         self.writes = WriteLog()            # the sandbox's own log once mounted
         self.violations: list[str] = []     # requests the vendor's spec does not allow
         self.calls: list[tuple[str, str, str]] = []    # (service, method, path) of every request that reached `handle`
+        self.failing: dict[str, int] = {}   # path regex -> the status that route answers instead: an outage of one route
 
     def handle(self, request: Request) -> Response:
         raise NotImplementedError
+
+    def failing_status(self, path: str) -> int | None:
+        """The status `failing` makes this path answer, if any (each system words the error its own way)."""
+        return next((status for pattern, status in self.failing.items() if re.fullmatch(pattern, path)), None)
 
     def wrote(self, op: str, target: str, caller: str, status: int) -> None:
         self.writes.record(self.name, op, target, caller, status)

@@ -67,10 +67,9 @@ def parsed_run(row: dict) -> dict:
 def without_text(summary: dict) -> dict:
     """A run summary past the retention: how many errors, rejections and holds it had, not what they said
     (a rejected row or an error can name a person)."""
-    def gone(texts: Any) -> list[str]:
-        return [RUN_TEXT_PURGED] * len(texts) if isinstance(texts, (list, dict)) else []
-    return {**summary, "errors": gone(summary.get("errors")), "rejected": gone(summary.get("rejected")),
-            "holds": dict(zip(summary.get("holds") or {}, gone(summary.get("holds")))), "purged": True}
+    return {**summary, "errors": [RUN_TEXT_PURGED for _ in summary.get("errors") or ()],
+            "rejected": [RUN_TEXT_PURGED for _ in summary.get("rejected") or ()],
+            "holds": {tenant: RUN_TEXT_PURGED for tenant in summary.get("holds") or {}}, "purged": True}
 
 
 def parse_iso(value: str | None) -> dt.datetime | None:

@@ -510,7 +510,7 @@ class PostgresStore(StateStore):
     def purge_runs(self, before: dt.datetime) -> int:
         with self.transaction():
             stale = self._all("select id, summary from runs where finished_at < %s and summary is not null "
-                              "and summary not like %s", [iso(before), '%"purged":true%'])
+                              "and summary::jsonb -> 'purged' is null", [iso(before)])
             for row in stale:
                 self._update("runs", row["id"], {"summary": dumps(without_text(json.loads(row["summary"])))})
             return len(stale)

@@ -567,7 +567,7 @@ class SqliteStore(StateStore):
     def purge_runs(self, before: dt.datetime) -> int:
         with self.transaction():
             stale = self.conn.execute("select id, summary from runs where finished_at < ? and summary is not null "
-                                      "and summary not like '%\"purged\":true%'", [iso(before)]).fetchall()
+                                      "and json_extract(summary, '$.purged') is null", [iso(before)]).fetchall()
             for run_id, summary in stale:
                 self.db["runs"].update(run_id, {"summary": dumps(without_text(json.loads(summary)))})
             return len(stale)

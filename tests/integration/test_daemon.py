@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.sandbox.configs import TENANT
+from connector.sandbox.serving import requests_seen
 from tests.serving import (CALLBACK_TOKEN, HOOK_SECRET, Daemon, cloud_only_stayers, sandbox_daemon_setup, signed, wait_until,
                            webhook_body)
 
@@ -185,28 +186,25 @@ def test_stopped_mid_pass_and_restarted_converges_without_a_second_write(setup, 
 def test_a_termination_that_becomes_due_while_serving_is_revoked_at_its_instant(setup, tmp_path):
     world, config, env = setup
     daemon = Daemon(tmp_path, config, env).start()      # poll_interval is one hour
-    asked, handle = [], world.sandbox.handle
-    world.sandbox.handle = lambda name, request: asked.append((time.time(), name, request.body or b"")) or \
-        handle(name, request)
     try:
         person = cloud_only_stayers(world)[0]
         soon = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
         if (soon - dt.datetime.now(dt.timezone.utc)).total_seconds() < 8:
             soon += dt.timedelta(minutes=1)
-        body = webhook_body(person, on=soon.date(), at=soon.strftime("%H:%M"))
-        assert daemon.post("/webhook/generic", body, signed(body)).status_code == 202
-        time.sleep(1)
-        assert status(daemon)[f"{TENANT}/{person.number}"]["state"] == "scheduled"
-        assert not offboarded(world, person)
-        wait_until(lambda: offboarded(world, person), 140, every=0.1, what="the revoke at the due instant")
-        block = next(w for w in world.sandbox.writes.entries(ok=True) if w.op == "PATCH users/{id} accountEnabled")
-        assert soon.timestamp() <= block.at <= soon.timestamp() + 10, block.at - soon.timestamp()
-        # read and matched ahead of the instant: the Graph search for the person (a later pass may search again)
-        searches = [at for at, name, body in asked if name == "graph" and b"employeeId" in body
-                    and person.number.encode() in body]
-        assert searches and min(searches) < soon.timestamp() <= block.at, (searches, soon)
+        with requests_seen(world.sandbox) as asked:
+            body = webhook_body(person, on=soon.date(), at=soon.strftime("%H:%M"))
+            assert daemon.post("/webhook/generic", body, signed(body)).status_code == 202
+            time.sleep(1)
+            assert status(daemon)[f"{TENANT}/{person.number}"]["state"] == "scheduled"
+            assert not offboarded(world, person)
+            wait_until(lambda: offboarded(world, person), 140, every=0.1, what="the revoke at the due instant")
+            block = next(w for w in world.sandbox.writes.entries(ok=True) if w.op == "PATCH users/{id} accountEnabled")
+            assert soon.timestamp() <= block.at <= soon.timestamp() + 10, block.at - soon.timestamp()
+            # read and matched ahead of the instant: the Graph search for the person (a later pass may search again)
+            searches = [at for at, name, request in asked if name == "graph" and b"employeeId" in (request.body or b"")
+                        and person.number.encode() in request.body]
+            assert searches and min(searches) < soon.timestamp() <= block.at, (searches, soon)
     finally:
-        world.sandbox.handle = handle
         assert daemon.stop() == 0
 
 

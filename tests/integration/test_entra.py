@@ -13,7 +13,7 @@ from connector.sandbox.graph import DEFAULT_REFUSED, MOBILE_REFUSED, graph_error
 from connector.sandbox.microsoft365 import Microsoft365
 from connector.sandbox.web import Sandbox, TokenBucket
 from tests.contract.provider_contract import ProviderContract, run_action
-from tests.sandboxes import BLOCK_GROUP, GB, MODES, SECRET, SECRET_ENV, add_leaver, build
+from tests.sandboxes import BLOCK_GROUP, GB, MODES, SECRET, SECRET_ENV, add_leaver, batches_sent, build
 
 SANDBOX_MODES = MODES
 
@@ -529,11 +529,10 @@ def test_a_leavers_revoke_writes_go_in_one_ordered_batch(m365, entra):
     leaver = add_leaver(m365, 1)
     subject = matched(entra, leaver)
     items = [(a, ActionContext(leaver, subject, since=NOW)) for a in entra.plan(subject, leaver) if a.phase == "revoke"]
-    sent, batch = [], m365.graph.batch
-    m365.graph.batch = lambda call: sent.append(call.body["requests"]) or batch(call)
+    sent = batches_sent(m365)
     results = entra.apply_many(items)
     assert [r.outcome for r in results] == ["changed"] * 3
-    reread, writes = sent           # one read round, then the three writes in one batch, each after the one before
+    (_, reread), (_, writes) = sent           # one read round, then the three writes in one batch, each after the one before
     assert [(s["method"], s["url"].split("?")[0]) for s in reread] == [("GET", f"/users/{subject.native_id}")]
     assert [(s["method"], s["url"].rsplit("/", 1)[-1], s.get("dependsOn")) for s in writes] == [
         ("PATCH", subject.native_id, None), ("PATCH", subject.native_id, ["0"]), ("POST", "revokeSignInSessions", ["1"])]
@@ -570,10 +569,9 @@ def test_many_leavers_sequences_go_position_by_position_in_full_batches(m365, en
     entra.prepare(leavers)
     items = [(a, ActionContext(t, entra.match(t).subject, since=NOW)) for t in leavers
              for a in entra.plan(entra.match(t).subject, t) if a.phase == "revoke"]
-    sent, batch = [], m365.graph.batch
-    m365.graph.batch = lambda call: sent.append(call.body["requests"]) or batch(call)
+    sent = batches_sent(m365)
     assert {r.outcome for r in entra.apply_many(items)} == {"changed"}
-    writes = [subs for subs in sent if subs[0]["method"] != "GET"]
+    writes = [subs for _, subs in sent if subs[0]["method"] != "GET"]
     assert [len(subs) for subs in writes] == [20, 20] * 3 and not any("dependsOn" in s for b in writes for s in b)
     kinds = [{next(iter(s.get("body") or {"revoke": 1})) for s in subs} for subs in writes]
     assert kinds == [{"accountEnabled"}] * 2 + [{"passwordProfile"}] * 2 + [{"revoke"}] * 2    # in order, together

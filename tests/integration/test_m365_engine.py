@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import time
 
 from connector import config
 from connector.reconcile import reconcile
 from connector.sandbox import company
 from connector.store import Store
-from tests.sandboxes import BLOCK_GROUP, GB, MODES, SECRET, SECRET_ENV, add_leaver
+from tests.sandboxes import BLOCK_GROUP, GB, MODES, SECRET, SECRET_ENV, add_leaver, batches_sent
 
 SANDBOX_MODES = MODES
 HYBRID = itertools.count(5, 100)          # one AD account per test run: the DC lives for the whole session
@@ -164,8 +163,7 @@ def test_a_pass_read_ahead_re_reads_before_its_instant_and_revokes_in_one_round_
     """The daemon starts a due leaver's pass early: at the instant only the revoke sequence is left to send."""
     leaver = add_leaver(m365, 1)
     user = m365.user_by_upn(leaver.email)["id"]
-    sent, batch = [], m365.graph.batch
-    m365.graph.batch = lambda call: sent.append((time.time(), call.body["requests"])) or batch(call)
+    sent = batches_sent(m365)
     instant = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=5)
     report = reconcile(tenant_config(m365), Store.memory(), on_demand=[leaver], not_before=instant)
     assert report.exit_code == 2 and m365.snapshot(leaver.email)["accountEnabled"] is False    # the licence waits

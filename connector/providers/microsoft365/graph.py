@@ -121,8 +121,12 @@ class NotRun(RetryableError):
 
 def in_sequence(calls: list) -> list:
     """`calls` with each Graph call after the first marked to follow the one before it."""
-    graph = [n for n, c in enumerate(calls) if isinstance(c, GraphCall)]
-    return [replace(c, follows=True) if n in graph[1:] else c for n, c in enumerate(calls)]
+    out, first = [], True
+    for call in calls:
+        if isinstance(call, GraphCall):
+            call, first = (call if first else replace(call, follows=True)), False
+        out.append(call)
+    return out
 
 
 def describe(body: Any, fallback: str = "") -> str:

@@ -361,8 +361,11 @@ class Microsoft365Provider(Provider):
             while True:
                 graph = [c for c in calls if isinstance(c, GraphCall)]
                 cmdlets = [c for c in calls if isinstance(c, Cmdlet)]
-                answered, ran = map(iter, concurrently(lambda: self.graph.batch(graph) if graph else [],
-                                                       lambda: self.exchange.invoke_many(cmdlets)))
+                if graph and cmdlets:
+                    answered, ran = map(iter, concurrently(lambda: self.graph.batch(graph),
+                                                           lambda: self.exchange.invoke_many(cmdlets)))
+                else:          # one service this round: no thread to start
+                    answered, ran = iter(self.graph.batch(graph) if graph else []), iter(self.exchange.invoke_many(cmdlets))
                 calls = merged.send([next(answered) if isinstance(c, GraphCall) else next(ran) for c in calls])
         except StopIteration as stop:
             return stop.value
