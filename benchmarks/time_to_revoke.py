@@ -29,7 +29,8 @@ from connector.providers.microsoft365.auth import Tokens
 from connector.providers.microsoft365.graph import GraphCall, GraphClient
 from connector.sandbox.serving import requests_seen
 from connector.sandbox.web import Request
-from tests.serving import Daemon, cloud_only_stayers, sandbox_daemon_setup, signed, wait_until, webhook_body
+from tests.serving import (Daemon, cloud_only_stayers, sandbox_daemon_setup, signed, wait_until, webhook_body,
+                           whole_minute_after)
 
 from .sections import Section, table
 
@@ -161,8 +162,7 @@ def bench_revoke() -> list[tuple]:
                     world.sandbox.systems[system].knobs.latency = (LATENCY, 0.0)
                 watch = LogWatch(daemon.log)
                 # scheduled: announced SCHEDULED_LEAD s ahead; the daemon may observe and plan before the instant
-                soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=SCHEDULED_LEAD + 60)
-                due = soon.replace(second=0, microsecond=0)             # a webhook's time is HH:MM
+                due = whole_minute_after(SCHEDULED_LEAD)
                 body = webhook_body(scheduled, on=due.date(), at=f"{due:%H:%M}")
                 answer = daemon.post("/webhook/generic", body, signed(body))
                 assert answer.status_code == 202, answer.text

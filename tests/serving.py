@@ -17,7 +17,7 @@ from connector.sandbox.company import Employee
 from connector.sandbox.configs import TENANT, secret_file, toml_table
 from connector.sandbox.server import HttpsServer
 from connector.sandbox.serving import (CALLBACK_TOKEN, HOOK_SECRET, Daemon,  # noqa: F401 (shared with the benchmarks)
-                                       cloud_only_stayers, signed, wait_until, webhook_body)
+                                       cloud_only_stayers, signed, wait_until, webhook_body, whole_minute_after)
 
 
 def independent_leavers(world: worldmod.World, count: int) -> list[Employee]:

@@ -30,7 +30,8 @@ from . import company, world as worldmod
 from .configs import TENANT, config_head, secret_file, toml_table
 from .samba import SambaDC
 from .server import HttpsServer
-from .serving import CALLBACK_TOKEN, HOOK_SECRET, Daemon, cloud_only_stayers, signed, wait_until, webhook_body
+from .serving import (CALLBACK_TOKEN, HOOK_SECRET, Daemon, cloud_only_stayers, signed, wait_until, webhook_body,
+                      whole_minute_after)
 
 SIZE = 30                       # people in the generated company: eight BambooHR leavers, one in each state
 LEAD = 15                       # seconds at least before the scheduled leaver's instant (plan, serve's start)
@@ -233,7 +234,7 @@ def show(dc: SambaDC, folder: Path, world: worldmod.World, url: str, progress: P
     """plan, serve and its events, the second pass, audit verify, then the outcome; -> the exit code."""
     started = time.monotonic()
     now = dt.datetime.now(dt.timezone.utc)
-    dan_at = (now + dt.timedelta(seconds=LEAD + 59)).replace(second=0, microsecond=0)
+    dan_at = whole_minute_after(LEAD)
     config = write_hybrid(folder, dc, world, url, now.date(), dan_at)
     demo = Demo(dc, folder, world, url, config, dan_at, progress)
     webhook, ticket_person = cloud_only_stayers(world)[:2]

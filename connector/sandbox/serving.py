@@ -113,6 +113,13 @@ def webhook_body(person: Employee, tenant: str = TENANT, *, on: dt.date | None =
     return json.dumps(data).encode()
 
 
+def whole_minute_after(seconds: float) -> dt.datetime:
+    """The first whole minute (UTC) at least `seconds` from now: a webhook's termination_time is HH:MM."""
+    at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+    whole = at.replace(second=0, microsecond=0)
+    return whole if whole == at else whole + dt.timedelta(minutes=1)
+
+
 def signed(body: bytes, secret: str = HOOK_SECRET) -> dict:
     return {"X-Offboard-Signature": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
             "Content-Type": "application/json"}

@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from connector.daemon.service import PLAN_AHEAD
 from connector.sandbox.configs import TENANT
 from connector.sandbox.serving import requests_seen
 from tests.serving import (CALLBACK_TOKEN, HOOK_SECRET, Daemon, cloud_only_stayers, sandbox_daemon_setup, signed, wait_until,
-                           webhook_body)
+                           webhook_body, whole_minute_after)
 
 
 @pytest.fixture
@@ -188,9 +189,7 @@ def test_a_termination_that_becomes_due_while_serving_is_revoked_at_its_instant(
     daemon = Daemon(tmp_path, config, env).start()      # poll_interval is one hour
     try:
         person = cloud_only_stayers(world)[0]
-        soon = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
-        if (soon - dt.datetime.now(dt.timezone.utc)).total_seconds() < 8:
-            soon += dt.timedelta(minutes=1)
+        soon = whole_minute_after(PLAN_AHEAD.total_seconds() + 8)     # its pass starts PLAN_AHEAD before the instant
         with requests_seen(world.sandbox) as asked:
             body = webhook_body(person, on=soon.date(), at=soon.strftime("%H:%M"))
             assert daemon.post("/webhook/generic", body, signed(body)).status_code == 202

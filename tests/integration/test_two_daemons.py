@@ -23,10 +23,12 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from connector.daemon.service import PLAN_AHEAD
 from connector.reconcile.leases import daemon_of
 from connector.sandbox.configs import TENANT
 from connector.store.base import stamp
-from tests.serving import Daemon, independent_leavers, sandbox_daemon_setup, signed, wait_until, webhook_body
+from tests.serving import (Daemon, independent_leavers, sandbox_daemon_setup, signed, wait_until, webhook_body,
+                           whole_minute_after)
 
 pytestmark = pytest.mark.postgres
 
@@ -179,9 +181,7 @@ def test_scheduled_leavers_are_revoked_at_their_instant_once_each_by_the_daemon_
         wait_until(lambda: len(keepers(url)) == TENANTS and Counter(keepers(url).values()) ==
                    {d: TENANTS // 2 for d in daemons}, 30, what=f"the tenants shared out evenly: {keepers(url)}")
         kept = keepers(url)
-        soon = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
-        if (soon - dt.datetime.now(dt.timezone.utc)).total_seconds() < 10:
-            soon += dt.timedelta(minutes=1)
+        soon = whole_minute_after(PLAN_AHEAD.total_seconds() + 30)    # all still scheduled when the wait below ends
         for i, person in enumerate(people):              # each told to the daemon NOT keeping its tenant half the time
             body = webhook_body(person, tenant_id(i), on=soon.date(), at=soon.strftime("%H:%M"))
             assert (first, second)[i % 2].post("/webhook/generic", body, signed(body)).status_code == 202
