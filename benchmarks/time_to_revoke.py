@@ -14,7 +14,6 @@ hybrid tenant's AD calls would run at LAN speed and flatter the ratio; BENCHMARK
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import statistics
@@ -49,15 +48,20 @@ its own processing time (not another network trip) to that round trip.
 
 Unannounced: nothing can be read ahead. The daemon had served its first pass, so its tokens were
 cached (msal; a token lives about an hour, and the first pass after it expires fetches a new one).
-From the 202, on the critical path: the credential check (one round, Graph and Exchange side by
-side), matching (one: the Graph search, with the tenant's licences, domains and shared mailboxes read
-beside it), the account's state in every system (Graph's reads in one `$batch`; Exchange Online has
-no batch, and its five cmdlets go at most four at a time, so two rounds), the revoke re-read (one)
-and the writes (one): about six. What holds the 2.5 goal back: decisions about a person (admin,
-protected, ambiguous) are made across all systems before anything is revoked, so every system's
-reads come first; and each action reads before it writes. Two rounds could still go: the credential
-check when the pass has leavers (their reads prove the same credentials), and the match folded into
-the state reads (Graph addresses a user by UPN, but the role reads need the object id)."""
+From the 202, three rounds are on the critical path. Matching: the Graph search, with the tenant's
+licences and domains, its shared mailboxes and the leaver's mailbox (read by the address the webhook
+gave, kept only when Exchange names the matched account's object id) beside it. A pass whose
+leavers are known before it starts sends no separate credential check: those reads prove both
+credentials (`prepare_checks_online`). Then the account's state in every system: Graph's reads in
+one `$batch`, Exchange Online's four cmdlets side by side. Then the writes: the revoke actions
+compare the state just read (younger than `FRESH_READ`, 1 s, in connector/model.py) instead of
+reading it again. What holds the 2.5 goal back: the three rounds depend on each other. Whether
+the person is an admin (DESIGN.md: admins are never touched) is read from role assignments and
+PIM eligibility, which Graph filters by the object id, and the object id comes from the search.
+Nothing is revoked before every system's reads are in. So the floor is three round trips, plus
+the daemon's own time in each round (threads, TLS, and the journal written before each call).
+Going lower would need the object id before the webhook arrives, from a directory index kept
+across passes, and the daemon keeps none."""
 BREAKDOWN: dict[str, Counter] = {}     # filled by bench_revoke: what the sandbox was asked in each span
 FIRST_WRITE: list[float] = []          # seconds from the due instant to the scheduled leaver's first write answered
 SCHEDULED_LEAD = 20               # at least this many seconds between the webhook announcing a leaver and its due instant

@@ -13,6 +13,9 @@ PHASES = ("restrict", "revoke", "preserve", "reclaim", "bill", "retain")
 RESTORE = "restore"                       # the phase of the undo actions `offboard restore` runs
 OUTCOMES = ("changed", "unchanged", "planned", "skipped", "failed", "needs_human")
 KINDS = ("voluntary", "immediate")
+#: seconds a read is compared as if made now: a write within it needs no re-read first (read ahead of a due
+#: instant, each action re-reads this long before it; an unannounced pass's first actions use prepare's read)
+FRESH_READ = 1.0
 
 
 @dataclass(frozen=True)

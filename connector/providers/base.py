@@ -32,6 +32,9 @@ class Provider(Plugin):
     manager_authority: ClassVar[int] = 0
     #: action -> the action that puts its journaled before-state back ("" : nothing to put back)
     undo: ClassVar[dict[str, str]] = {}
+    #: `prepare` reads every service `check_online` does and fails the same way (a refused credential raises
+    #: ConfigError): a pass whose leavers are known before it starts need not check first
+    prepare_checks_online: ClassVar[bool] = False
 
     # -- reading -----------------------------------------------------------
     def check_online(self) -> None:

@@ -8,12 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 import threading
 import time
-from typing import Callable, Collection
+from typing import Callable, Collection, Iterable
 
 from .. import plugins
 from ..config import Config, DistributorSettings, PsaSettings, Tenant
 from ..errors import ConfigError, InputRejected, OffboardError
-from ..model import Termination
+from ..model import FRESH_READ, Termination
 from ..providers.base import Provider
 from ..providers.facts import TenantFacts
 from ..store import Store, iso, now as utcnow
@@ -26,7 +26,7 @@ from .schedule import LATER, QUEUED, RESTRICT_ONLY, workable_phases
 log = logging.getLogger(__name__)
 
 #: how long before a pass's instant its actions re-read what they compare (`not_before`): then only the writes remain
-REREAD_AHEAD = 1.0          # seconds
+REREAD_AHEAD = FRESH_READ   # seconds
 WORKABLE = ("scheduled", "due", "in_progress")
 # states a pass looks at: a restricted one becomes due at its instant, a done one is retained after delete_after_days,
 # a done or deleted one's seat reduction queued for a renewal is made then
@@ -154,14 +154,20 @@ def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, leases: Leas
         report.config_errors.append(e)
         return
     try:
-        down = _online(built, report)
+        # leavers known before the pass (a webhook's, a ticket's, a person's `run`): a provider whose reading
+        # proves its credential is checked by that reading, a round trip sooner to the revoke
+        known = only is not None or on_demand is not None
+        read_instead = [p for p in built if known and p.prepare_checks_online]
+        down = _online([p for p in built if p not in read_instead], report)
         states = {r["id"]: r["state"] for r in store.terminations(tenant.id)} if announce.listeners else {}
         if only is None:
             _intake(tenant, store, report, leases, full=full, now=now, on_demand=on_demand)
             announce.differences(tenant.id, states, store, report.run_id)
         wanted = {t.id for t in on_demand} if on_demand is not None else only
-        _execute(tenant, store, report, leases, built, down, employee=employee, dry_run=dry_run, now=now,
-                 wanted=wanted, stop=stop, announce=announce, not_before=not_before)
+        read = _execute(tenant, store, report, leases, built, down, employee=employee, dry_run=dry_run, now=now,
+                        wanted=wanted, stop=stop, announce=announce, not_before=not_before)
+        if read_instead and not read:      # nobody was read after all: check them, so a broken credential is told
+            _online(read_instead, report)
     finally:
         for p in built:
             p.close()
@@ -171,9 +177,15 @@ def _online(built: list[Provider], report: Report) -> dict[str, OffboardError]:
     """Prove each provider's credential with one read. One that fails is not dropped: it is `down`,
     and its due leavers' actions are journaled failed, so none of them ends `done` without it."""
     down = each_provider(built, lambda p: p.check_online(), "check online")
-    for e in down.values():
-        (report.config_errors if isinstance(e, ConfigError) else report.source_errors).append(e)
+    _report(down.values(), report)
     return down
+
+
+def _report(errors: Iterable[OffboardError], report: Report) -> None:
+    for e in errors:
+        found = report.config_errors if isinstance(e, ConfigError) else report.source_errors
+        if all(str(e) != str(f) for f in found):
+            found.append(e)
 
 
 def _intake(tenant: Tenant, store: Store, report: Report, leases: Leases, *, full, now, on_demand) -> None:
@@ -196,24 +208,24 @@ def _intake(tenant: Tenant, store: Store, report: Report, leases: Leases, *, ful
                         store.set_cursor(f"{tenant.id}/{name}", pull.cursor)
         finally:
             leases.release(f"intake:{tenant.id}")
-    for e in intake.errors:
-        (report.config_errors if isinstance(e, ConfigError) else report.source_errors).append(e)
+    _report(intake.errors, report)
     report.rejected.extend(intake.rejected)
     report.terminations.extend(i for i in intake.new if i not in report.terminations)
 
 
 def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, providers: list[Provider],
              down: dict[str, OffboardError], *, employee, dry_run, now, wanted, stop, announce: Announcer,
-             not_before: dt.datetime | None = None) -> None:
+             not_before: dt.datetime | None = None) -> bool:
+    """Claim, read, plan and act on the tenant's workable leavers; -> whether any were read (prepared)."""
     if pause := store.paused(tenant.id):       # a person's pause: intake still records, nothing new starts
         report.holds[tenant.id] = f"{pause['reason']} since {pause['paused_at']} (`offboard resume" + \
             ("`)" if pause["scope"] != tenant.id else f" --tenant {tenant.id}`)")
-        return
+        return False
     holds = store.open_holds(tenant.id)
     if holds:
         report.holds[tenant.id] = "; ".join(h["reason"] for h in holds)
     if store.open_hold(tenant.id):
-        return
+        return False
     queued = store.next_attempts(tenant.id, LATER)
     rows = [(r, phases) for r in store.terminations(tenant.id, PICKED)
             if (phases := workable_phases(r, tenant, now, queued.get(r["id"], ())))
@@ -221,7 +233,7 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
     leavers = [Leaver(row=r, termination=termination_from_row(r), phases=phases) for r, phases in rows
                if _claim(store, leases, r, announce, report.run_id)]
     if not leavers:
-        return
+        return False
     for lv in leavers:
         if lv.id not in report.terminations:
             report.terminations.append(lv.id)
@@ -230,14 +242,16 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
                         owns=lambda tid: leases.holds(f"termination:{tid}"), stopping=stop.is_set if stop else lambda: False,
                         wait_until_due=due)
     executor.prepare(leavers, down)
+    _report(executor.unreadable.values(), report)    # a system that could not be read this pass is told
     due(REREAD_AHEAD)               # each action's re-read comes now; its write waits for the instant
     executor.execute(leavers)
-    report.config_errors.extend(e for e in executor.config_errors if e not in report.config_errors)
+    _report(executor.config_errors, report)
     names = [p.name for p in providers]
     for lv in leavers:
         if leases.holds(f"termination:{lv.id}"):
             settle(store, lv.id, report.run_id, names, announce, lv.phases, lv.row["state"])
         leases.release(f"termination:{lv.id}")
+    return True
 
 
 def _until(instant: dt.datetime, stop: threading.Event | None) -> Callable[..., None]:

@@ -100,6 +100,7 @@ class Executor:
         self.wait_until_due = wait_until_due   # read and planned ahead of its instant: no write before it
         self.config_errors: list[ConfigError] = []   # one per refused credential, however many actions hit it
         self.stopped: set[str] = set()     # providers whose credential was refused this pass
+        self.unreadable: dict[str, OffboardError] = {}   # providers whose reading failed this pass, and why
 
     # -- matching and planning --------------------------------------------------
     def prepare(self, leavers: list[Leaver], down: dict[str, OffboardError] | None = None) -> None:
@@ -112,7 +113,8 @@ class Executor:
         down = dict(down or {})
         terminations = [lv.termination for lv in leavers]
         up = [p for name, p in self.providers.items() if name not in down]
-        down |= each_provider(up, lambda provider: provider.prepare(terminations), "reading")
+        self.unreadable = each_provider(up, lambda provider: provider.prepare(terminations), "reading")
+        down |= self.unreadable
         for name, error in down.items():
             self._stop(name, error.at(self.providers[name].where))
         for lv in leavers:

@@ -5,7 +5,6 @@ the daemon says (its notify socket, its listener, its JSON log, `offboard status
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import random
 import signal

@@ -7,8 +7,9 @@ import math
 import pytest
 
 from connector.config import PluginConfig, PluginOptions
-from connector.errors import ConfigError, NotYet, RetryableError
+from connector.errors import ConfigError, NotYet, PermanentError, RetryableError
 from connector.model import ActionContext, Termination
+from connector.providers.microsoft365 import provider as m365_provider
 from connector.sandbox.graph import DEFAULT_REFUSED, MOBILE_REFUSED, graph_error
 from connector.sandbox.microsoft365 import Microsoft365
 from connector.sandbox.web import Sandbox, TokenBucket
@@ -99,12 +100,30 @@ def test_admin_is_reported(m365, entra):
     assert subject.is_admin and "Global Administrator" in subject.admin_reason
 
 
-def test_user_deleted_after_matching_is_not_found(m365, entra):
+@pytest.fixture
+def matched_a_while_ago(monkeypatch):
+    """Every read older than FRESH_READ: each revoke action reads again before it writes."""
+    monkeypatch.setattr(m365_provider, "FRESH_READ", 0.0)
+
+
+def test_user_deleted_after_matching_is_not_found(m365, entra, matched_a_while_ago):
     leaver = add_leaver(m365, 1)
     subject = matched(entra, leaver)
     planned = entra.plan(subject, leaver)[0]
     del m365.users[subject.native_id]
     result = entra.apply(planned, ActionContext(leaver, subject, since=NOW))
+    assert result.outcome == "skipped" and result.reason.startswith("not_found")
+
+
+def test_user_deleted_within_a_fresh_read_fails_the_revoke_and_the_next_pass_finds_it_gone(m365, entra):
+    leaver = add_leaver(m365, 1)
+    subject = matched(entra, leaver)
+    planned = entra.plan(subject, leaver)[0]
+    assert planned.phase == "revoke"
+    del m365.users[subject.native_id]
+    with pytest.raises(PermanentError, match="404"):         # failed, so retried: never a quiet done
+        entra.apply(planned, ActionContext(leaver, subject, since=NOW))
+    result = entra.apply(planned, ActionContext(leaver, subject, since=NOW))     # prepare's read is used once
     assert result.outcome == "skipped" and result.reason.startswith("not_found")
 
 
@@ -525,15 +544,29 @@ def test_the_sandbox_runs_depends_on_in_order_and_refuses_what_graph_refuses(m36
     assert post(patch(0, user), patch(0, user, dependsOn=["0"])).status_code == 400             # ids repeat
 
 
-def test_a_leavers_revoke_writes_go_in_one_ordered_batch(m365, entra):
+def test_a_leavers_revoke_writes_go_in_one_ordered_batch_right_after_the_read_that_matched_them(m365, entra):
     leaver = add_leaver(m365, 1)
     subject = matched(entra, leaver)
     items = [(a, ActionContext(leaver, subject, since=NOW)) for a in entra.plan(subject, leaver) if a.phase == "revoke"]
     sent = batches_sent(m365)
     results = entra.apply_many(items)
     assert [r.outcome for r in results] == ["changed"] * 3
-    (_, reread), (_, writes) = sent           # one read round, then the three writes in one batch, each after the one before
+    [(_, writes)] = sent         # prepare's read is compared: the three writes in one batch, each after the one before
+    assert_revoke_sequence(writes, subject)
+
+
+def test_a_revoke_on_a_read_older_than_fresh_reads_again_first(m365, entra, matched_a_while_ago):
+    leaver = add_leaver(m365, 1)
+    subject = matched(entra, leaver)
+    items = [(a, ActionContext(leaver, subject, since=NOW)) for a in entra.plan(subject, leaver) if a.phase == "revoke"]
+    sent = batches_sent(m365)
+    assert [r.outcome for r in entra.apply_many(items)] == ["changed"] * 3
+    (_, reread), (_, writes) = sent           # one read round, then the writes
     assert [(s["method"], s["url"].split("?")[0]) for s in reread] == [("GET", f"/users/{subject.native_id}")]
+    assert_revoke_sequence(writes, subject)
+
+
+def assert_revoke_sequence(writes: list[dict], subject) -> None:
     assert [(s["method"], s["url"].rsplit("/", 1)[-1], s.get("dependsOn")) for s in writes] == [
         ("PATCH", subject.native_id, None), ("PATCH", subject.native_id, ["0"]), ("POST", "revokeSignInSessions", ["1"])]
     assert [next(iter(s["body"])) for s in writes[:2]] == ["accountEnabled", "passwordProfile"]   # block first
@@ -559,8 +592,8 @@ def test_a_step_that_fails_in_the_sequence_holds_back_none_of_the_rest(m365, ent
     assert after["accountEnabled"] is True
     assert after["password"] != before["password"]
     assert after["sessions"] != before["sessions"]
-    # the re-read; the sequence (the two after the refusal answered 424, unrun); those two again, in sequence
-    assert m365.count("graph") == 3 and m365.count("graph-sub") == 1 + 3 + 2
+    # prepare's read is compared; the sequence (the two after the refusal answered 424, unrun); those two again
+    assert m365.count("graph") == 2 and m365.count("graph-sub") == 3 + 2
 
 
 def test_many_leavers_sequences_go_position_by_position_in_full_batches(m365, entra):

@@ -243,7 +243,8 @@ class EntraProvider(Microsoft365Provider):
         self.block_group, self.block_group_read = self.read_block_group(), True
 
     def prepare(self, terminations: list[Termination]) -> None:
-        """The tenant's licences and policy groups, read while the leavers are matched (they matter only to plans)."""
+        """The tenant's licences, domains and policy groups, read while the leavers are matched (they matter only
+        to plans; the domains prove the Exchange permission the licence steps read mailboxes with)."""
         def read_skus() -> None:
             self.sku_names = {s["skuId"]: s["skuPartNumber"] for s in self.subscribed_skus()}
 
@@ -252,7 +253,7 @@ class EntraProvider(Microsoft365Provider):
                                  for name in self.tenant.policy.restrict_add_groups]
 
         match = super().prepare
-        work = [read_skus, lambda: match(terminations)]
+        work = [read_skus, self.tenant_domains, lambda: match(terminations)]
         if not self.block_group_read:
             work.append(self.remember_block_group)
         if self.restrict_add is None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import html
 import re
 import threading
+from concurrent.futures import Future
 from typing import Any, ClassVar
 
 from ... import http
@@ -34,7 +35,7 @@ from ...errors import NeedsHuman, NotYet, OffboardError
 from ...model import ActionContext, PlannedAction, Result, Subject, Termination
 from .exchange_api import Cmdlet
 from .graph import GraphCall
-from .provider import ROLE_READS, Call, Microsoft365Provider, Step, concurrently, recipient, successor_facts
+from .provider import MAILBOX_READS, ROLE_READS, Call, Microsoft365Provider, Step, concurrently, recipient, successor_facts
 
 SHARED = "SharedMailbox"
 Wanted = tuple[Any, Any, list[Call]]       # before, after, the writes that get from one to the other
@@ -105,15 +106,36 @@ class ExchangeOnlineProvider(Microsoft365Provider):
         super().__init__(name, options, tenant, where)
         self.shared: list[tuple[dict, list[dict]]] | OffboardError | None = None   # shared mailboxes as read this pass
         self.shared_lock = threading.Lock()
+        self.by_address: Future[dict[str, Any]] | None = None   # termination id -> Get-Mailbox by the feed's address
 
     def prepare(self, terminations: list[Termination]) -> None:
-        """The tenant's domains and shared mailboxes (planning needs them) read while the leavers are matched."""
+        """The tenant's domains and shared mailboxes (planning needs them), and each leaver's mailbox by the
+        address the feed gave, read while the leavers are matched."""
         self.shared = None                  # read again by each pass's planning
+        self.by_address = Future()
         match = super().prepare
-        work = [self.tenant_domains, lambda: match(terminations)]
+        work = [self.tenant_domains, lambda: self.read_by_address(terminations), lambda: match(terminations)]
         if self.tenant.policy.remove_mailbox_access and terminations:
             work.append(self.read_shared_mailboxes)
         concurrently(*work)
+
+    def read_by_address(self, terminations: list[Termination]) -> None:
+        """Get-Mailbox takes any of a mailbox's addresses, so it need not wait for the match to name the UPN."""
+        addressed = [t for t in terminations if t.email]
+        answers: dict[str, Any] = {}
+        try:
+            answers = dict(zip((t.id for t in addressed), self.exchange.invoke_many(
+                [Cmdlet.of(MAILBOX_READS["mailbox"], anchor=t.email, Identity=t.email) for t in addressed])))
+        finally:
+            self.by_address.set_result(answers)        # the match waits for it: set even when this failed
+
+    def read_with_the_match(self, termination: Termination, user: dict) -> dict[str, Any]:
+        """The mailbox read by the feed's address, kept only when Exchange says it is the matched account's
+        (its directory object id): the feed's address never picks whose mailbox is read as the leaver's."""
+        answer = self.by_address.result().get(termination.id) if self.by_address else None
+        if isinstance(answer, list) and len(answer) == 1 and answer[0].get("ExternalDirectoryObjectId") == user["id"]:
+            return {"mailbox": answer}
+        return {}
 
     def read_call(self, key: str, subject: Subject):
         if key == "send_as":             # SendAs the leaver holds, across the organization

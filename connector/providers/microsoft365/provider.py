@@ -16,6 +16,7 @@ answer, no eligibility to find.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, ClassVar, Generator
 from urllib.parse import quote
@@ -25,7 +26,7 @@ from pydantic import model_validator
 from ... import http
 from ...config import HttpsUrl, PluginOptions, SecretRef, invalid
 from ...errors import ConfigError, NeedsHuman, OffboardError, PermanentError
-from ...model import ActionContext, Match, PlannedAction, Result, Subject, Termination
+from ...model import FRESH_READ, ActionContext, Match, PlannedAction, Result, Subject, Termination
 from ..base import Provider
 from .auth import Tokens
 from .exchange_api import Cmdlet, ExchangeAdmin
@@ -189,6 +190,7 @@ class Microsoft365Provider(Provider):
     options_model = Microsoft365Options
     #: action -> the reads ("user", "memberOf", "mailbox", ...) it compares; a pass reads them once, up front
     reads: ClassVar[dict[str, tuple[str, ...]]] = {}
+    prepare_checks_online = True      # the match is a Graph read and the tenant's domains an Exchange one
 
     def __init__(self, name, options, tenant, where=""):
         super().__init__(name, options, tenant, where)
@@ -200,6 +202,7 @@ class Microsoft365Provider(Provider):
                                       Tokens(options, options.exchange_url, self.where), self.where)
         self.matches: dict[str, Match] = {}
         self.failures: dict[str, OffboardError] = {}      # termination id -> why its match could not be read
+        self.observed: dict[str, tuple[float, dict]] = {}  # account id -> when prepare started reading it, what it read
 
     # -- reading -----------------------------------------------------------
     def check_online(self) -> None:
@@ -228,6 +231,7 @@ class Microsoft365Provider(Provider):
             self.matches.pop(termination.id, None)
             self.failures.pop(termination.id, None)
         wanted = [t for t in terminations if t.employee_id or t.email]
+        started = time.monotonic()
         calls = [GraphCall("GET", f"/users?$filter={quote(match_filter(t))}&$select={USER_FIELDS}") for t in wanted]
         observing: dict[str, Step] = {}
         for termination, answer in zip(wanted, self.graph.batch(calls)):
@@ -238,11 +242,13 @@ class Microsoft365Provider(Provider):
             if user:
                 match.subject = Subject(self.name, user["id"], addresses(user),
                                         anchor=user.get("onPremisesImmutableId") or "")
-                observing[termination.id] = self.observe(match.subject, {"user": user})
+                seen = {"user": user, **self.read_with_the_match(termination, user)}
+                self.observed[user["id"]] = (started, seen)
+                observing[termination.id] = self.observe(match.subject, seen)
             self.matches[termination.id] = match
         for key, outcome in zip(observing, self.drive(list(observing.values()))):
             if isinstance(outcome, OffboardError):
-                self.matches.pop(key, None)
+                self.observed.pop(self.matches.pop(key).subject.native_id, None)
                 self.failures[key] = outcome
             elif outcome is None:
                 self.matches[key] = Match("not_found", reason=f"{self.type}: the account has nothing here")
@@ -256,6 +262,10 @@ class Microsoft365Provider(Provider):
         if termination.id in self.failures:
             raise self.failures[termination.id]
         return self.matches.get(termination.id) or Match("not_found", reason="no employee id and no address")
+
+    def read_with_the_match(self, termination: Termination, user: dict) -> dict[str, Any]:
+        """Reads of the matched account that went out beside the match (key -> answer): none here."""
+        return {}
 
     def observe(self, subject: Subject, seen: dict) -> Step:
         """Fill `subject.state` (and `is_admin`) from reads; return None when this service has no such account."""
@@ -392,7 +402,7 @@ class Microsoft365Provider(Provider):
     def _chain(self, items: list[tuple[PlannedAction, ActionContext]]) -> Step:
         """One leaver's actions of one phase, after one read round. Revoke's writes go out together, in
         order (one Graph sequence): from the instant to the last revoke is one round trip, not one per action."""
-        seen: dict[str, Any] = {}      # one read per leaver and pass, shared by its actions
+        seen = self.fresh_reads(items[0][1].subject, items[0][0].phase)   # one read per leaver and phase, shared
         keys = dict.fromkeys(k for action, _ in items for k in self.reads.get(action.action, ()))
         try:
             yield from self.fetch(seen, items[0][1].subject, *keys)      # every read in one round
@@ -406,6 +416,16 @@ class Microsoft365Provider(Provider):
         for step in steps:
             out.append((yield from step))
         return out
+
+    def fresh_reads(self, subject: Subject, phase: str) -> dict[str, Any]:
+        """What prepare read of the account, for its revoke actions, once and while younger than FRESH_READ:
+        they compare that instead of asking again, so an unannounced leaver's sign-in is cut a round trip
+        sooner. Anything after a wait for the instant, after writes, or of a later phase (a converting
+        mailbox, a hand-over moves on by itself) reads anew; a failed read is never kept."""
+        read_at, seen = self.observed.pop(subject.native_id, (0.0, {}))
+        if phase != "revoke" or time.monotonic() - read_at >= FRESH_READ:
+            return {}
+        return {k: v for k, v in seen.items() if isinstance(v, http.NotFound) or not isinstance(v, OffboardError)}
 
     def _action(self, action: PlannedAction, ctx: ActionContext, seen: dict) -> Step:
         handler: Callable | None = getattr(self, action.action, None)
