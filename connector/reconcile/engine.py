@@ -155,19 +155,17 @@ def _reconcile_tenant(tenant: Tenant, store: Store, report: Report, leases: Leas
         return
     try:
         # leavers known before the pass (a webhook's, a ticket's, a person's `run`): a provider whose reading
-        # proves its credential is checked by that reading, a round trip sooner to the revoke
+        # proves its credential is checked by that reading, a round trip sooner to the revoke; with nobody
+        # workable nothing needs it, and the next full pass checks every credential
         known = only is not None or on_demand is not None
-        read_instead = [p for p in built if known and p.prepare_checks_online]
-        down = _online([p for p in built if p not in read_instead], report)
+        down = _online([p for p in built if not (known and p.prepare_checks_online)], report)
         states = {r["id"]: r["state"] for r in store.terminations(tenant.id)} if announce.listeners else {}
         if only is None:
             _intake(tenant, store, report, leases, full=full, now=now, on_demand=on_demand)
             announce.differences(tenant.id, states, store, report.run_id)
         wanted = {t.id for t in on_demand} if on_demand is not None else only
-        read = _execute(tenant, store, report, leases, built, down, employee=employee, dry_run=dry_run, now=now,
-                        wanted=wanted, stop=stop, announce=announce, not_before=not_before)
-        if read_instead and not read:      # nobody was read after all: check them, so a broken credential is told
-            _online(read_instead, report)
+        _execute(tenant, store, report, leases, built, down, employee=employee, dry_run=dry_run, now=now,
+                 wanted=wanted, stop=stop, announce=announce, not_before=not_before)
     finally:
         for p in built:
             p.close()
@@ -215,17 +213,16 @@ def _intake(tenant: Tenant, store: Store, report: Report, leases: Leases, *, ful
 
 def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, providers: list[Provider],
              down: dict[str, OffboardError], *, employee, dry_run, now, wanted, stop, announce: Announcer,
-             not_before: dt.datetime | None = None) -> bool:
-    """Claim, read, plan and act on the tenant's workable leavers; -> whether any were read (prepared)."""
+             not_before: dt.datetime | None = None) -> None:
     if pause := store.paused(tenant.id):       # a person's pause: intake still records, nothing new starts
         report.holds[tenant.id] = f"{pause['reason']} since {pause['paused_at']} (`offboard resume" + \
             ("`)" if pause["scope"] != tenant.id else f" --tenant {tenant.id}`)")
-        return False
+        return
     holds = store.open_holds(tenant.id)
     if holds:
         report.holds[tenant.id] = "; ".join(h["reason"] for h in holds)
     if store.open_hold(tenant.id):
-        return False
+        return
     queued = store.next_attempts(tenant.id, LATER)
     rows = [(r, phases) for r in store.terminations(tenant.id, PICKED)
             if (phases := workable_phases(r, tenant, now, queued.get(r["id"], ())))
@@ -233,7 +230,7 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
     leavers = [Leaver(row=r, termination=termination_from_row(r), phases=phases) for r, phases in rows
                if _claim(store, leases, r, announce, report.run_id)]
     if not leavers:
-        return False
+        return
     for lv in leavers:
         if lv.id not in report.terminations:
             report.terminations.append(lv.id)
@@ -251,7 +248,6 @@ def _execute(tenant: Tenant, store: Store, report: Report, leases: Leases, provi
         if leases.holds(f"termination:{lv.id}"):
             settle(store, lv.id, report.run_id, names, announce, lv.phases, lv.row["state"])
         leases.release(f"termination:{lv.id}")
-    return True
 
 
 def _until(instant: dt.datetime, stop: threading.Event | None) -> Callable[..., None]:
