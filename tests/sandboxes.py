@@ -20,7 +20,7 @@ import responses
 
 from connector import config, plugins
 from connector.model import Termination
-from connector.providers.microsoft365 import auth
+from connector.providers.microsoft365 import auth, provider as m365_provider
 from connector.sandbox import mocked
 from connector.sandbox.microsoft365 import VENDOR_URLS, Microsoft365
 from connector.sandbox.tenant import GB, Mailbox
@@ -136,6 +136,18 @@ def batches_sent(tenant: Microsoft365) -> list[tuple[float, list[dict]]]:
     sent, batch = [], tenant.graph.batch
     tenant.graph.batch = lambda call: sent.append((time.time(), call.body["requests"])) or batch(call)
     return sent
+
+@pytest.fixture
+def matched_a_while_ago(monkeypatch):
+    """Every read older than FRESH_READ: each revoke action reads again before it writes."""
+    monkeypatch.setattr(m365_provider, "FRESH_READ", 0.0)
+
+
+@pytest.fixture
+def matched_just_now(monkeypatch):
+    """Every read of this test younger than FRESH_READ, however slow the machine: the revoke compares it."""
+    monkeypatch.setattr(m365_provider, "FRESH_READ", 3600.0)
+
 
 @pytest.fixture
 def m365(monkeypatch, reach) -> Microsoft365:

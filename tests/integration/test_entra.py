@@ -9,7 +9,6 @@ import pytest
 from connector.config import PluginConfig, PluginOptions
 from connector.errors import ConfigError, NotYet, PermanentError, RetryableError
 from connector.model import ActionContext, Termination
-from connector.providers.microsoft365 import provider as m365_provider
 from connector.sandbox.graph import DEFAULT_REFUSED, MOBILE_REFUSED, graph_error
 from connector.sandbox.microsoft365 import Microsoft365
 from connector.sandbox.web import Sandbox, TokenBucket
@@ -100,12 +99,6 @@ def test_admin_is_reported(m365, entra):
     assert subject.is_admin and "Global Administrator" in subject.admin_reason
 
 
-@pytest.fixture
-def matched_a_while_ago(monkeypatch):
-    """Every read older than FRESH_READ: each revoke action reads again before it writes."""
-    monkeypatch.setattr(m365_provider, "FRESH_READ", 0.0)
-
-
 def test_user_deleted_after_matching_is_not_found(m365, entra, matched_a_while_ago):
     leaver = add_leaver(m365, 1)
     subject = matched(entra, leaver)
@@ -115,7 +108,7 @@ def test_user_deleted_after_matching_is_not_found(m365, entra, matched_a_while_a
     assert result.outcome == "skipped" and result.reason.startswith("not_found")
 
 
-def test_user_deleted_within_a_fresh_read_fails_the_revoke_and_the_next_pass_finds_it_gone(m365, entra):
+def test_user_deleted_within_a_fresh_read_fails_the_revoke_and_the_next_pass_finds_it_gone(m365, entra, matched_just_now):
     leaver = add_leaver(m365, 1)
     subject = matched(entra, leaver)
     planned = entra.plan(subject, leaver)[0]
@@ -544,7 +537,7 @@ def test_the_sandbox_runs_depends_on_in_order_and_refuses_what_graph_refuses(m36
     assert post(patch(0, user), patch(0, user, dependsOn=["0"])).status_code == 400             # ids repeat
 
 
-def test_a_leavers_revoke_writes_go_in_one_ordered_batch_right_after_the_read_that_matched_them(m365, entra):
+def test_a_leavers_revoke_writes_go_in_one_ordered_batch_right_after_the_read_that_matched_them(m365, entra, matched_just_now):
     leaver = add_leaver(m365, 1)
     subject = matched(entra, leaver)
     items = [(a, ActionContext(leaver, subject, since=NOW)) for a in entra.plan(subject, leaver) if a.phase == "revoke"]
@@ -572,7 +565,7 @@ def assert_revoke_sequence(writes: list[dict], subject) -> None:
     assert [next(iter(s["body"])) for s in writes[:2]] == ["accountEnabled", "passwordProfile"]   # block first
 
 
-def test_a_step_that_fails_in_the_sequence_holds_back_none_of_the_rest(m365, entra):
+def test_a_step_that_fails_in_the_sequence_holds_back_none_of_the_rest(m365, entra, matched_just_now):
     """Graph answers 424 for what depended on a failure; those go again without it, in their order."""
     leaver = add_leaver(m365, 1)
     subject = matched(entra, leaver)

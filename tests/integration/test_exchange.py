@@ -41,6 +41,21 @@ class TestExchangeContract(ProviderContract):
         return Secrets(m365)
 
 
+def test_the_mailbox_read_by_the_feeds_address_counts_only_when_it_is_the_matched_accounts(m365, exchange_online):
+    """Exchange resolves an address Graph's search does not know (here: another person's, as Exchange might
+    after a rename): read beside the match, it is dropped, and the matched account's own mailbox is read."""
+    leaver, other = add_leaver(m365, 1), add_leaver(m365, 2)
+    mailbox_reads = lambda: [p for service, _, p in m365.calls if service == "exchange"].count("Get-Mailbox")  # noqa: E731
+    m365.calls.clear()
+    assert matched(exchange_online, leaver).state["mailbox"]["UserPrincipalName"] == leaver.email
+    honest = mailbox_reads()                                 # its mailbox by its address, used as read
+    m365.mailboxes["alias@contoso.com"] = m365.mailboxes[other.email]
+    m365.calls.clear()
+    subject = matched(exchange_online, dataclasses.replace(leaver, email="alias@contoso.com"))
+    assert subject.state["mailbox"]["UserPrincipalName"] == leaver.email
+    assert mailbox_reads() == honest + 1                     # the other person's, dropped; then its own by UPN
+
+
 def test_whole_preserve_phase_in_order(m365, exchange_online):
     leaver = add_leaver(m365, 1)
     subject = matched(exchange_online, leaver)

@@ -330,7 +330,7 @@ def test_the_engine_hands_over_and_cuts_everything_then_plans_nothing(m365):
     assert m365.snapshot(leaver.email) == state
 
 
-def test_shared_mailboxes_are_read_once_per_pass_and_again_before_a_write(m365, exchange_online):
+def test_shared_mailboxes_are_read_once_per_pass_and_again_before_a_write(m365, exchange_online, matched_just_now):
     leavers = [reaching_leaver(m365, n) for n in range(1, 6)]
     m365.calls.clear()
     exchange_online.prepare(leavers)
