@@ -259,9 +259,10 @@ def test_two_daemons_on_one_store_work_each_termination_once(setup, tmp_path):
     first = Daemon(tmp_path, config, env, name="first").start()
     second = Daemon(tmp_path, config, env, name="second").start()
     try:
-        for i, person in enumerate(people):               # each person told to both daemons
+        for i, person in enumerate(people):               # each person told to both daemons, in two bodies
+            sent_at = int(time.time())                    # (a slow post must not make the second body the first's)
             for daemon in (first, second):
-                body = webhook_body(person, timestamp=int(time.time()) - (daemon is second))
+                body = webhook_body(person, timestamp=sent_at - (daemon is second))
                 assert daemon.post("/webhook/generic", body, signed(body)).status_code == 202
         wait_until(lambda: set(r["state"] for r in status(first).values()) == {"done"}, 150,
                    what="every termination done")

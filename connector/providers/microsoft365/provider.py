@@ -25,7 +25,7 @@ from pydantic import model_validator
 
 from ... import http
 from ...config import HttpsUrl, PluginOptions, SecretRef, invalid
-from ...errors import ConfigError, NeedsHuman, OffboardError, PermanentError
+from ...errors import ConfigError, NeedsHuman, OffboardError, PermanentError, RetryableError
 from ...model import FRESH_READ, ActionContext, Match, PlannedAction, Result, Subject, Termination
 from ..base import Provider
 from .auth import Tokens
@@ -90,6 +90,10 @@ def concurrently(*work: Callable[[], Any]) -> list[Any]:
     with ThreadPoolExecutor(max_workers=len(work)) as pool:
         futures = [pool.submit(w) for w in work]
     return [f.result() for f in futures]
+
+
+class GoneWhenWritten(PermanentError):
+    """A write answered 404: its path or its object is gone (a write's 404 is not "the leaver is gone")."""
 
 
 class NoSuccessor(NeedsHuman):
@@ -334,7 +338,7 @@ class Microsoft365Provider(Provider):
         answers = yield list(calls)
         for answer in answers:
             if isinstance(answer, http.NotFound) and not gone_ok:
-                raise PermanentError(answer.message, answer.where)    # a write's 404 is not "the leaver is gone"
+                raise GoneWhenWritten(answer.message, answer.where)
             if isinstance(answer, OffboardError) and not isinstance(answer, http.NotFound):
                 raise answer
         return answers
@@ -403,6 +407,7 @@ class Microsoft365Provider(Provider):
         """One leaver's actions of one phase, after one read round. Revoke's writes go out together, in
         order (one Graph sequence): from the instant to the last revoke is one round trip, not one per action."""
         seen = self.fresh_reads(items[0][1].subject, items[0][0].phase)   # one read per leaver and phase, shared
+        fresh = bool(seen)
         keys = dict.fromkeys(k for action, _ in items for k in self.reads.get(action.action, ()))
         try:
             yield from self.fetch(seen, items[0][1].subject, *keys)      # every read in one round
@@ -411,7 +416,10 @@ class Microsoft365Provider(Provider):
         items[0][1].wait_until_due()    # a pass read ahead of its instant writes from the instant on
         steps = [self._action(action, ctx, seen) for action, ctx in items]
         if items[0][0].phase == "revoke":
-            return (yield from side_by_side(steps, ordered=True))
+            results = yield from side_by_side(steps, ordered=True)
+            # compared on prepare's read, an account deleted since is found so by the next pass's read
+            return [RetryableError(f"{r.message} (gone since it was read: read again next pass)", r.where)
+                    if fresh and isinstance(r, GoneWhenWritten) else r for r in results]
         out = []
         for step in steps:
             out.append((yield from step))
